@@ -1,0 +1,147 @@
+//! 2D convolution (square kernel, stride 1, "same" padding for odd kernels)
+//! and the 2×2 stride-2 transposed convolution used for learned upsampling.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// PyTorch's default initialisation (kaiming-uniform with a = √5, which is
+/// U(-1/√fan_in, 1/√fan_in), for weight and bias alike).
+fn torch_default(fan_in: usize) -> Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    Init::Uniform { lo: -bound, up: bound }
+}
+
+/// `nn.Conv2d(cin, cout, k, padding=p, bias=...)`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+/// Builds a k×k convolution with padding `padding` (k / 2 keeps the size).
+pub fn conv2d(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    padding: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let init = torch_default(cin * k * k);
+    let weight = vb.get_with_hints((cout, cin, k, k), "weight", init)?;
+    let bias = if bias {
+        Some(vb.get_with_hints(cout, "bias", init)?)
+    } else {
+        None
+    };
+    Ok(Conv2d { weight, bias, padding })
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = if self.weight.dims()[2] == 1 && self.padding == 0 {
+            pointwise(x, &self.weight)?
+        } else {
+            x.conv2d(&self.weight, self.padding, 1, 1, 1)?
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// A 1×1 convolution as a matrix product: (Cout,Cin) · (N,Cin,HW).
+fn pointwise(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, cin, h, wd) = x.dims4()?;
+    let cout = w.dim(0)?;
+    let w2 = w.reshape((cout, cin))?;
+    let x3 = x.reshape((n, cin, h * wd))?;
+    w2.broadcast_matmul(&x3)?.reshape((n, cout, h, wd))
+}
+
+/// `nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)`: doubles H and W.
+#[derive(Debug, Clone)]
+pub struct ConvTranspose2d {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+/// Builds a 2×2 stride-2 transposed convolution (weight `(cin, cout, 2, 2)`).
+pub fn conv_transpose2x2(cin: usize, cout: usize, vb: VarBuilder) -> Result<ConvTranspose2d> {
+    // PyTorch computes fan-in of a transposed conv from weight.size(1) * k * k.
+    let init = torch_default(cout * 4);
+    let weight = vb.get_with_hints((cin, cout, 2, 2), "weight", init)?;
+    let bias = vb.get_with_hints(cout, "bias", init)?;
+    Ok(ConvTranspose2d { weight, bias })
+}
+
+impl Module for ConvTranspose2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv_transpose2d(&self.weight, 0, 0, 2, 1)?;
+        y.broadcast_add(&self.bias.reshape((1, self.bias.dim(0)?, 1, 1))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::*;
+    use crate::ParamStore;
+    use candle_core::{DType, Device, Var};
+
+    #[test]
+    fn pointwise_equals_general_conv_forward_and_backward() {
+        let store = ParamStore::new(3);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let c = conv2d(3, 4, 1, 0, true, vb.pp("c")).unwrap();
+        let x = Var::from_tensor(&rand_tensor(&[2, 3, 5, 7], 1)).unwrap();
+        let y = c.forward(x.as_tensor()).unwrap();
+        let yr = x
+            .as_tensor()
+            .conv2d(&c.weight, 0, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&c.bias.as_ref().unwrap().reshape((1, 4, 1, 1)).unwrap())
+            .unwrap();
+        assert!(max_abs_diff(&y, &yr) < 1e-5);
+        let gy = rand_tensor(&[2, 4, 5, 7], 2);
+        let g = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (yr * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_abs_diff(g.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap()) < 1e-5);
+        assert!(max_abs_diff(g.get(&c.weight).unwrap(), gr.get(&c.weight).unwrap()) < 1e-4);
+    }
+
+    #[test]
+    fn transposed_conv_places_each_pixel_in_a_2x2_block() {
+        let store = ParamStore::new(1);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let t = conv_transpose2x2(1, 1, vb).unwrap();
+        let x = rand_tensor(&[1, 1, 3, 2], 4);
+        let y = t.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 6, 4]);
+        let w = t.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = t.bias.to_vec1::<f32>().unwrap()[0];
+        let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let yv = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // output (2i+a, 2j+b) = x(i,j) * w(a,b) + bias
+        for i in 0..3 {
+            for j in 0..2 {
+                for a in 0..2 {
+                    for bb in 0..2 {
+                        let got = yv[(2 * i + a) * 4 + 2 * j + bb];
+                        let want = xv[i * 2 + j] * w[a * 2 + bb] + b;
+                        assert!((got - want).abs() < 1e-6);
+                    }
+                }
+            }
+        }
+    }
+}

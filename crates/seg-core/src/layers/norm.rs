@@ -1,0 +1,203 @@
+//! Normalisation: BatchNorm2d with PyTorch's train/eval behaviour and running
+//! statistics, and GroupNorm as a batch-size-independent alternative.
+
+use candle_core::{DType, Module, ModuleT, Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Which normalisation a network uses after its convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum NormKind {
+    /// BatchNorm2d (eps 1e-5, momentum 0.1), as in the reference networks.
+    #[default]
+    Batch,
+    /// GroupNorm with at most `groups` groups (the largest divisor of the
+    /// channel count not above it), eps 1e-5. Same tensor names (`weight`,
+    /// `bias`), no running statistics.
+    Group { groups: usize },
+}
+
+/// `nn.BatchNorm2d(c)`: eps 1e-5, momentum 0.1, affine, tracking running stats.
+///
+/// In training mode it normalises with the batch's biased variance and
+/// updates `running_var` with the unbiased one, as PyTorch does.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+/// Builds a BatchNorm2d over `c` channels.
+pub fn batch_norm2d(c: usize, vb: VarBuilder) -> Result<BatchNorm2d> {
+    let weight = vb.get_with_hints(c, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
+    let rm = vb.get_with_hints(c, "running_mean", Init::Const(0.0))?;
+    let rv = vb.get_with_hints(c, "running_var", Init::Const(1.0))?;
+    let nb = vb.get_with_hints_dtype((), "num_batches_tracked", Init::Const(0.0), DType::I64)?;
+    Ok(BatchNorm2d {
+        weight,
+        bias,
+        running_mean: Var::from_tensor(&rm)?,
+        running_var: Var::from_tensor(&rv)?,
+        num_batches_tracked: Var::from_tensor(&nb)?,
+        eps: 1e-5,
+        momentum: 0.1,
+    })
+}
+
+fn per_channel(t: &Tensor) -> Result<Tensor> {
+    t.reshape((1, t.dim(0)?, 1, 1))
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let (mean, var) = if train {
+            let count = (n * h * w) as f64;
+            if n * h * w < 2 {
+                candle_core::bail!(
+                    "batch norm in training mode needs more than one value per channel (got input {n}x{c}x{h}x{w})"
+                );
+            }
+            let mean = (x.sum_keepdim((0, 2, 3))? / count)?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = (centred.sqr()?.sum_keepdim((0, 2, 3))? / count)?;
+            // running statistics: no gradient flows into them
+            let m = self.momentum;
+            let bm = mean.detach().flatten_all()?;
+            let bv = (var.detach().flatten_all()? * (count / (count - 1.0)))?;
+            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?;
+            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?;
+            self.running_mean.set(&rm)?;
+            self.running_var.set(&rv)?;
+            let nb = (self.num_batches_tracked.as_tensor() + 1.0)?;
+            self.num_batches_tracked.set(&nb)?;
+            let inv = (var + self.eps)?.sqrt()?.recip()?;
+            let scale = inv.broadcast_mul(&per_channel(&self.weight)?)?;
+            return centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?);
+        } else {
+            (
+                per_channel(self.running_mean.as_tensor())?,
+                per_channel(self.running_var.as_tensor())?,
+            )
+        };
+        let scale = ((var + self.eps)?.sqrt()?.recip()? * per_channel(&self.weight)?)?;
+        let shift = (per_channel(&self.bias)? - (&mean * &scale)?)?;
+        x.broadcast_mul(&scale)?.broadcast_add(&shift)
+    }
+}
+
+/// `nn.GroupNorm(groups, c)` with eps 1e-5.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    inner: candle_nn::GroupNorm,
+}
+
+/// The number of groups used for `c` channels when at most `groups` are asked for.
+pub fn group_count(c: usize, groups: usize) -> usize {
+    (1..=groups.clamp(1, c.max(1))).rev().find(|g| c % g == 0).unwrap_or(1)
+}
+
+/// Builds a GroupNorm over `c` channels with at most `groups` groups.
+pub fn group_norm(c: usize, groups: usize, vb: VarBuilder) -> Result<GroupNorm> {
+    let weight = vb.get_with_hints(c, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
+    let inner = candle_nn::GroupNorm::new(weight, bias, c, group_count(c, groups), 1e-5)?;
+    Ok(GroupNorm { inner })
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.inner.forward(x)
+    }
+}
+
+/// A normalisation layer of either kind.
+#[derive(Debug, Clone)]
+pub enum Norm2d {
+    /// Batch normalisation.
+    Batch(BatchNorm2d),
+    /// Group normalisation.
+    Group(GroupNorm),
+}
+
+/// Builds the normalisation `kind` over `c` channels.
+pub fn norm2d(kind: NormKind, c: usize, vb: VarBuilder) -> Result<Norm2d> {
+    Ok(match kind {
+        NormKind::Batch => Norm2d::Batch(batch_norm2d(c, vb)?),
+        NormKind::Group { groups } => Norm2d::Group(group_norm(c, groups, vb)?),
+    })
+}
+
+impl ModuleT for Norm2d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Self::Batch(b) => b.forward_t(x, train),
+            Self::Group(g) => g.forward(x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::*;
+    use crate::ParamStore;
+    use candle_core::Device;
+
+    #[test]
+    fn train_mode_normalises_and_updates_running_stats_like_pytorch() {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let bn = batch_norm2d(2, vb.pp("bn")).unwrap();
+        let x = rand_tensor(&[3, 2, 4, 5], 1).affine(3.0, 2.0).unwrap();
+        let y = bn.forward_t(&x, true).unwrap();
+        // output: zero mean, unit (biased) variance per channel
+        let m = y.mean_keepdim((0, 2, 3)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = y.sqr().unwrap().mean_keepdim((0, 2, 3)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for c in 0..2 {
+            assert!(m[c].abs() < 1e-5);
+            assert!((v[c] - 1.0).abs() < 1e-3, "{v:?}");
+        }
+        // running stats: 0.9 * init + 0.1 * batch (unbiased variance)
+        let xs = x.transpose(0, 1).unwrap().flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+        let rm = store.get("bn.running_mean").unwrap().as_tensor().to_vec1::<f32>().unwrap();
+        let rv = store.get("bn.running_var").unwrap().as_tensor().to_vec1::<f32>().unwrap();
+        for c in 0..2 {
+            let n = xs[c].len() as f32;
+            let mean = xs[c].iter().sum::<f32>() / n;
+            let var_u = xs[c].iter().map(|v| (v - mean).powi(2)).sum::<f32>() / (n - 1.0);
+            assert!((rm[c] - 0.1 * mean).abs() < 1e-5);
+            assert!((rv[c] - (0.9 + 0.1 * var_u)).abs() < 1e-4);
+        }
+        let nb = store.get("bn.num_batches_tracked").unwrap().as_tensor().to_scalar::<i64>().unwrap();
+        assert_eq!(nb, 1);
+        // eval mode uses the running stats
+        let ye = bn.forward_t(&x, false).unwrap();
+        let x0 = x.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        let y0 = ye.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!((y0 - (x0 - rm[0]) / (rv[0] + 1e-5).sqrt()).abs() < 1e-5);
+        // one value per channel cannot be normalised in training
+        assert!(bn.forward_t(&rand_tensor(&[1, 2, 1, 1], 2), true).is_err());
+    }
+
+    #[test]
+    fn group_norm_picks_a_dividing_group_count() {
+        assert_eq!(group_count(12, 8), 6);
+        assert_eq!(group_count(4, 8), 4);
+        assert_eq!(group_count(64, 8), 8);
+        assert_eq!(group_count(1, 8), 1);
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let g = norm2d(NormKind::Group { groups: 8 }, 12, vb.pp("gn")).unwrap();
+        let y = g.forward_t(&rand_tensor(&[1, 12, 3, 3], 3), true).unwrap();
+        assert_eq!(y.dims(), &[1, 12, 3, 3]);
+        assert!(store.get("gn.running_mean").is_none());
+    }
+}

@@ -1,0 +1,29 @@
+//! seg-core: the foundation layer (L0) of seg.
+//!
+//! It is the only crate of the workspace that names `candle-core` and
+//! `candle-nn`; everything above uses the re-exports here. It provides:
+//! - [`device`]: choosing a compute device from a string (`cpu`, `cuda:N`,
+//!   `metal:N`, `auto`), with a clear error when a backend was not compiled in;
+//! - [`ops`]: the tensor operations the networks need that candle lacks or has
+//!   without a backward pass (max-pool 2×2 with argmax, bilinear ×2 upsampling
+//!   with `align_corners=True`, padding to a size, ...);
+//! - [`layers`]: convolution, transposed convolution, batch and group norm;
+//! - [`params`]: the parameter store (seeded initialisation, loading and
+//!   saving safetensors files under PyTorch's names).
+
+pub mod device;
+pub mod error;
+pub mod layers;
+pub mod ops;
+pub mod params;
+
+pub use candle_core as candle;
+pub use candle_core::{DType, Device, IndexOp, Module, ModuleT, Shape, Tensor, Var, D};
+pub use candle_nn as nn;
+pub use candle_nn::{Init, VarBuilder};
+pub use device::{parse_device, DeviceSpec};
+pub use error::{Error, Result};
+pub use params::ParamStore;
+
+/// The gradients of a backward pass, keyed by tensor.
+pub type GradStore = candle_core::backprop::GradStore;

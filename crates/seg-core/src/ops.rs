@@ -1,0 +1,155 @@
+//! Tensor operations the networks need, each differentiable.
+//!
+//! On the CPU, max-pooling and bilinear upsampling run seg's own kernels
+//! (custom ops with their own backward pass, parallel over planes); on other
+//! devices the same results are composed from candle's kernels. The networks
+//! call only these functions, so kernels can be replaced without touching them.
+
+mod maxpool;
+mod upsample;
+
+use candle_core::{DType, Result, Tensor};
+
+pub use maxpool::{max_pool2x2, max_pool2x2_reference};
+pub use upsample::{upsample_bilinear2x, upsample_bilinear2x_reference, upsample_nearest2x};
+
+/// True when the seg CPU kernels apply to this tensor.
+fn use_cpu_kernel(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// ReLU.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    x.relu()
+}
+
+/// Logistic sigmoid.
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::sigmoid(x)
+}
+
+/// Zero-pads an NCHW tensor to height `h` and width `w`, the top/left sides
+/// getting `diff / 2` and the bottom/right the rest (as the reference's `pad_to`).
+pub fn pad_to(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, xh, xw) = x.dims4()?;
+    if xh > h || xw > w {
+        candle_core::bail!("pad_to: input {xh}x{xw} is larger than the target {h}x{w}");
+    }
+    let (dy, dx) = (h - xh, w - xw);
+    let mut out = x.clone();
+    if dy > 0 {
+        out = out.pad_with_zeros(2, dy / 2, dy - dy / 2)?;
+    }
+    if dx > 0 {
+        out = out.pad_with_zeros(3, dx / 2, dx - dx / 2)?;
+    }
+    Ok(out)
+}
+
+/// Zero-pads `x` to the spatial size of `reference`.
+pub fn pad_like(x: &Tensor, reference: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = reference.dims4()?;
+    pad_to(x, h, w)
+}
+
+/// Concatenates NCHW tensors along the channel axis.
+pub fn cat_channels(xs: &[&Tensor]) -> Result<Tensor> {
+    Tensor::cat(xs, 1)
+}
+
+/// Mean over channels, keeping the axis: (N,C,H,W) → (N,1,H,W).
+pub fn channel_mean(x: &Tensor) -> Result<Tensor> {
+    x.mean_keepdim(1)
+}
+
+/// Maximum over channels, keeping the axis: (N,C,H,W) → (N,1,H,W).
+pub fn channel_max(x: &Tensor) -> Result<Tensor> {
+    x.max_keepdim(1)
+}
+
+/// Binary cross-entropy with logits, mean over all elements, in the stable
+/// form `max(x,0) - x*t + log(1 + exp(-|x|))`.
+pub fn bce_with_logits_mean(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let softplus = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    let per = ((logits.relu()? - (logits * target)?)? + softplus)?;
+    per.mean_all()
+}
+
+/// Copies a contiguous f32 tensor's data out (any layout is made contiguous first).
+#[cfg(test)]
+pub(crate) fn f32_data(x: &Tensor) -> Result<Vec<f32>> {
+    x.contiguous()?.flatten_all()?.to_vec1::<f32>()
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::{Device, Tensor};
+
+    /// A deterministic pseudo-random tensor.
+    pub fn rand_tensor(dims: &[usize], seed: u64) -> Tensor {
+        let n: usize = dims.iter().product();
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::*;
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn pad_to_splits_like_the_reference() {
+        let x = Tensor::ones((1, 1, 2, 3), DType::F32, &Device::Cpu).unwrap();
+        let y = pad_to(&x, 5, 4).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 5, 4]);
+        let v = y.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        // dy = 3: 1 row on top, 2 below; dx = 1: 0 left, 1 right
+        assert_eq!(v[0], vec![0., 0., 0., 0.]);
+        assert_eq!(v[1], vec![1., 1., 1., 0.]);
+        assert_eq!(v[2], vec![1., 1., 1., 0.]);
+        assert_eq!(v[3], vec![0., 0., 0., 0.]);
+        assert!(pad_to(&x, 1, 3).is_err());
+    }
+
+    #[test]
+    fn bce_matches_the_naive_formula() {
+        let x = rand_tensor(&[2, 1, 3, 5], 1);
+        let t = rand_tensor(&[2, 1, 3, 5], 2).ge(0.0).unwrap().to_dtype(DType::F32).unwrap();
+        let got = bce_with_logits_mean(&x, &t).unwrap().to_scalar::<f32>().unwrap();
+        let xs = f32_data(&x).unwrap();
+        let ts = f32_data(&t).unwrap();
+        let want: f32 = xs
+            .iter()
+            .zip(&ts)
+            .map(|(&x, &t)| {
+                let p = 1.0 / (1.0 + (-x).exp());
+                -(t * p.ln() + (1.0 - t) * (1.0 - p).ln())
+            })
+            .sum::<f32>()
+            / xs.len() as f32;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn pad_and_cat_are_differentiable() {
+        let a = Var::from_tensor(&rand_tensor(&[1, 2, 3, 3], 3)).unwrap();
+        let b = rand_tensor(&[1, 1, 4, 5], 4);
+        let y = cat_channels(&[&pad_like(a.as_tensor(), &b).unwrap(), &b]).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let ga = g.get(a.as_tensor()).unwrap();
+        assert_eq!(ga.sum_all().unwrap().to_scalar::<f32>().unwrap(), 18.0);
+    }
+}

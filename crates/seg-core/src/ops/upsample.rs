@@ -1,0 +1,210 @@
+//! ×2 upsampling: bilinear with `align_corners=True` (candle's own has no
+//! backward pass) and nearest-neighbour.
+
+use super::use_cpu_kernel;
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Source rows/columns and weights of one axis: output `o` reads
+/// `w0 * x[i0] + w1 * x[i1]`, as PyTorch computes them with align_corners=True.
+#[derive(Clone)]
+struct AxisTable {
+    i0: Vec<usize>,
+    i1: Vec<usize>,
+    w0: Vec<f32>,
+    w1: Vec<f32>,
+}
+
+impl AxisTable {
+    fn new(input: usize, output: usize) -> Self {
+        let scale = if output > 1 {
+            (input as f32 - 1.0) / (output as f32 - 1.0)
+        } else {
+            0.0
+        };
+        let mut t = Self {
+            i0: Vec::with_capacity(output),
+            i1: Vec::with_capacity(output),
+            w0: Vec::with_capacity(output),
+            w1: Vec::with_capacity(output),
+        };
+        for o in 0..output {
+            let src = scale * o as f32;
+            let i0 = (src as usize).min(input - 1);
+            let i1 = if i0 + 1 < input { i0 + 1 } else { i0 };
+            let l1 = src - i0 as f32;
+            t.i0.push(i0);
+            t.i1.push(i1);
+            t.w0.push(1.0 - l1);
+            t.w1.push(l1);
+        }
+        t
+    }
+
+    /// The same weights as a dense (output × input) matrix.
+    fn matrix(&self, input: usize, device: &Device) -> Result<Tensor> {
+        let output = self.i0.len();
+        let mut m = vec![0f32; output * input];
+        for o in 0..output {
+            m[o * input + self.i0[o]] += self.w0[o];
+            m[o * input + self.i1[o]] += self.w1[o];
+        }
+        Tensor::from_vec(m, (output, input), device)
+    }
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{op} needs a contiguous f32 tensor"),
+    }
+}
+
+struct Bilinear2x;
+
+impl CustomOp1 for Bilinear2x {
+    fn name(&self) -> &'static str {
+        "seg-upsample-bilinear-2x"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let (oh, ow) = (2 * h, 2 * w);
+        let (ty, tx) = (AxisTable::new(h, oh), AxisTable::new(w, ow));
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(p, o)| {
+            let src = &x[p * h * w..(p + 1) * h * w];
+            for y in 0..oh {
+                let r0 = &src[ty.i0[y] * w..ty.i0[y] * w + w];
+                let r1 = &src[ty.i1[y] * w..ty.i1[y] * w + w];
+                let (a, b) = (ty.w0[y], ty.w1[y]);
+                let row = &mut o[y * ow..(y + 1) * ow];
+                for (xo, v) in row.iter_mut().enumerate() {
+                    let (j0, j1) = (tx.i0[xo], tx.i1[xo]);
+                    let (c0, c1) = (tx.w0[xo], tx.w1[xo]);
+                    *v = a * (c0 * r0[j0] + c1 * r0[j1]) + b * (c0 * r1[j0] + c1 * r1[j1]);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = arg.dims4()?;
+        let g = grad_res
+            .contiguous()?
+            .apply_op1_no_bwd(&Bilinear2xBackward { h, w })?;
+        Ok(Some(g))
+    }
+}
+
+/// The adjoint of [`Bilinear2x`]: gathers output gradients into the input.
+struct Bilinear2xBackward {
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for Bilinear2xBackward {
+    fn name(&self) -> &'static str {
+        "seg-upsample-bilinear-2x-backward"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = contiguous_f32(storage, layout, self.name())?;
+        let (n, c, oh, ow) = layout.shape().dims4()?;
+        let (h, w) = (self.h, self.w);
+        let (ty, tx) = (AxisTable::new(h, oh), AxisTable::new(w, ow));
+        let mut out = vec![0f32; n * c * h * w];
+        out.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(p, o)| {
+            let src = &g[p * oh * ow..(p + 1) * oh * ow];
+            for y in 0..oh {
+                let (a, b) = (ty.w0[y], ty.w1[y]);
+                let (y0, y1) = (ty.i0[y] * w, ty.i1[y] * w);
+                for xo in 0..ow {
+                    let v = src[y * ow + xo];
+                    let (j0, j1) = (tx.i0[xo], tx.i1[xo]);
+                    let (c0, c1) = (tx.w0[xo] * v, tx.w1[xo] * v);
+                    o[y0 + j0] += a * c0;
+                    o[y0 + j1] += a * c1;
+                    o[y1 + j0] += b * c0;
+                    o[y1 + j1] += b * c1;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+    }
+}
+
+/// Bilinear ×2 upsampling with `align_corners=True`, differentiable.
+pub fn upsample_bilinear2x(x: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernel(x) {
+        x.contiguous()?.apply_op1(Bilinear2x)
+    } else {
+        upsample_bilinear2x_reference(x)
+    }
+}
+
+/// The same as two matrix products with the interpolation matrices (used
+/// off the CPU, and as the reference the CPU kernel is tested against).
+pub fn upsample_bilinear2x_reference(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let my = AxisTable::new(h, 2 * h).matrix(h, x.device())?.to_dtype(x.dtype())?;
+    let mx = AxisTable::new(w, 2 * w).matrix(w, x.device())?.to_dtype(x.dtype())?;
+    let rows = x.broadcast_matmul(&mx.t()?)?; // (N,C,H,2W)
+    my.broadcast_matmul(&rows) // (N,C,2H,2W)
+}
+
+/// Nearest-neighbour ×2 upsampling, differentiable.
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    x.upsample_nearest2d(2 * h, 2 * w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::*;
+    use candle_core::Var;
+
+    #[test]
+    fn corners_are_kept_and_midpoints_interpolate() {
+        let x = Tensor::from_vec(vec![0f32, 3.0], (1, 1, 1, 2), &Device::Cpu).unwrap();
+        let y = upsample_bilinear2x(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // align_corners: positions 0, 1/3, 2/3, 1 of the source
+        let want = [0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+    }
+
+    #[test]
+    fn kernel_matches_matrix_reference_forward_and_backward() {
+        for (i, dims) in [[2, 3, 5, 7], [1, 2, 1, 4], [1, 1, 6, 1], [1, 4, 8, 8]].iter().enumerate() {
+            let x = Var::from_tensor(&rand_tensor(dims, 10 + i as u64)).unwrap();
+            let gy = rand_tensor(&[dims[0], dims[1], 2 * dims[2], 2 * dims[3]], 77);
+            let y = upsample_bilinear2x(x.as_tensor()).unwrap();
+            let yr = upsample_bilinear2x_reference(x.as_tensor()).unwrap();
+            assert!(max_abs_diff(&y, &yr) < 1e-5);
+            let g = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (yr * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(max_abs_diff(g.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap()) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn nearest_repeats_and_sums_gradients() {
+        let x = Var::from_tensor(&rand_tensor(&[1, 2, 3, 2], 5)).unwrap();
+        let y = upsample_nearest2x(x.as_tensor()).unwrap();
+        assert_eq!(y.dims(), &[1, 2, 6, 4]);
+        let v = y.i((0, 1)).unwrap().to_vec2::<f32>().unwrap();
+        let xv = x.as_tensor().i((0, 1)).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(v[5][3], xv[2][1]);
+        assert_eq!(v[2][0], xv[1][0]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gv = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(gv.iter().all(|&v| (v - 4.0).abs() < 1e-6));
+    }
+
+    use candle_core::IndexOp;
+}
