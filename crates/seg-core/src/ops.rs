@@ -5,11 +5,13 @@
 //! devices the same results are composed from candle's kernels. The networks
 //! call only these functions, so kernels can be replaced without touching them.
 
+mod batchnorm;
 mod maxpool;
 mod upsample;
 
 use candle_core::{DType, Result, Tensor};
 
+pub use batchnorm::{batch_norm_train, batch_norm_train_reference};
 pub use maxpool::{max_pool2x2, max_pool2x2_reference};
 pub use upsample::{upsample_bilinear2x, upsample_bilinear2x_reference, upsample_nearest2x};
 

@@ -58,35 +58,27 @@ fn per_channel(t: &Tensor) -> Result<Tensor> {
 impl ModuleT for BatchNorm2d {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
-        let (mean, var) = if train {
+        if train {
             let count = (n * h * w) as f64;
             if n * h * w < 2 {
                 candle_core::bail!(
                     "batch norm in training mode needs more than one value per channel (got input {n}x{c}x{h}x{w})"
                 );
             }
-            let mean = (x.sum_keepdim((0, 2, 3))? / count)?;
-            let centred = x.broadcast_sub(&mean)?;
-            let var = (centred.sqr()?.sum_keepdim((0, 2, 3))? / count)?;
-            // running statistics: no gradient flows into them
+            let (y, bm, bv) = crate::ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+            // running statistics (PyTorch: unbiased variance), no gradient
             let m = self.momentum;
-            let bm = mean.detach().flatten_all()?;
-            let bv = (var.detach().flatten_all()? * (count / (count - 1.0)))?;
+            let bv = (bv * (count / (count - 1.0)))?;
             let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?;
             let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?;
             self.running_mean.set(&rm)?;
             self.running_var.set(&rv)?;
             let nb = (self.num_batches_tracked.as_tensor() + 1.0)?;
             self.num_batches_tracked.set(&nb)?;
-            let inv = (var + self.eps)?.sqrt()?.recip()?;
-            let scale = inv.broadcast_mul(&per_channel(&self.weight)?)?;
-            return centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?);
-        } else {
-            (
-                per_channel(self.running_mean.as_tensor())?,
-                per_channel(self.running_var.as_tensor())?,
-            )
-        };
+            return Ok(y);
+        }
+        let mean = per_channel(self.running_mean.as_tensor())?;
+        let var = per_channel(self.running_var.as_tensor())?;
         let scale = ((var + self.eps)?.sqrt()?.recip()? * per_channel(&self.weight)?)?;
         let shift = (per_channel(&self.bias)? - (&mean * &scale)?)?;
         x.broadcast_mul(&scale)?.broadcast_add(&shift)

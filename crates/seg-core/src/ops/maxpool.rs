@@ -117,12 +117,19 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
 }
 
 /// The same result composed from candle's kernels (used off the CPU, and as
-/// the reference the CPU kernel is tested against).
+/// the reference the CPU kernel is tested against). candle's own
+/// `max_pool2d` backward scales gradients by 1/4 (candle 0.11), so this is a
+/// reshape and a max over each window, whose backward is right (ties aside:
+/// every tied maximum receives the gradient).
 pub fn max_pool2x2_reference(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    x.narrow(2, 0, h / 2 * 2)?
-        .narrow(3, 0, w / 2 * 2)?
-        .max_pool2d(2)
+    let (n, c, h, w) = x.dims4()?;
+    let (oh, ow) = (h / 2, w / 2);
+    x.narrow(2, 0, oh * 2)?
+        .narrow(3, 0, ow * 2)?
+        .reshape((n, c, oh, 2, ow, 2))?
+        .permute((0, 1, 2, 4, 3, 5))?
+        .reshape((n, c, oh, ow, 4))?
+        .max(4)
 }
 
 #[cfg(test)]
@@ -164,11 +171,12 @@ mod tests {
             let yr = max_pool2x2_reference(x.as_tensor()).unwrap();
             assert_eq!(y.dims(), yr.dims());
             assert_eq!(max_abs_diff(&y, &yr), 0.0);
-            // (candle's own max-pool backward scales by 1/4, so the reference
-            // for the gradient is a plain loop)
-            let g = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
-            let got = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(got, naive_backward(x.as_tensor(), &gy), "{dims:?}");
+            let want = naive_backward(x.as_tensor(), &gy);
+            for out in [y, yr] {
+                let g = (out * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+                let got = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(got, want, "{dims:?}");
+            }
         }
     }
 

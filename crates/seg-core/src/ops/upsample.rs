@@ -156,9 +156,15 @@ pub fn upsample_bilinear2x_reference(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Nearest-neighbour ×2 upsampling, differentiable.
+///
+/// Written as a broadcast rather than candle's `upsample_nearest2d`, whose
+/// backward (candle 0.11) overwrites the input's accumulated gradient instead
+/// of adding to it.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    x.upsample_nearest2d(2 * h, 2 * w)
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h, 1, w, 1))?
+        .broadcast_as((n, c, h, 2, w, 2))?
+        .reshape((n, c, 2 * h, 2 * w))
 }
 
 #[cfg(test)]
@@ -201,9 +207,11 @@ mod tests {
         let xv = x.as_tensor().i((0, 1)).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(v[5][3], xv[2][1]);
         assert_eq!(v[2][0], xv[1][0]);
-        let g = y.sum_all().unwrap().backward().unwrap();
+        // the input also feeds another branch: both gradients must add up
+        let loss = (y.sum_all().unwrap() + x.as_tensor().sum_all().unwrap()).unwrap();
+        let g = loss.backward().unwrap();
         let gv = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(gv.iter().all(|&v| (v - 4.0).abs() < 1e-6));
+        assert!(gv.iter().all(|&v| (v - 5.0).abs() < 1e-6), "{gv:?}");
     }
 
     use candle_core::IndexOp;

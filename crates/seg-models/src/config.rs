@@ -1,0 +1,196 @@
+//! The registry of networks by name and their configurations.
+//!
+//! A configuration serialises as the reference's constructor arguments plus
+//! the name under `model`, e.g.
+//! `{"model":"unet","in_channels":3,"out_channels":1,"base":64,"bilinear":false}`;
+//! absent keys take the documented defaults (those of `models.py`).
+
+use crate::error::{Error, Result};
+use crate::{AttentionUNetConfig, ResUNetConfig, UNetConfig, UNetPlusPlusConfig};
+use seg_core::layers::NormKind;
+use serde::{Deserialize, Serialize};
+
+/// The names the registry knows.
+pub const MODEL_NAMES: [&str; 4] = ["unet", "resunet", "attention_unet", "unetpp"];
+
+/// A network configuration of any of the four kinds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "model")]
+pub enum ModelConfig {
+    /// Classic U-Net.
+    #[serde(rename = "unet")]
+    UNet(UNetConfig),
+    /// Residual U-Net with spatial attention on the decoder.
+    #[serde(rename = "resunet")]
+    ResUNet(ResUNetConfig),
+    /// Attention U-Net (Oktay et al. 2018).
+    #[serde(rename = "attention_unet")]
+    AttentionUNet(AttentionUNetConfig),
+    /// UNet++ (Zhou et al. 2018).
+    #[serde(rename = "unetpp")]
+    UNetPlusPlus(UNetPlusPlusConfig),
+}
+
+macro_rules! each {
+    ($self:expr, $c:ident => $e:expr) => {
+        match $self {
+            ModelConfig::UNet($c) => $e,
+            ModelConfig::ResUNet($c) => $e,
+            ModelConfig::AttentionUNet($c) => $e,
+            ModelConfig::UNetPlusPlus($c) => $e,
+        }
+    };
+}
+
+impl ModelConfig {
+    /// The default configuration of the named network.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "unet" => Ok(Self::UNet(Default::default())),
+            "resunet" => Ok(Self::ResUNet(Default::default())),
+            "attention_unet" => Ok(Self::AttentionUNet(Default::default())),
+            "unetpp" => Ok(Self::UNetPlusPlus(Default::default())),
+            _ => Err(Error::UnknownModel { name: name.to_string() }),
+        }
+    }
+
+    /// Parses the JSON form (as stored in checkpoints and fixtures).
+    pub fn from_json(s: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(s)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a model configuration always serialises")
+    }
+
+    /// The registry name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::UNet(_) => "unet",
+            Self::ResUNet(_) => "resunet",
+            Self::AttentionUNet(_) => "attention_unet",
+            Self::UNetPlusPlus(_) => "unetpp",
+        }
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        each!(self, c => c.in_channels)
+    }
+
+    /// Output channels (1 for binary segmentation with a sigmoid).
+    pub fn out_channels(&self) -> usize {
+        each!(self, c => c.out_channels)
+    }
+
+    /// Width of the first level.
+    pub fn base(&self) -> usize {
+        each!(self, c => c.base)
+    }
+
+    /// The normalisation layers used.
+    pub fn norm(&self) -> NormKind {
+        each!(self, c => c.norm)
+    }
+
+    /// With another input channel count.
+    pub fn with_in_channels(mut self, n: usize) -> Self {
+        each!(&mut self, c => c.in_channels = n);
+        self
+    }
+
+    /// With another output channel count.
+    pub fn with_out_channels(mut self, n: usize) -> Self {
+        each!(&mut self, c => c.out_channels = n);
+        self
+    }
+
+    /// With another base width.
+    pub fn with_base(mut self, n: usize) -> Self {
+        each!(&mut self, c => c.base = n);
+        self
+    }
+
+    /// With another normalisation.
+    pub fn with_norm(mut self, norm: NormKind) -> Self {
+        each!(&mut self, c => c.norm = norm);
+        self
+    }
+
+    /// Bilinear upsampling for U-Net (ignored by the others, which have a fixed scheme).
+    pub fn with_bilinear(mut self, bilinear: bool) -> Self {
+        if let Self::UNet(c) = &mut self {
+            c.bilinear = bilinear;
+        }
+        self
+    }
+
+    /// Deep supervision for UNet++ (ignored by the others).
+    pub fn with_deep_supervision(mut self, on: bool) -> Self {
+        if let Self::UNetPlusPlus(c) = &mut self {
+            c.deep_supervision = on;
+        }
+        self
+    }
+
+    /// Checks that the values describe a network that can be built.
+    pub fn validate(&self) -> Result<()> {
+        let model = self.name();
+        let bad = |reason: String| Err(Error::InvalidConfig { model, reason });
+        if self.in_channels() == 0 {
+            return bad("in_channels must be at least 1".into());
+        }
+        if self.out_channels() == 0 {
+            return bad("out_channels must be at least 1".into());
+        }
+        let min_base = match self {
+            // the attention gates have base / 2 intermediate channels
+            Self::AttentionUNet(_) => 2,
+            _ => 1,
+        };
+        if self.base() < min_base {
+            return bad(format!("base must be at least {min_base}"));
+        }
+        if let NormKind::Group { groups: 0 } = self.norm() {
+            return bad("group norm needs at least 1 group".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fixture_configs_with_defaults() {
+        let c = ModelConfig::from_json(
+            r#"{"model": "unet", "in_channels": 1, "out_channels": 2, "base": 8, "bilinear": true}"#,
+        )
+        .unwrap();
+        assert_eq!(c, ModelConfig::UNet(UNetConfig { in_channels: 1, out_channels: 2, base: 8, bilinear: true, norm: NormKind::Batch }));
+        let c = ModelConfig::from_json(r#"{"model": "unetpp"}"#).unwrap();
+        assert_eq!(c.base(), 32);
+        let c = ModelConfig::from_json(r#"{"model": "resunet"}"#).unwrap();
+        assert_eq!((c.in_channels(), c.base()), (1, 64));
+        for name in MODEL_NAMES {
+            let c = ModelConfig::from_name(name).unwrap();
+            assert_eq!(c.name(), name);
+            assert_eq!(ModelConfig::from_json(&c.to_json()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn refuses_unknown_models_keys_and_bad_values() {
+        assert!(matches!(ModelConfig::from_name("vnet"), Err(Error::UnknownModel { .. })));
+        assert!(ModelConfig::from_json(r#"{"model": "vnet"}"#).is_err());
+        assert!(ModelConfig::from_json(r#"{"model": "unet", "bas": 8}"#).is_err());
+        assert!(ModelConfig::from_json(r#"{"model": "unet", "base": 0}"#).is_err());
+        assert!(ModelConfig::from_json(r#"{"model": "attention_unet", "base": 1}"#).is_err());
+        let g = ModelConfig::from_json(r#"{"model": "unet", "norm": {"kind": "group", "groups": 8}}"#).unwrap();
+        assert_eq!(g.norm(), NormKind::Group { groups: 8 });
+    }
+}

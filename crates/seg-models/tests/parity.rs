@@ -1,0 +1,161 @@
+//! Parity with the PyTorch reference (`shared/reference/models.py`).
+//!
+//! Checks every `*.safetensors` network fixture in the folder named by
+//! `SEG_PARITY_FIXTURES` (default `../shared/reference/fixtures` beside the
+//! workspace root); the fixtures were written by
+//! `shared/reference/make_fixtures.py`. For each: build the network from the
+//! metadata `config`, load the weights, and compare the eval-mode output, the
+//! train-mode output, the BCE-with-logits loss, every parameter's gradient and
+//! every BatchNorm running statistic after the train pass.
+//!
+//! Tolerances (../shared/README.md): outputs and loss within 1e-4 absolute +
+//! 1e-4 relative; gradients within 1e-3 of the largest magnitude of that
+//! gradient tensor.
+
+use seg_core::ops::bce_with_logits_mean;
+use seg_core::params::read_safetensors;
+use seg_core::{Device, Tensor};
+use seg_models::{ModelConfig, Network, CONFIG_METADATA_KEY};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("SEG_PARITY_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/fixtures"),
+    }
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_dtype(seg_core::DType::F32).unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Largest violation of |a-b| <= atol + rtol*|b| (positive means failure).
+fn close(name: &str, got: &Tensor, want: &Tensor, atol: f32, rtol: f32) -> Result<(), String> {
+    if got.dims() != want.dims() {
+        return Err(format!("{name}: shape {:?}, reference {:?}", got.dims(), want.dims()));
+    }
+    let (g, w) = (values(got), values(want));
+    let mut worst = (0f32, 0usize);
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let excess = (a - b).abs() - (atol + rtol * b.abs());
+        if !(excess <= worst.0) {
+            worst = (if excess.is_nan() { f32::INFINITY } else { excess }, i);
+        }
+    }
+    if worst.0 > 0.0 {
+        let i = worst.1;
+        return Err(format!("{name}: element {i} is {} but the reference has {}", g[i], w[i]));
+    }
+    Ok(())
+}
+
+/// Absolute floor for gradient differences. A convolution bias followed by
+/// BatchNorm in training mode has a gradient that is exactly zero in exact
+/// arithmetic (the normalisation removes any constant shift); both PyTorch's
+/// and our values are then float32 round-off of size 1e-11..1e-7, and a
+/// relative comparison of two noises means nothing. Real gradients in the
+/// fixtures are above 1e-4.
+const GRAD_ATOL: f32 = 1e-6;
+
+/// Gradient check: max |a-b| <= max(rel * max |b|, GRAD_ATOL).
+fn close_grad(name: &str, got: &Tensor, want: &Tensor, rel: f32) -> Result<(), String> {
+    if got.dims() != want.dims() {
+        return Err(format!("{name}: shape {:?}, reference {:?}", got.dims(), want.dims()));
+    }
+    let (g, w) = (values(got), values(want));
+    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    if !(diff <= (rel * scale).max(GRAD_ATOL)) || diff.is_nan() {
+        return Err(format!("{name}: max difference {diff:e} exceeds {rel} x {scale:e}"));
+    }
+    Ok(())
+}
+
+fn check_fixture(path: &Path) -> Result<String, String> {
+    let (t, meta) = read_safetensors(path).map_err(|e| e.to_string())?;
+    let cfg = meta.get(CONFIG_METADATA_KEY).ok_or("no config in the metadata")?;
+    let cfg = ModelConfig::from_json(cfg).map_err(|e| e.to_string())?;
+    let get = |k: &str| t.get(k).ok_or_else(|| format!("fixture lacks tensor {k:?}"));
+    let net = Network::new(&cfg, &Device::Cpu, 0).map_err(|e| e.to_string())?;
+    let weights: HashMap<String, Tensor> = t
+        .iter()
+        .filter(|(k, _)| !k.starts_with("grad.") && !k.starts_with("after."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let report = net.params().load_tensors(&weights, path).map_err(|e| e.to_string())?;
+    let known: BTreeSet<&str> = ["input", "target", "out_eval", "out_train", "loss"].into();
+    let unexpected: Vec<_> = report.unused.iter().filter(|k| !known.contains(k.as_str())).collect();
+    if !unexpected.is_empty() {
+        return Err(format!("fixture tensors the model does not have: {unexpected:?}"));
+    }
+    let input = get("input")?;
+
+    let mut errors = Vec::new();
+    let out_eval = net.forward_t(input, false).map_err(|e| e.to_string())?;
+    errors.extend(close("out_eval", &out_eval, get("out_eval")?, 1e-4, 1e-4).err());
+
+    let out_train = net.forward_t(input, true).map_err(|e| e.to_string())?;
+    errors.extend(close("out_train", &out_train, get("out_train")?, 1e-4, 1e-4).err());
+    let loss = bce_with_logits_mean(&out_train, get("target")?).map_err(|e| e.to_string())?;
+    let want_loss = get("loss")?.reshape(()).map_err(|e| e.to_string())?;
+    errors.extend(close("loss", &loss, &want_loss, 1e-4, 1e-4).err());
+
+    let grads = loss.backward().map_err(|e| e.to_string())?;
+    let trainable = net.params().trainable();
+    for (name, var) in &trainable {
+        let key = format!("grad.{name}");
+        let want = get(&key)?;
+        match grads.get(var.as_tensor()) {
+            Some(g) => errors.extend(close_grad(&key, g, want, 1e-3).err()),
+            None => errors.push(format!("{key}: no gradient reached this parameter")),
+        }
+    }
+    let n_grad_fixtures = t.keys().filter(|k| k.starts_with("grad.")).count();
+    if n_grad_fixtures != trainable.len() {
+        errors.push(format!("{n_grad_fixtures} gradients in the fixture, {} trainable parameters", trainable.len()));
+    }
+    let mut n_after = 0;
+    for (key, want) in t.iter().filter(|(k, _)| k.starts_with("after.")) {
+        n_after += 1;
+        let name = &key["after.".len()..];
+        match net.params().get(name) {
+            Some(v) => errors.extend(close(key, v.as_tensor(), want, 1e-4, 1e-4).err()),
+            None => errors.push(format!("{key}: the model has no buffer {name:?}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(format!("{} ({} gradients, {} running stats)", cfg.name(), trainable.len(), n_after))
+    } else {
+        Err(errors.join("\n    "))
+    }
+}
+
+#[test]
+fn every_fixture_matches_pytorch() {
+    let dir = fixtures_dir();
+    if !dir.is_dir() {
+        eprintln!("SKIP parity: fixtures folder {} not found (set SEG_PARITY_FIXTURES)", dir.display());
+        return;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .filter(|p| p.file_stem().is_some_and(|s| s != "losses"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no network fixtures in {}", dir.display());
+    let mut failures = Vec::new();
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        match check_fixture(f) {
+            Ok(what) => eprintln!("ok   {name}: {what}"),
+            Err(e) => {
+                eprintln!("FAIL {name}:\n    {e}");
+                failures.push(name);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "fixtures not matched: {failures:?}");
+}
