@@ -46,7 +46,26 @@ pub enum Error {
     Safetensors { path: PathBuf, reason: String },
     /// An error from the tensor library.
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Candle(without_backtrace(e))
+    }
+}
+
+/// Drops the backtrace candle attaches to its errors when `RUST_BACKTRACE`
+/// is set, so that messages stay one line.
+pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        candle_core::Error::Context { inner, context } => candle_core::Error::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
+        e => e,
+    }
 }
 
 /// seg-core's result type.

@@ -21,7 +21,13 @@ pub enum Error {
     Core(#[from] seg_core::Error),
     /// An error from the tensor library.
     #[error(transparent)]
-    Tensor(#[from] seg_core::candle::Error),
+    Tensor(seg_core::candle::Error),
+}
+
+impl From<seg_core::candle::Error> for Error {
+    fn from(e: seg_core::candle::Error) -> Self {
+        Self::Tensor(seg_core::error::without_backtrace(e))
+    }
 }
 
 /// seg-models' result type.

@@ -157,3 +157,114 @@ impl Network {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MODEL_NAMES;
+    use seg_core::params::is_buffer;
+
+    fn cfg(name: &str, base: usize) -> ModelConfig {
+        ModelConfig::from_name(name).unwrap().with_base(base).with_in_channels(2).with_out_channels(1)
+    }
+
+    #[test]
+    fn unet_parameter_counts_match_pytorch() {
+        let t = ModelConfig::from_name("unet").unwrap();
+        let n = Network::new(&t, &Device::Cpu, 0).unwrap();
+        assert_eq!(n.params().num_trainable(), 31_037_633);
+        let n = Network::new(&t.with_bilinear(true), &Device::Cpu, 0).unwrap();
+        assert_eq!(n.params().num_trainable(), 17_262_977);
+    }
+
+    #[test]
+    fn every_network_accepts_odd_sizes_and_keeps_them() {
+        for name in MODEL_NAMES {
+            let net = Network::new(&cfg(name, 2), &Device::Cpu, 1).unwrap();
+            for (h, w) in [(16, 16), (37, 29), (50, 17)] {
+                let x = Tensor::randn(0f32, 1.0, (2, 2, h, w), &Device::Cpu).unwrap();
+                for train in [false, true] {
+                    let y = net.forward_t(&x, train).unwrap();
+                    assert_eq!(y.dims(), &[2, 1, h, w], "{name} {h}x{w} train={train}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deep_supervision_stacks_heads_in_training_only() {
+        let c = cfg("unetpp", 2).with_deep_supervision(true);
+        let net = Network::new(&c, &Device::Cpu, 0).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 2, 20, 24), &Device::Cpu).unwrap();
+        assert_eq!(net.forward_t(&x, true).unwrap().dims(), &[4, 2, 1, 20, 24]);
+        assert_eq!(net.forward_t(&x, false).unwrap().dims(), &[2, 1, 20, 24]);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let net = Network::new(&cfg("unet", 2), &Device::Cpu, 0).unwrap();
+        let small = Tensor::zeros((1, 2, 15, 40), DType::F32, &Device::Cpu).unwrap();
+        let msg = net.forward_t(&small, false).unwrap_err().to_string();
+        assert!(msg.contains("at least 16"), "{msg}");
+        let chans = Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+        let msg = net.forward_t(&chans, false).unwrap_err().to_string();
+        assert!(msg.contains("3 channels"), "{msg}");
+    }
+
+    #[test]
+    fn group_norm_variant_trains_without_running_stats() {
+        let c = cfg("resunet", 4).with_norm(seg_core::layers::NormKind::Group { groups: 2 });
+        let net = Network::new(&c, &Device::Cpu, 0).unwrap();
+        assert!(net.params().vars().iter().all(|(k, _)| !is_buffer(k)));
+        let x = Tensor::randn(0f32, 1.0, (1, 2, 16, 16), &Device::Cpu).unwrap();
+        let loss = net.forward_t(&x, true).unwrap().sqr().unwrap().mean_all().unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, v) in net.params().trainable() {
+            assert!(grads.get(v.as_tensor()).is_some(), "no gradient for {name}");
+        }
+    }
+
+    #[test]
+    fn summary_rows_cover_every_parameter() {
+        for name in MODEL_NAMES {
+            let net = Network::new(&cfg(name, 2), &Device::Cpu, 0).unwrap();
+            let s = net.summary(32, 48).unwrap();
+            let sum: usize = s.rows.iter().map(|r| r.params).sum();
+            assert_eq!(sum, s.total_params, "{name}: rows miss parameters");
+            assert_eq!(s.output_shape, vec![1, 1, 32, 48]);
+            let text = s.to_string();
+            assert!(text.contains("Total params"), "{text}");
+        }
+        let net = Network::new(&ModelConfig::from_name("unet").unwrap().with_base(4), &Device::Cpu, 0).unwrap();
+        let s = net.summary(64, 64).unwrap();
+        let inc = &s.rows[0];
+        assert_eq!((inc.name.as_str(), inc.output_shape.as_slice()), ("inc", &[1, 4, 64, 64][..]));
+        assert_eq!(s.rows[4].output_shape, vec![1, 64, 4, 4]);
+    }
+
+    #[test]
+    fn weights_round_trip_with_config_and_pytorch_names() {
+        let dir = std::env::temp_dir().join(format!("seg-models-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        let c = cfg("attention_unet", 2);
+        let a = Network::new(&c, &Device::Cpu, 3).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 2, 16, 16), &Device::Cpu).unwrap();
+        a.forward_t(&x, true).unwrap(); // moves the running stats
+        a.save_weights(&path, &HashMap::from([("note".into(), "x".into())])).unwrap();
+        let (b, meta) = Network::from_file(&path, &Device::Cpu).unwrap();
+        assert_eq!(b.config(), &c);
+        assert_eq!(meta["note"], "x");
+        let (ya, yb) = (a.forward_t(&x, false).unwrap(), b.forward_t(&x, false).unwrap());
+        let d = (ya - yb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0);
+        let (tensors, _) = read_safetensors(&path).unwrap();
+        assert!(tensors.contains_key("att1.W_g.0.weight"));
+        assert_eq!(tensors["enc1.conv.1.num_batches_tracked"].to_scalar::<i64>().unwrap(), 1);
+        // a file for another width names the tensor and both shapes
+        let other = Network::new(&cfg("attention_unet", 4), &Device::Cpu, 0).unwrap();
+        let msg = other.load_weights(&path).unwrap_err().to_string();
+        assert!(msg.contains("has shape") && msg.contains("expects"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
