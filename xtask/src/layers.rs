@@ -13,8 +13,13 @@ use serde_json::Value;
 use std::process::Command;
 
 /// The layer of each seg crate.
-pub const LAYERS: [(&str, u8); 5] =
-    [("seg-core", 0), ("seg-data", 1), ("seg-models", 1), ("seg-train", 2), ("seg-cli", 3)];
+pub const LAYERS: [(&str, u8); 5] = [
+    ("seg-core", 0),
+    ("seg-data", 1),
+    ("seg-models", 1),
+    ("seg-train", 2),
+    ("seg-cli", 3),
+];
 
 /// Backend features every crate forwards.
 pub const FEATURES: [&str; 5] = ["cuda", "cudnn", "metal", "mkl", "accelerate"];
@@ -28,11 +33,21 @@ pub fn metadata() -> Result<Value> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let out = Command::new(cargo)
-        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path", root])
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--manifest-path",
+            root,
+        ])
         .output()
         .context("running cargo metadata")?;
     if !out.status.success() {
-        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     serde_json::from_slice(&out.stdout).context("parsing cargo metadata")
 }
@@ -55,7 +70,9 @@ pub fn violations(meta: &Value) -> Vec<String> {
                 v.push(format!("{name} depends on xtask ({kind})"));
             }
             if dn.starts_with("candle") && name != "seg-core" {
-                v.push(format!("{name} names {dn} ({kind}): only seg-core may depend on candle"));
+                v.push(format!(
+                    "{name} names {dn} ({kind}): only seg-core may depend on candle"
+                ));
             }
             if let (Some(mine), Some(theirs)) = (my_layer, layer(dn)) {
                 if theirs >= mine {
@@ -69,7 +86,10 @@ pub fn violations(meta: &Value) -> Vec<String> {
             continue;
         }
         let features = &p["features"];
-        if features["default"].as_array().is_some_and(|d| !d.is_empty()) {
+        if features["default"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+        {
             v.push(format!("{name} turns on default features"));
         }
         for f in FEATURES {
@@ -81,12 +101,17 @@ pub fn violations(meta: &Value) -> Vec<String> {
             let normal_deps = deps.iter().filter(|d| d["kind"].is_null());
             for d in normal_deps {
                 let dn = d["name"].as_str().unwrap_or("?");
-                let forwards = |target: &str| list.iter().any(|e| *e == format!("{target}/{f}") || *e == format!("{target}?/{f}"));
+                let forwards = |target: &str| {
+                    list.iter()
+                        .any(|e| *e == format!("{target}/{f}") || *e == format!("{target}?/{f}"))
+                };
                 if layer(dn).is_some() && !forwards(dn) {
                     v.push(format!("{name}'s feature {f} does not forward to {dn}"));
                 }
                 if dn == "candle-core" && !forwards(dn) {
-                    v.push(format!("{name}'s feature {f} does not forward to candle-core"));
+                    v.push(format!(
+                        "{name}'s feature {f} does not forward to candle-core"
+                    ));
                 }
             }
         }
@@ -98,7 +123,14 @@ pub fn violations(meta: &Value) -> Vec<String> {
 pub fn run() -> Result<()> {
     let v = violations(&metadata()?);
     if v.is_empty() {
-        println!("layers ok: {}", LAYERS.iter().map(|(n, l)| format!("{n}=L{l}")).collect::<Vec<_>>().join(", "));
+        println!(
+            "layers ok: {}",
+            LAYERS
+                .iter()
+                .map(|(n, l)| format!("{n}=L{l}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         Ok(())
     } else {
         for line in &v {
@@ -123,7 +155,11 @@ mod tests {
         let features: serde_json::Map<String, Value> = FEATURES
             .iter()
             .map(|f| {
-                let fwd: Vec<String> = deps.iter().filter(|(_, k)| k.is_none()).map(|(d, _)| format!("{d}/{f}")).collect();
+                let fwd: Vec<String> = deps
+                    .iter()
+                    .filter(|(_, k)| k.is_none())
+                    .map(|(d, _)| format!("{d}/{f}"))
+                    .collect();
                 (f.to_string(), json!(fwd))
             })
             .chain([("default".to_string(), json!([]))])
@@ -145,10 +181,23 @@ mod tests {
             pkg("seg-extra", &[]),
         ]});
         let v = violations(&meta);
-        assert!(v.iter().any(|l| l.contains("seg-models (layer 1) depends on seg-data")), "{v:?}");
-        assert!(v.iter().any(|l| l.contains("seg-data names candle-nn")), "{v:?}");
-        assert!(v.iter().any(|l| l.contains("seg-train depends on xtask")), "{v:?}");
-        assert!(v.iter().any(|l| l.contains("seg-extra has no layer")), "{v:?}");
+        assert!(
+            v.iter()
+                .any(|l| l.contains("seg-models (layer 1) depends on seg-data")),
+            "{v:?}"
+        );
+        assert!(
+            v.iter().any(|l| l.contains("seg-data names candle-nn")),
+            "{v:?}"
+        );
+        assert!(
+            v.iter().any(|l| l.contains("seg-train depends on xtask")),
+            "{v:?}"
+        );
+        assert!(
+            v.iter().any(|l| l.contains("seg-extra has no layer")),
+            "{v:?}"
+        );
         assert_eq!(v.len(), 4, "{v:?}");
     }
 
@@ -157,6 +206,9 @@ mod tests {
         let mut p = pkg("seg-models", &[("seg-core", None)]);
         p["features"]["metal"] = json!([]);
         let v = violations(&json!({"packages": [pkg("seg-core", &[("candle-core", None)]), p]}));
-        assert_eq!(v, vec!["seg-models's feature metal does not forward to seg-core".to_string()]);
+        assert_eq!(
+            v,
+            vec!["seg-models's feature metal does not forward to seg-core".to_string()]
+        );
     }
 }

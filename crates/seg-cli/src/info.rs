@@ -38,7 +38,11 @@ pub fn parse_hw(s: &str) -> Result<(usize, usize), String> {
     let (h, w) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("expected HxW such as 256x256, got {s:?}"))?;
-    let p = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("not a size: {v:?} in {s:?}"));
+    let p = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("not a size: {v:?} in {s:?}"))
+    };
     let (h, w) = (p(h)?, p(w)?);
     if h == 0 || w == 0 {
         return Err(format!("height and width must be positive, got {s:?}"));
@@ -72,7 +76,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
     cfg.validate()?;
     let net = Network::new(&cfg, &Device::Cpu, 0).context("building the network")?;
     let (h, w) = a.input;
-    let summary = net.summary(h, w).with_context(|| format!("tracing a {h}x{w} input"))?;
+    let summary = net
+        .summary(h, w)
+        .with_context(|| format!("tracing a {h}x{w} input"))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

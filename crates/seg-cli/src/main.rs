@@ -19,14 +19,17 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print a model summary: each block's output shape and parameters.
-    #[command(after_help = "Examples:\n  seg-cli info --model unet\n  seg-cli info --model unet --bilinear --input 572x572\n  seg-cli info --model resunet --base 16 --in-channels 1 --json")]
+    #[command(
+        after_help = "Examples:\n  seg-cli info --model unet\n  seg-cli info --model unet --bilinear --input 572x572\n  seg-cli info --model resunet --base 16 --in-channels 1 --json"
+    )]
     Info(info::InfoArgs),
 }
 
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SEG_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SEG_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -22,7 +22,9 @@ impl FromStr for DeviceSpec {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let t = s.trim().to_ascii_lowercase();
-        let unknown = || Error::UnknownDevice { spec: s.to_string() };
+        let unknown = || Error::UnknownDevice {
+            spec: s.to_string(),
+        };
         let ordinal = |rest: &str| -> Result<usize> {
             if rest.is_empty() {
                 Ok(0)
@@ -65,13 +67,19 @@ impl DeviceSpec {
             Self::Cpu => Ok(Device::Cpu),
             Self::Cuda(n) => {
                 if !cfg!(feature = "cuda") {
-                    return Err(Error::BackendNotCompiled { spec, feature: "cuda" });
+                    return Err(Error::BackendNotCompiled {
+                        spec,
+                        feature: "cuda",
+                    });
                 }
                 Device::new_cuda(n).map_err(|source| Error::DeviceInit { spec, source })
             }
             Self::Metal(n) => {
                 if !cfg!(feature = "metal") {
-                    return Err(Error::BackendNotCompiled { spec, feature: "metal" });
+                    return Err(Error::BackendNotCompiled {
+                        spec,
+                        feature: "metal",
+                    });
                 }
                 Device::new_metal(n).map_err(|source| Error::DeviceInit { spec, source })
             }
@@ -115,7 +123,10 @@ mod tests {
         assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
         assert_eq!("CUDA:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
         assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
-        assert_eq!("metal:0".parse::<DeviceSpec>().unwrap(), DeviceSpec::Metal(0));
+        assert_eq!(
+            "metal:0".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Metal(0)
+        );
         assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
         for bad in ["gpu", "cuda:", "cuda:x", "cpu:0", ""] {
             assert!(
@@ -135,7 +146,13 @@ mod tests {
     #[test]
     fn missing_backend_is_a_clear_error() {
         let err = parse_device("cuda:0").unwrap_err();
-        assert!(matches!(err, Error::BackendNotCompiled { feature: "cuda", .. }));
+        assert!(matches!(
+            err,
+            Error::BackendNotCompiled {
+                feature: "cuda",
+                ..
+            }
+        ));
         assert!(err.to_string().contains("--features cuda"), "{err}");
     }
 }

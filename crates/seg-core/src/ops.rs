@@ -90,10 +90,14 @@ pub(crate) mod test_util {
     /// A deterministic pseudo-random tensor.
     pub fn rand_tensor(dims: &[usize], seed: u64) -> Tensor {
         let n: usize = dims.iter().product();
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let v: Vec<f32> = (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect();
@@ -102,7 +106,16 @@ pub(crate) mod test_util {
 
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 }
 
@@ -117,7 +130,13 @@ mod tests {
         let x = Tensor::ones((1, 1, 2, 3), DType::F32, &Device::Cpu).unwrap();
         let y = pad_to(&x, 5, 4).unwrap();
         assert_eq!(y.dims(), &[1, 1, 5, 4]);
-        let v = y.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let v = y
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         // dy = 3: 1 row on top, 2 below; dx = 1: 0 left, 1 right
         assert_eq!(v[0], vec![0., 0., 0., 0.]);
         assert_eq!(v[1], vec![1., 1., 1., 0.]);
@@ -129,8 +148,15 @@ mod tests {
     #[test]
     fn bce_matches_the_naive_formula() {
         let x = rand_tensor(&[2, 1, 3, 5], 1);
-        let t = rand_tensor(&[2, 1, 3, 5], 2).ge(0.0).unwrap().to_dtype(DType::F32).unwrap();
-        let got = bce_with_logits_mean(&x, &t).unwrap().to_scalar::<f32>().unwrap();
+        let t = rand_tensor(&[2, 1, 3, 5], 2)
+            .ge(0.0)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let got = bce_with_logits_mean(&x, &t)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         let xs = f32_data(&x).unwrap();
         let ts = f32_data(&t).unwrap();
         let want: f32 = xs

@@ -189,20 +189,28 @@ impl ParamStore {
             let mut rng = self.inner.rng.lock().unwrap_or_else(|e| e.into_inner());
             match init {
                 Init::Const(c) => vec![c as f32; n],
-                Init::Uniform { lo, up } => (0..n).map(|_| rng.random_range(lo..up) as f32).collect(),
+                Init::Uniform { lo, up } => {
+                    (0..n).map(|_| rng.random_range(lo..up) as f32).collect()
+                }
                 Init::Randn { mean, stdev } => (0..n)
-                    .map(|_| (mean + stdev * standard_normal(&mut *rng)) as f32)
+                    .map(|_| (mean + stdev * standard_normal(&mut rng)) as f32)
                     .collect(),
-                Init::Kaiming { dist, fan, non_linearity } => {
+                Init::Kaiming {
+                    dist,
+                    fan,
+                    non_linearity,
+                } => {
                     let fan = fan.for_shape(shape) as f64;
                     let std = non_linearity.gain() / fan.sqrt();
                     match dist {
                         candle_nn::init::NormalOrUniform::Uniform => {
                             let bound = 3f64.sqrt() * std;
-                            (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect()
+                            (0..n)
+                                .map(|_| rng.random_range(-bound..bound) as f32)
+                                .collect()
                         }
                         candle_nn::init::NormalOrUniform::Normal => (0..n)
-                            .map(|_| (std * standard_normal(&mut *rng)) as f32)
+                            .map(|_| (std * standard_normal(&mut rng)) as f32)
                             .collect(),
                     }
                 }
@@ -257,7 +265,12 @@ impl candle_nn::var_builder::SimpleBackend for ParamStore {
         Ok(out)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.vars_lock()
             .get(name)
             .map(|v| v.as_tensor().clone())
@@ -281,7 +294,8 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap
         reason,
     };
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
@@ -323,7 +337,10 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -343,8 +360,14 @@ mod tests {
 
     fn build(store: &ParamStore) {
         let vb = store.var_builder(DType::F32, &Device::Cpu);
-        let _ = vb.pp("a").get_with_hints((2, 3), "weight", Init::Uniform { lo: -1., up: 1. }).unwrap();
-        let _ = vb.pp("bn").get_with_hints(3, "running_mean", Init::Const(0.)).unwrap();
+        let _ = vb
+            .pp("a")
+            .get_with_hints((2, 3), "weight", Init::Uniform { lo: -1., up: 1. })
+            .unwrap();
+        let _ = vb
+            .pp("bn")
+            .get_with_hints(3, "running_mean", Init::Const(0.))
+            .unwrap();
         let _ = vb
             .pp("bn")
             .get_with_hints_dtype((), "num_batches_tracked", Init::Const(0.), DType::I64)
@@ -356,12 +379,27 @@ mod tests {
         let (a, b) = (ParamStore::new(7), ParamStore::new(7));
         build(&a);
         build(&b);
-        let ta = a.tensors()["a.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let tb = b.tensors()["a.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ta = a.tensors()["a.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let tb = b.tensors()["a.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(ta, tb);
         let c = ParamStore::new(8);
         build(&c);
-        assert_ne!(ta, c.tensors()["a.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_ne!(
+            ta,
+            c.tensors()["a.weight"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
         let names: Vec<_> = a.trainable().into_iter().map(|(k, _)| k).collect();
         assert_eq!(names, vec!["a.weight".to_string()]);
         assert_eq!(a.vars().len(), 3);
@@ -384,23 +422,43 @@ mod tests {
         let report = b.load_safetensors(&path).unwrap();
         assert!(report.unused.is_empty());
         assert_eq!(
-            a.tensors()["a.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            b.tensors()["a.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            a.tensors()["a.weight"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            b.tensors()["a.weight"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         );
         // missing tensor
         let mut partial = t.clone();
         partial.remove("a.weight");
         let err = b.load_tensors(&partial, &path).unwrap_err();
-        assert!(matches!(&err, Error::MissingTensor { name, .. } if name == "a.weight"), "{err}");
+        assert!(
+            matches!(&err, Error::MissingTensor { name, .. } if name == "a.weight"),
+            "{err}"
+        );
         // wrong shape names both shapes
         let mut wrong = t.clone();
-        wrong.insert("a.weight".into(), Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap());
+        wrong.insert(
+            "a.weight".into(),
+            Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap(),
+        );
         let msg = b.load_tensors(&wrong, &path).unwrap_err().to_string();
-        assert!(msg.contains("a.weight") && msg.contains("[3, 2]") && msg.contains("[2, 3]"), "{msg}");
+        assert!(
+            msg.contains("a.weight") && msg.contains("[3, 2]") && msg.contains("[2, 3]"),
+            "{msg}"
+        );
         // optional buffer missing, extra entry reported
         let mut extra = t.clone();
         extra.remove("bn.num_batches_tracked");
-        extra.insert("other".into(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
+        extra.insert(
+            "other".into(),
+            Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+        );
         let report = b.load_tensors(&extra, &path).unwrap();
         assert_eq!(report.unused, vec!["other".to_string()]);
         assert_eq!(report.defaulted, vec!["bn.num_batches_tracked".to_string()]);

@@ -24,7 +24,12 @@ pub struct AttentionUNetConfig {
 
 impl Default for AttentionUNetConfig {
     fn default() -> Self {
-        Self { in_channels: 3, out_channels: 1, base: 64, norm: NormKind::Batch }
+        Self {
+            in_channels: 3,
+            out_channels: 1,
+            base: 64,
+            norm: NormKind::Batch,
+        }
     }
 }
 
@@ -36,8 +41,19 @@ struct ConvNorm {
 }
 
 impl ConvNorm {
-    fn new(cin: usize, cout: usize, k: usize, norm: NormKind, vb: VarBuilder, ci: &str, ni: &str) -> Result<Self> {
-        Ok(Self { conv: conv2d(cin, cout, k, k / 2, true, vb.pp(ci))?, norm: norm2d(norm, cout, vb.pp(ni))? })
+    fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        norm: NormKind,
+        vb: VarBuilder,
+        ci: &str,
+        ni: &str,
+    ) -> Result<Self> {
+        Ok(Self {
+            conv: conv2d(cin, cout, k, k / 2, true, vb.pp(ci))?,
+            norm: norm2d(norm, cout, vb.pp(ni))?,
+        })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -109,10 +125,21 @@ impl AttentionUNet {
     /// Builds the network; tensor names are those of the reference.
     pub fn new(cfg: &AttentionUNetConfig, vb: VarBuilder) -> Result<Self> {
         let (b, n) = (cfg.base, cfg.norm);
-        let widths = [(cfg.in_channels, b), (b, 2 * b), (2 * b, 4 * b), (4 * b, 8 * b), (8 * b, 16 * b)];
+        let widths = [
+            (cfg.in_channels, b),
+            (b, 2 * b),
+            (2 * b, 4 * b),
+            (4 * b, 8 * b),
+            (8 * b, 16 * b),
+        ];
         let mut encoders = Vec::new();
         for (i, (cin, cout)) in widths.into_iter().enumerate() {
-            encoders.push(ConvBlock::new(cin, cout, n, vb.pp(format!("enc{}", i + 1)))?);
+            encoders.push(ConvBlock::new(
+                cin,
+                cout,
+                n,
+                vb.pp(format!("enc{}", i + 1)),
+            )?);
         }
         let mut levels = Vec::new();
         for (lvl, w) in [(4, 8 * b), (3, 4 * b), (2, 2 * b), (1, b)] {
@@ -123,7 +150,12 @@ impl AttentionUNet {
             });
         }
         let head = conv2d(b, cfg.out_channels, 1, 0, true, vb.pp("head"))?;
-        Ok(Self { cfg: cfg.clone(), encoders, levels, head })
+        Ok(Self {
+            cfg: cfg.clone(),
+            encoders,
+            levels,
+            head,
+        })
     }
 
     /// Logits for an NCHW batch; `train` selects batch statistics in BatchNorm.

@@ -50,7 +50,9 @@ impl ModelConfig {
             "resunet" => Ok(Self::ResUNet(Default::default())),
             "attention_unet" => Ok(Self::AttentionUNet(Default::default())),
             "unetpp" => Ok(Self::UNetPlusPlus(Default::default())),
-            _ => Err(Error::UnknownModel { name: name.to_string() }),
+            _ => Err(Error::UnknownModel {
+                name: name.to_string(),
+            }),
         }
     }
 
@@ -171,7 +173,16 @@ mod tests {
             r#"{"model": "unet", "in_channels": 1, "out_channels": 2, "base": 8, "bilinear": true}"#,
         )
         .unwrap();
-        assert_eq!(c, ModelConfig::UNet(UNetConfig { in_channels: 1, out_channels: 2, base: 8, bilinear: true, norm: NormKind::Batch }));
+        assert_eq!(
+            c,
+            ModelConfig::UNet(UNetConfig {
+                in_channels: 1,
+                out_channels: 2,
+                base: 8,
+                bilinear: true,
+                norm: NormKind::Batch
+            })
+        );
         let c = ModelConfig::from_json(r#"{"model": "unetpp"}"#).unwrap();
         assert_eq!(c.base(), 32);
         let c = ModelConfig::from_json(r#"{"model": "resunet"}"#).unwrap();
@@ -185,12 +196,17 @@ mod tests {
 
     #[test]
     fn refuses_unknown_models_keys_and_bad_values() {
-        assert!(matches!(ModelConfig::from_name("vnet"), Err(Error::UnknownModel { .. })));
+        assert!(matches!(
+            ModelConfig::from_name("vnet"),
+            Err(Error::UnknownModel { .. })
+        ));
         assert!(ModelConfig::from_json(r#"{"model": "vnet"}"#).is_err());
         assert!(ModelConfig::from_json(r#"{"model": "unet", "bas": 8}"#).is_err());
         assert!(ModelConfig::from_json(r#"{"model": "unet", "base": 0}"#).is_err());
         assert!(ModelConfig::from_json(r#"{"model": "attention_unet", "base": 1}"#).is_err());
-        let g = ModelConfig::from_json(r#"{"model": "unet", "norm": {"kind": "group", "groups": 8}}"#).unwrap();
+        let g =
+            ModelConfig::from_json(r#"{"model": "unet", "norm": {"kind": "group", "groups": 8}}"#)
+                .unwrap();
         assert_eq!(g.norm(), NormKind::Group { groups: 8 });
     }
 }

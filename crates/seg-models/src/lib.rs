@@ -46,7 +46,10 @@ pub const DEPTH: usize = 4;
 pub type Recorder<'a> = dyn FnMut(&str, &seg_core::Tensor) + 'a;
 
 /// Checks that an NCHW input has the expected channels and is large enough.
-pub(crate) fn check_input(x: &seg_core::Tensor, in_channels: usize) -> seg_core::candle::Result<()> {
+pub(crate) fn check_input(
+    x: &seg_core::Tensor,
+    in_channels: usize,
+) -> seg_core::candle::Result<()> {
     let (_, c, h, w) = x.dims4()?;
     if c != in_channels {
         seg_core::candle::bail!("input has {c} channels, the network expects {in_channels}");

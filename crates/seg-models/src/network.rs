@@ -69,7 +69,12 @@ impl Network {
     pub fn new(config: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
         let params = ParamStore::new(seed);
         let model = Model::new(config, params.var_builder(DType::F32, device))?;
-        Ok(Self { config: config.clone(), params, model, device: device.clone() })
+        Ok(Self {
+            config: config.clone(),
+            params,
+            model,
+            device: device.clone(),
+        })
     }
 
     /// Builds the network a weight file describes (its `config` metadata) and
@@ -78,7 +83,9 @@ impl Network {
         let (tensors, metadata) = read_safetensors(path)?;
         let cfg = metadata
             .get(CONFIG_METADATA_KEY)
-            .ok_or_else(|| Error::NoConfig { path: path.display().to_string() })?;
+            .ok_or_else(|| Error::NoConfig {
+                path: path.display().to_string(),
+            })?;
         let cfg = ModelConfig::from_json(cfg)?;
         let net = Self::new(&cfg, device, 0)?;
         net.params.load_tensors(&tensors, path)?;
@@ -130,7 +137,11 @@ impl Network {
     /// runs one inference pass and reports each block's output shape and
     /// parameter count.
     pub fn summary(&self, height: usize, width: usize) -> Result<Summary> {
-        let x = Tensor::zeros((1, self.config.in_channels(), height, width), DType::F32, &self.device)?;
+        let x = Tensor::zeros(
+            (1, self.config.in_channels(), height, width),
+            DType::F32,
+            &self.device,
+        )?;
         let mut rows = Vec::new();
         let params = &self.params;
         let out = self.model.forward_recorded(&x, false, &mut |name, t| {
@@ -165,7 +176,11 @@ mod tests {
     use seg_core::params::is_buffer;
 
     fn cfg(name: &str, base: usize) -> ModelConfig {
-        ModelConfig::from_name(name).unwrap().with_base(base).with_in_channels(2).with_out_channels(1)
+        ModelConfig::from_name(name)
+            .unwrap()
+            .with_base(base)
+            .with_in_channels(2)
+            .with_out_channels(1)
     }
 
     #[test]
@@ -217,7 +232,13 @@ mod tests {
         let net = Network::new(&c, &Device::Cpu, 0).unwrap();
         assert!(net.params().vars().iter().all(|(k, _)| !is_buffer(k)));
         let x = Tensor::randn(0f32, 1.0, (1, 2, 16, 16), &Device::Cpu).unwrap();
-        let loss = net.forward_t(&x, true).unwrap().sqr().unwrap().mean_all().unwrap();
+        let loss = net
+            .forward_t(&x, true)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap();
         let grads = loss.backward().unwrap();
         for (name, v) in net.params().trainable() {
             assert!(grads.get(v.as_tensor()).is_some(), "no gradient for {name}");
@@ -235,10 +256,18 @@ mod tests {
             let text = s.to_string();
             assert!(text.contains("Total params"), "{text}");
         }
-        let net = Network::new(&ModelConfig::from_name("unet").unwrap().with_base(4), &Device::Cpu, 0).unwrap();
+        let net = Network::new(
+            &ModelConfig::from_name("unet").unwrap().with_base(4),
+            &Device::Cpu,
+            0,
+        )
+        .unwrap();
         let s = net.summary(64, 64).unwrap();
         let inc = &s.rows[0];
-        assert_eq!((inc.name.as_str(), inc.output_shape.as_slice()), ("inc", &[1, 4, 64, 64][..]));
+        assert_eq!(
+            (inc.name.as_str(), inc.output_shape.as_slice()),
+            ("inc", &[1, 4, 64, 64][..])
+        );
         assert_eq!(s.rows[4].output_shape, vec![1, 64, 4, 4]);
     }
 
@@ -251,20 +280,39 @@ mod tests {
         let a = Network::new(&c, &Device::Cpu, 3).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 2, 16, 16), &Device::Cpu).unwrap();
         a.forward_t(&x, true).unwrap(); // moves the running stats
-        a.save_weights(&path, &HashMap::from([("note".into(), "x".into())])).unwrap();
+        a.save_weights(&path, &HashMap::from([("note".into(), "x".into())]))
+            .unwrap();
         let (b, meta) = Network::from_file(&path, &Device::Cpu).unwrap();
         assert_eq!(b.config(), &c);
         assert_eq!(meta["note"], "x");
-        let (ya, yb) = (a.forward_t(&x, false).unwrap(), b.forward_t(&x, false).unwrap());
-        let d = (ya - yb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let (ya, yb) = (
+            a.forward_t(&x, false).unwrap(),
+            b.forward_t(&x, false).unwrap(),
+        );
+        let d = (ya - yb)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(d, 0.0);
         let (tensors, _) = read_safetensors(&path).unwrap();
         assert!(tensors.contains_key("att1.W_g.0.weight"));
-        assert_eq!(tensors["enc1.conv.1.num_batches_tracked"].to_scalar::<i64>().unwrap(), 1);
+        assert_eq!(
+            tensors["enc1.conv.1.num_batches_tracked"]
+                .to_scalar::<i64>()
+                .unwrap(),
+            1
+        );
         // a file for another width names the tensor and both shapes
         let other = Network::new(&cfg("attention_unet", 4), &Device::Cpu, 0).unwrap();
         let msg = other.load_weights(&path).unwrap_err().to_string();
-        assert!(msg.contains("has shape") && msg.contains("expects"), "{msg}");
+        assert!(
+            msg.contains("has shape") && msg.contains("expects"),
+            "{msg}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,8 +4,12 @@
 
 use crate::{check_input, Recorder};
 use seg_core::candle::Result;
-use seg_core::layers::{conv2d, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind};
-use seg_core::ops::{cat_channels, channel_max, channel_mean, max_pool2x2, pad_like, relu, sigmoid};
+use seg_core::layers::{
+    conv2d, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
+};
+use seg_core::ops::{
+    cat_channels, channel_max, channel_mean, max_pool2x2, pad_like, relu, sigmoid,
+};
 use seg_core::{Module, ModuleT, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +29,12 @@ pub struct ResUNetConfig {
 
 impl Default for ResUNetConfig {
     fn default() -> Self {
-        Self { in_channels: 1, out_channels: 1, base: 64, norm: NormKind::Batch }
+        Self {
+            in_channels: 1,
+            out_channels: 1,
+            base: 64,
+            norm: NormKind::Batch,
+        }
     }
 }
 
@@ -42,7 +51,10 @@ impl ResidualBlock {
     fn new(cin: usize, cout: usize, norm: NormKind, vb: VarBuilder) -> Result<Self> {
         let shortcut = if cin != cout {
             let s = vb.pp("shortcut");
-            Some((conv2d(cin, cout, 1, 0, true, s.pp("0"))?, norm2d(norm, cout, s.pp("1"))?))
+            Some((
+                conv2d(cin, cout, 1, 0, true, s.pp("0"))?,
+                norm2d(norm, cout, s.pp("1"))?,
+            ))
         } else {
             None
         };
@@ -73,7 +85,9 @@ struct SpatialAttention {
 
 impl SpatialAttention {
     fn new(vb: VarBuilder) -> Result<Self> {
-        Ok(Self { conv: conv2d(2, 1, 7, 3, true, vb.pp("conv"))? })
+        Ok(Self {
+            conv: conv2d(2, 1, 7, 3, true, vb.pp("conv"))?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -103,10 +117,21 @@ impl ResUNet {
     /// Builds the network; tensor names are those of the reference.
     pub fn new(cfg: &ResUNetConfig, vb: VarBuilder) -> Result<Self> {
         let (b, n) = (cfg.base, cfg.norm);
-        let widths = [(cfg.in_channels, b), (b, 2 * b), (2 * b, 4 * b), (4 * b, 8 * b), (8 * b, 16 * b)];
+        let widths = [
+            (cfg.in_channels, b),
+            (b, 2 * b),
+            (2 * b, 4 * b),
+            (4 * b, 8 * b),
+            (8 * b, 16 * b),
+        ];
         let mut encoders = Vec::new();
         for (i, (cin, cout)) in widths.into_iter().enumerate() {
-            encoders.push(ResidualBlock::new(cin, cout, n, vb.pp(format!("encoder{}", i + 1)))?);
+            encoders.push(ResidualBlock::new(
+                cin,
+                cout,
+                n,
+                vb.pp(format!("encoder{}", i + 1)),
+            )?);
         }
         let mut levels = Vec::new();
         for (lvl, w) in [(4, 8 * b), (3, 4 * b), (2, 2 * b), (1, b)] {
@@ -117,7 +142,12 @@ impl ResUNet {
             });
         }
         let final_conv = conv2d(b, cfg.out_channels, 1, 0, true, vb.pp("final"))?;
-        Ok(Self { cfg: cfg.clone(), encoders, levels, final_conv })
+        Ok(Self {
+            cfg: cfg.clone(),
+            encoders,
+            levels,
+            final_conv,
+        })
     }
 
     /// Logits for an NCHW batch; `train` selects batch statistics in BatchNorm.

@@ -47,7 +47,13 @@ pub fn thousands(n: usize) -> String {
 }
 
 fn shape(s: &[usize]) -> String {
-    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        s.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 impl fmt::Display for Summary {
@@ -56,17 +62,35 @@ impl fmt::Display for Summary {
         writeln!(f, "{line}")?;
         writeln!(f, "{:<24}{:<28}{:>14}", "Block", "Output shape", "Param #")?;
         writeln!(f, "{line}")?;
-        writeln!(f, "{:<24}{:<28}{:>14}", format!("{} (input)", self.model), shape(&self.input_shape), "--")?;
+        writeln!(
+            f,
+            "{:<24}{:<28}{:>14}",
+            format!("{} (input)", self.model),
+            shape(&self.input_shape),
+            "--"
+        )?;
         for r in &self.rows {
-            let p = if r.params == 0 { "--".to_string() } else { thousands(r.params) };
+            let p = if r.params == 0 {
+                "--".to_string()
+            } else {
+                thousands(r.params)
+            };
             writeln!(f, "├─{:<22}{:<28}{:>14}", r.name, shape(&r.output_shape), p)?;
         }
         writeln!(f, "{line}")?;
         writeln!(f, "Output shape: {}", shape(&self.output_shape))?;
         writeln!(f, "Total params: {}", thousands(self.total_params))?;
         writeln!(f, "Trainable params: {}", thousands(self.total_params))?;
-        writeln!(f, "Non-trainable buffers: {} elements", thousands(self.buffer_elements))?;
-        writeln!(f, "Params size (MB): {:.2}", self.total_params as f64 * 4.0 / 1e6)?;
+        writeln!(
+            f,
+            "Non-trainable buffers: {} elements",
+            thousands(self.buffer_elements)
+        )?;
+        writeln!(
+            f,
+            "Params size (MB): {:.2}",
+            self.total_params as f64 * 4.0 / 1e6
+        )?;
         writeln!(f, "Config: {}", self.config)?;
         write!(f, "{line}")
     }

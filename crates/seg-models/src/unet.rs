@@ -3,7 +3,9 @@
 
 use crate::{check_input, Recorder};
 use seg_core::candle::Result;
-use seg_core::layers::{conv2d, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind};
+use seg_core::layers::{
+    conv2d, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
+};
 use seg_core::ops::{cat_channels, max_pool2x2, pad_like, relu, upsample_bilinear2x};
 use seg_core::{Module, ModuleT, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -27,7 +29,13 @@ pub struct UNetConfig {
 
 impl Default for UNetConfig {
     fn default() -> Self {
-        Self { in_channels: 3, out_channels: 1, base: 64, bilinear: false, norm: NormKind::Batch }
+        Self {
+            in_channels: 3,
+            out_channels: 1,
+            base: 64,
+            bilinear: false,
+            norm: NormKind::Batch,
+        }
     }
 }
 
@@ -70,9 +78,18 @@ struct Up {
 }
 
 impl Up {
-    fn new(cin: usize, cout: usize, bilinear: bool, norm: NormKind, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cin: usize,
+        cout: usize,
+        bilinear: bool,
+        norm: NormKind,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if bilinear {
-            Ok(Self { up: Upsample::Bilinear, conv: DoubleConv::new(cin, cout, cin / 2, norm, vb.pp("conv"))? })
+            Ok(Self {
+                up: Upsample::Bilinear,
+                conv: DoubleConv::new(cin, cout, cin / 2, norm, vb.pp("conv"))?,
+            })
         } else {
             Ok(Self {
                 up: Upsample::Transposed(conv_transpose2x2(cin, cin / 2, vb.pp("up"))?),
@@ -106,19 +123,41 @@ impl UNet {
     pub fn new(cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
         let (b, f, n) = (cfg.base, if cfg.bilinear { 2 } else { 1 }, cfg.norm);
         let inc = DoubleConv::new(cfg.in_channels, b, b, n, vb.pp("inc"))?;
-        let widths = [(b, 2 * b), (2 * b, 4 * b), (4 * b, 8 * b), (8 * b, 16 * b / f)];
+        let widths = [
+            (b, 2 * b),
+            (2 * b, 4 * b),
+            (4 * b, 8 * b),
+            (8 * b, 16 * b / f),
+        ];
         let mut downs = Vec::new();
         for (i, (cin, cout)) in widths.into_iter().enumerate() {
             let vb = vb.pp(format!("down{}", i + 1)).pp("maxpool_conv").pp("1");
             downs.push(DoubleConv::new(cin, cout, cout, n, vb)?);
         }
-        let up_widths = [(16 * b, 8 * b / f), (8 * b, 4 * b / f), (4 * b, 2 * b / f), (2 * b, b)];
+        let up_widths = [
+            (16 * b, 8 * b / f),
+            (8 * b, 4 * b / f),
+            (4 * b, 2 * b / f),
+            (2 * b, b),
+        ];
         let mut ups = Vec::new();
         for (i, (cin, cout)) in up_widths.into_iter().enumerate() {
-            ups.push(Up::new(cin, cout, cfg.bilinear, n, vb.pp(format!("up{}", i + 1)))?);
+            ups.push(Up::new(
+                cin,
+                cout,
+                cfg.bilinear,
+                n,
+                vb.pp(format!("up{}", i + 1)),
+            )?);
         }
         let outc = conv2d(b, cfg.out_channels, 1, 0, true, vb.pp("outc").pp("conv"))?;
-        Ok(Self { cfg: cfg.clone(), inc, downs, ups, outc })
+        Ok(Self {
+            cfg: cfg.clone(),
+            inc,
+            downs,
+            ups,
+            outc,
+        })
     }
 
     /// Logits for an NCHW batch; `train` selects batch statistics in BatchNorm.

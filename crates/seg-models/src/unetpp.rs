@@ -30,7 +30,13 @@ pub struct UNetPlusPlusConfig {
 
 impl Default for UNetPlusPlusConfig {
     fn default() -> Self {
-        Self { in_channels: 3, out_channels: 1, base: 32, deep_supervision: false, norm: NormKind::Batch }
+        Self {
+            in_channels: 3,
+            out_channels: 1,
+            base: 32,
+            deep_supervision: false,
+            norm: NormKind::Batch,
+        }
     }
 }
 
@@ -78,17 +84,33 @@ impl UNetPlusPlus {
                     (_, 0) => w[i - 1],
                     _ => w[i] * j + w[i + 1],
                 };
-                nodes.insert((i, j), VggBlock::new(cin, w[i], w[i], cfg.norm, vb.pp(format!("conv{i}_{j}")))?);
+                nodes.insert(
+                    (i, j),
+                    VggBlock::new(cin, w[i], w[i], cfg.norm, vb.pp(format!("conv{i}_{j}")))?,
+                );
             }
         }
         let heads = if cfg.deep_supervision {
             (1..5)
-                .map(|k| conv2d(w[0], cfg.out_channels, 1, 0, true, vb.pp(format!("final{k}"))))
+                .map(|k| {
+                    conv2d(
+                        w[0],
+                        cfg.out_channels,
+                        1,
+                        0,
+                        true,
+                        vb.pp(format!("final{k}")),
+                    )
+                })
                 .collect::<Result<_>>()?
         } else {
             vec![conv2d(w[0], cfg.out_channels, 1, 0, true, vb.pp("final"))?]
         };
-        Ok(Self { cfg: cfg.clone(), nodes, heads })
+        Ok(Self {
+            cfg: cfg.clone(),
+            nodes,
+            heads,
+        })
     }
 
     /// Logits for an NCHW batch; `train` selects batch statistics in BatchNorm.
@@ -103,7 +125,11 @@ impl UNetPlusPlus {
         let node = |i: usize, j: usize| &self.nodes[&(i, j)];
         let mut xs: HashMap<(usize, usize), Tensor> = HashMap::new();
         for i in 0..5 {
-            let input = if i == 0 { x.clone() } else { max_pool2x2(&xs[&(i - 1, 0)])? };
+            let input = if i == 0 {
+                x.clone()
+            } else {
+                max_pool2x2(&xs[&(i - 1, 0)])?
+            };
             let y = node(i, 0).forward_t(&input, train)?;
             rec(&format!("conv{i}_0"), &y);
             xs.insert((i, 0), y);

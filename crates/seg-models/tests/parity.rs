@@ -27,25 +27,42 @@ fn fixtures_dir() -> PathBuf {
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_dtype(seg_core::DType::F32).unwrap().to_vec1::<f32>().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(seg_core::DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 /// Largest violation of |a-b| <= atol + rtol*|b| (positive means failure).
 fn close(name: &str, got: &Tensor, want: &Tensor, atol: f32, rtol: f32) -> Result<(), String> {
     if got.dims() != want.dims() {
-        return Err(format!("{name}: shape {:?}, reference {:?}", got.dims(), want.dims()));
+        return Err(format!(
+            "{name}: shape {:?}, reference {:?}",
+            got.dims(),
+            want.dims()
+        ));
     }
     let (g, w) = (values(got), values(want));
     let mut worst = (0f32, 0usize);
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let excess = (a - b).abs() - (atol + rtol * b.abs());
-        if !(excess <= worst.0) {
-            worst = (if excess.is_nan() { f32::INFINITY } else { excess }, i);
+        let excess = if excess.is_nan() {
+            f32::INFINITY
+        } else {
+            excess
+        };
+        if excess > worst.0 {
+            worst = (excess, i);
         }
     }
     if worst.0 > 0.0 {
         let i = worst.1;
-        return Err(format!("{name}: element {i} is {} but the reference has {}", g[i], w[i]));
+        return Err(format!(
+            "{name}: element {i} is {} but the reference has {}",
+            g[i], w[i]
+        ));
     }
     Ok(())
 }
@@ -61,33 +78,59 @@ const GRAD_ATOL: f32 = 1e-6;
 /// Gradient check: max |a-b| <= max(rel * max |b|, GRAD_ATOL).
 fn close_grad(name: &str, got: &Tensor, want: &Tensor, rel: f32) -> Result<(), String> {
     if got.dims() != want.dims() {
-        return Err(format!("{name}: shape {:?}, reference {:?}", got.dims(), want.dims()));
+        return Err(format!(
+            "{name}: shape {:?}, reference {:?}",
+            got.dims(),
+            want.dims()
+        ));
     }
     let (g, w) = (values(got), values(want));
+    if let Some(i) = g.iter().position(|v| !v.is_finite()) {
+        return Err(format!("{name}: element {i} is {}", g[i]));
+    }
     let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    if !(diff <= (rel * scale).max(GRAD_ATOL)) || diff.is_nan() {
-        return Err(format!("{name}: max difference {diff:e} exceeds {rel} x {scale:e}"));
+    let diff = g
+        .iter()
+        .zip(&w)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    if diff > (rel * scale).max(GRAD_ATOL) {
+        return Err(format!(
+            "{name}: max difference {diff:e} exceeds {rel} x {scale:e}"
+        ));
     }
     Ok(())
 }
 
 fn check_fixture(path: &Path) -> Result<String, String> {
     let (t, meta) = read_safetensors(path).map_err(|e| e.to_string())?;
-    let cfg = meta.get(CONFIG_METADATA_KEY).ok_or("no config in the metadata")?;
+    let cfg = meta
+        .get(CONFIG_METADATA_KEY)
+        .ok_or("no config in the metadata")?;
     let cfg = ModelConfig::from_json(cfg).map_err(|e| e.to_string())?;
-    let get = |k: &str| t.get(k).ok_or_else(|| format!("fixture lacks tensor {k:?}"));
+    let get = |k: &str| {
+        t.get(k)
+            .ok_or_else(|| format!("fixture lacks tensor {k:?}"))
+    };
     let net = Network::new(&cfg, &Device::Cpu, 0).map_err(|e| e.to_string())?;
     let weights: HashMap<String, Tensor> = t
         .iter()
         .filter(|(k, _)| !k.starts_with("grad.") && !k.starts_with("after."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let report = net.params().load_tensors(&weights, path).map_err(|e| e.to_string())?;
+    let report = net
+        .params()
+        .load_tensors(&weights, path)
+        .map_err(|e| e.to_string())?;
     let known: BTreeSet<&str> = ["input", "target", "out_eval", "out_train", "loss"].into();
-    let unexpected: Vec<_> = report.unused.iter().filter(|k| !known.contains(k.as_str())).collect();
+    let unexpected: Vec<_> = report
+        .unused
+        .iter()
+        .filter(|k| !known.contains(k.as_str()))
+        .collect();
     if !unexpected.is_empty() {
-        return Err(format!("fixture tensors the model does not have: {unexpected:?}"));
+        return Err(format!(
+            "fixture tensors the model does not have: {unexpected:?}"
+        ));
     }
     let input = get("input")?;
 
@@ -113,7 +156,10 @@ fn check_fixture(path: &Path) -> Result<String, String> {
     }
     let n_grad_fixtures = t.keys().filter(|k| k.starts_with("grad.")).count();
     if n_grad_fixtures != trainable.len() {
-        errors.push(format!("{n_grad_fixtures} gradients in the fixture, {} trainable parameters", trainable.len()));
+        errors.push(format!(
+            "{n_grad_fixtures} gradients in the fixture, {} trainable parameters",
+            trainable.len()
+        ));
     }
     let mut n_after = 0;
     for (key, want) in t.iter().filter(|(k, _)| k.starts_with("after.")) {
@@ -125,7 +171,12 @@ fn check_fixture(path: &Path) -> Result<String, String> {
         }
     }
     if errors.is_empty() {
-        Ok(format!("{} ({} gradients, {} running stats)", cfg.name(), trainable.len(), n_after))
+        Ok(format!(
+            "{} ({} gradients, {} running stats)",
+            cfg.name(),
+            trainable.len(),
+            n_after
+        ))
     } else {
         Err(errors.join("\n    "))
     }
@@ -135,7 +186,10 @@ fn check_fixture(path: &Path) -> Result<String, String> {
 fn every_fixture_matches_pytorch() {
     let dir = fixtures_dir();
     if !dir.is_dir() {
-        eprintln!("SKIP parity: fixtures folder {} not found (set SEG_PARITY_FIXTURES)", dir.display());
+        eprintln!(
+            "SKIP parity: fixtures folder {} not found (set SEG_PARITY_FIXTURES)",
+            dir.display()
+        );
         return;
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -145,7 +199,11 @@ fn every_fixture_matches_pytorch() {
         .filter(|p| p.file_stem().is_some_and(|s| s != "losses"))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no network fixtures in {}", dir.display());
+    assert!(
+        !files.is_empty(),
+        "no network fixtures in {}",
+        dir.display()
+    );
     let mut failures = Vec::new();
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();

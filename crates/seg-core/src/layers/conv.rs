@@ -8,7 +8,10 @@ use candle_nn::{Init, VarBuilder};
 /// U(-1/√fan_in, 1/√fan_in), for weight and bias alike).
 fn torch_default(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-    Init::Uniform { lo: -bound, up: bound }
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
 }
 
 /// `nn.Conv2d(cin, cout, k, padding=p, bias=...)`.
@@ -42,7 +45,11 @@ pub fn conv2d(
     } else {
         None
     };
-    Ok(Conv2d { weight, bias, padding })
+    Ok(Conv2d {
+        weight,
+        bias,
+        padding,
+    })
 }
 
 impl Module for Conv2d {
@@ -115,7 +122,12 @@ mod tests {
         let gy = rand_tensor(&[2, 4, 5, 7], 2);
         let g = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
         let gr = (yr * &gy).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(max_abs_diff(g.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap()) < 1e-5);
+        assert!(
+            max_abs_diff(
+                g.get(x.as_tensor()).unwrap(),
+                gr.get(x.as_tensor()).unwrap()
+            ) < 1e-5
+        );
         assert!(max_abs_diff(g.get(&c.weight).unwrap(), gr.get(&c.weight).unwrap()) < 1e-4);
     }
 

@@ -93,7 +93,10 @@ pub struct GroupNorm {
 
 /// The number of groups used for `c` channels when at most `groups` are asked for.
 pub fn group_count(c: usize, groups: usize) -> usize {
-    (1..=groups.clamp(1, c.max(1))).rev().find(|g| c % g == 0).unwrap_or(1)
+    (1..=groups.clamp(1, c.max(1)))
+        .rev()
+        .find(|g| c % g == 0)
+        .unwrap_or(1)
 }
 
 /// Builds a GroupNorm over `c` channels with at most `groups` groups.
@@ -151,16 +154,46 @@ mod tests {
         let x = rand_tensor(&[3, 2, 4, 5], 1).affine(3.0, 2.0).unwrap();
         let y = bn.forward_t(&x, true).unwrap();
         // output: zero mean, unit (biased) variance per channel
-        let m = y.mean_keepdim((0, 2, 3)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let v = y.sqr().unwrap().mean_keepdim((0, 2, 3)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let m = y
+            .mean_keepdim((0, 2, 3))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let v = y
+            .sqr()
+            .unwrap()
+            .mean_keepdim((0, 2, 3))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for c in 0..2 {
             assert!(m[c].abs() < 1e-5);
             assert!((v[c] - 1.0).abs() < 1e-3, "{v:?}");
         }
         // running stats: 0.9 * init + 0.1 * batch (unbiased variance)
-        let xs = x.transpose(0, 1).unwrap().flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
-        let rm = store.get("bn.running_mean").unwrap().as_tensor().to_vec1::<f32>().unwrap();
-        let rv = store.get("bn.running_var").unwrap().as_tensor().to_vec1::<f32>().unwrap();
+        let xs = x
+            .transpose(0, 1)
+            .unwrap()
+            .flatten_from(1)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let rm = store
+            .get("bn.running_mean")
+            .unwrap()
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap();
+        let rv = store
+            .get("bn.running_var")
+            .unwrap()
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap();
         for c in 0..2 {
             let n = xs[c].len() as f32;
             let mean = xs[c].iter().sum::<f32>() / n;
@@ -168,7 +201,12 @@ mod tests {
             assert!((rm[c] - 0.1 * mean).abs() < 1e-5);
             assert!((rv[c] - (0.9 + 0.1 * var_u)).abs() < 1e-4);
         }
-        let nb = store.get("bn.num_batches_tracked").unwrap().as_tensor().to_scalar::<i64>().unwrap();
+        let nb = store
+            .get("bn.num_batches_tracked")
+            .unwrap()
+            .as_tensor()
+            .to_scalar::<i64>()
+            .unwrap();
         assert_eq!(nb, 1);
         // eval mode uses the running stats
         let ye = bn.forward_t(&x, false).unwrap();

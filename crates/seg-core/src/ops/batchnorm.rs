@@ -66,11 +66,19 @@ impl CustomOp3 for BatchNormTrain {
         let hw = h * wd;
         let count = (n * hw) as f64;
         // two passes over the data: mean, then centred sum of squares
-        let sums = per_channel(n, c, hw, |off, _| (x[off..off + hw].iter().map(|&v| v as f64).sum(), 0.0));
+        let sums = per_channel(n, c, hw, |off, _| {
+            (x[off..off + hw].iter().map(|&v| v as f64).sum(), 0.0)
+        });
         let mean: Vec<f64> = sums.iter().map(|s| s.0 / count).collect();
         let sq = per_channel(n, c, hw, |off, ch| {
             let m = mean[ch];
-            (x[off..off + hw].iter().map(|&v| (v as f64 - m).powi(2)).sum(), 0.0)
+            (
+                x[off..off + hw]
+                    .iter()
+                    .map(|&v| (v as f64 - m).powi(2))
+                    .sum(),
+                0.0,
+            )
         });
         let var: Vec<f64> = sq.iter().map(|s| s.0 / count).collect();
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
@@ -103,8 +111,13 @@ impl CustomOp3 for BatchNormTrain {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let wb = Arc::new(Mutex::new((Vec::new(), Vec::new())));
-        let op = BatchNormTrainBackward { stats, param_grads: wb.clone() };
-        let dx = grad.contiguous()?.apply_op3_no_bwd(&x.contiguous()?, &weight.contiguous()?, &op)?;
+        let op = BatchNormTrainBackward {
+            stats,
+            param_grads: wb.clone(),
+        };
+        let dx =
+            grad.contiguous()?
+                .apply_op3_no_bwd(&x.contiguous()?, &weight.contiguous()?, &op)?;
         let (dw, db) = std::mem::take(&mut *wb.lock().unwrap_or_else(|e| e.into_inner()));
         let c = dw.len();
         let dw = Tensor::from_vec(dw, c, x.device())?;
@@ -143,9 +156,12 @@ impl CustomOp3 for BatchNormTrainBackward {
         // per channel: sum g and sum g * xhat
         let sums = per_channel(n, c, hw, |off, ch| {
             let (m, inv) = (mean[ch] as f64, inv_std[ch] as f64);
-            g[off..off + hw].iter().zip(&x[off..off + hw]).fold((0.0, 0.0), |acc, (&gv, &xv)| {
-                (acc.0 + gv as f64, acc.1 + gv as f64 * (xv as f64 - m) * inv)
-            })
+            g[off..off + hw]
+                .iter()
+                .zip(&x[off..off + hw])
+                .fold((0.0, 0.0), |acc, (&gv, &xv)| {
+                    (acc.0 + gv as f64, acc.1 + gv as f64 * (xv as f64 - m) * inv)
+                })
         });
         let mut dx = vec![0f32; g.len()];
         if hw > 0 {
@@ -172,11 +188,23 @@ impl CustomOp3 for BatchNormTrainBackward {
 /// BatchNorm over the channels of an NCHW tensor using the batch's statistics.
 /// Returns the output and the batch mean and biased variance per channel
 /// (detached), for the running-statistics update.
-pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
     if use_cpu_kernel(x) && use_cpu_kernel(weight) && use_cpu_kernel(bias) {
         let stats = Arc::new(Mutex::new(Stats::default()));
-        let op = BatchNormTrain { eps, stats: stats.clone() };
-        let y = x.contiguous()?.apply_op3_arc(&weight.contiguous()?, &bias.contiguous()?, Arc::new(Box::new(op)))?;
+        let op = BatchNormTrain {
+            eps,
+            stats: stats.clone(),
+        };
+        let y = x.contiguous()?.apply_op3_arc(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            Arc::new(Box::new(op)),
+        )?;
         let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let c = s.mean.len();
         let mean = Tensor::from_vec(s.mean, c, x.device())?;
@@ -189,7 +217,12 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
 
 /// The same composed from candle's operations (used off the CPU, and as the
 /// reference the kernel is tested against).
-pub fn batch_norm_train_reference(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn batch_norm_train_reference(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, h, w) = x.dims4()?;
     let count = (n * h * w) as f64;
     let mean = (x.sum_keepdim((0, 2, 3))? / count)?;
@@ -197,7 +230,9 @@ pub fn batch_norm_train_reference(x: &Tensor, weight: &Tensor, bias: &Tensor, ep
     let var = (centred.sqr()?.sum_keepdim((0, 2, 3))? / count)?;
     let inv = (&var + eps)?.sqrt()?.recip()?;
     let scale = inv.broadcast_mul(&weight.reshape((1, c, 1, 1))?)?;
-    let y = centred.broadcast_mul(&scale)?.broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
+    let y = centred
+        .broadcast_mul(&scale)?
+        .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
     Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
 }
 
@@ -209,13 +244,25 @@ mod tests {
 
     #[test]
     fn kernel_matches_composed_reference_forward_and_backward() {
-        for (i, dims) in [[2, 3, 5, 7], [1, 1, 6, 4], [4, 2, 1, 3], [2, 5, 3, 3]].iter().enumerate() {
-            let x = Var::from_tensor(&rand_tensor(dims, 20 + i as u64).affine(2.0, 0.5).unwrap()).unwrap();
-            let w = Var::from_tensor(&rand_tensor(&[dims[1]], 40 + i as u64).affine(0.5, 1.0).unwrap()).unwrap();
+        for (i, dims) in [[2, 3, 5, 7], [1, 1, 6, 4], [4, 2, 1, 3], [2, 5, 3, 3]]
+            .iter()
+            .enumerate()
+        {
+            let x = Var::from_tensor(&rand_tensor(dims, 20 + i as u64).affine(2.0, 0.5).unwrap())
+                .unwrap();
+            let w = Var::from_tensor(
+                &rand_tensor(&[dims[1]], 40 + i as u64)
+                    .affine(0.5, 1.0)
+                    .unwrap(),
+            )
+            .unwrap();
             let b = Var::from_tensor(&rand_tensor(&[dims[1]], 60 + i as u64)).unwrap();
             let gy = rand_tensor(dims, 80 + i as u64);
-            let (y, m, v) = batch_norm_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
-            let (yr, mr, vr) = batch_norm_train_reference(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+            let (y, m, v) =
+                batch_norm_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+            let (yr, mr, vr) =
+                batch_norm_train_reference(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)
+                    .unwrap();
             assert!(max_abs_diff(&y, &yr) < 1e-5, "{dims:?}");
             assert!(max_abs_diff(&m, &mr) < 1e-5);
             assert!(max_abs_diff(&v, &vr) < 1e-5);

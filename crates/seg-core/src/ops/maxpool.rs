@@ -164,7 +164,10 @@ mod tests {
 
     #[test]
     fn matches_reference_on_odd_shapes_forward_and_backward() {
-        for (i, dims) in [[2, 3, 7, 5], [1, 2, 6, 9], [1, 1, 2, 2], [1, 1, 3, 3]].iter().enumerate() {
+        for (i, dims) in [[2, 3, 7, 5], [1, 2, 6, 9], [1, 1, 2, 2], [1, 1, 3, 3]]
+            .iter()
+            .enumerate()
+        {
             let x = Var::from_tensor(&rand_tensor(dims, i as u64)).unwrap();
             let gy = rand_tensor(&[dims[0], dims[1], dims[2] / 2, dims[3] / 2], 99);
             let y = max_pool2x2(x.as_tensor()).unwrap();
@@ -174,7 +177,13 @@ mod tests {
             let want = naive_backward(x.as_tensor(), &gy);
             for out in [y, yr] {
                 let g = (out * &gy).unwrap().sum_all().unwrap().backward().unwrap();
-                let got = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let got = g
+                    .get(x.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
                 assert_eq!(got, want, "{dims:?}");
             }
         }
@@ -187,9 +196,23 @@ mod tests {
 
     #[test]
     fn ties_send_the_gradient_to_the_first_maximum() {
-        let x = Var::from_tensor(&Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let g = max_pool2x2(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-        let v = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = Var::from_tensor(
+            &Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let g = max_pool2x2(x.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let v = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(v, vec![1.0, 0.0, 0.0, 0.0]);
     }
 }

@@ -73,20 +73,22 @@ impl CustomOp1 for Bilinear2x {
         let (oh, ow) = (2 * h, 2 * w);
         let (ty, tx) = (AxisTable::new(h, oh), AxisTable::new(w, ow));
         let mut out = vec![0f32; n * c * oh * ow];
-        out.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(p, o)| {
-            let src = &x[p * h * w..(p + 1) * h * w];
-            for y in 0..oh {
-                let r0 = &src[ty.i0[y] * w..ty.i0[y] * w + w];
-                let r1 = &src[ty.i1[y] * w..ty.i1[y] * w + w];
-                let (a, b) = (ty.w0[y], ty.w1[y]);
-                let row = &mut o[y * ow..(y + 1) * ow];
-                for (xo, v) in row.iter_mut().enumerate() {
-                    let (j0, j1) = (tx.i0[xo], tx.i1[xo]);
-                    let (c0, c1) = (tx.w0[xo], tx.w1[xo]);
-                    *v = a * (c0 * r0[j0] + c1 * r0[j1]) + b * (c0 * r1[j0] + c1 * r1[j1]);
+        out.par_chunks_mut((oh * ow).max(1))
+            .enumerate()
+            .for_each(|(p, o)| {
+                let src = &x[p * h * w..(p + 1) * h * w];
+                for y in 0..oh {
+                    let r0 = &src[ty.i0[y] * w..ty.i0[y] * w + w];
+                    let r1 = &src[ty.i1[y] * w..ty.i1[y] * w + w];
+                    let (a, b) = (ty.w0[y], ty.w1[y]);
+                    let row = &mut o[y * ow..(y + 1) * ow];
+                    for (xo, v) in row.iter_mut().enumerate() {
+                        let (j0, j1) = (tx.i0[xo], tx.i1[xo]);
+                        let (c0, c1) = (tx.w0[xo], tx.w1[xo]);
+                        *v = a * (c0 * r0[j0] + c1 * r0[j1]) + b * (c0 * r1[j0] + c1 * r1[j1]);
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 
@@ -116,22 +118,24 @@ impl CustomOp1 for Bilinear2xBackward {
         let (h, w) = (self.h, self.w);
         let (ty, tx) = (AxisTable::new(h, oh), AxisTable::new(w, ow));
         let mut out = vec![0f32; n * c * h * w];
-        out.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(p, o)| {
-            let src = &g[p * oh * ow..(p + 1) * oh * ow];
-            for y in 0..oh {
-                let (a, b) = (ty.w0[y], ty.w1[y]);
-                let (y0, y1) = (ty.i0[y] * w, ty.i1[y] * w);
-                for xo in 0..ow {
-                    let v = src[y * ow + xo];
-                    let (j0, j1) = (tx.i0[xo], tx.i1[xo]);
-                    let (c0, c1) = (tx.w0[xo] * v, tx.w1[xo] * v);
-                    o[y0 + j0] += a * c0;
-                    o[y0 + j1] += a * c1;
-                    o[y1 + j0] += b * c0;
-                    o[y1 + j1] += b * c1;
+        out.par_chunks_mut((h * w).max(1))
+            .enumerate()
+            .for_each(|(p, o)| {
+                let src = &g[p * oh * ow..(p + 1) * oh * ow];
+                for y in 0..oh {
+                    let (a, b) = (ty.w0[y], ty.w1[y]);
+                    let (y0, y1) = (ty.i0[y] * w, ty.i1[y] * w);
+                    for xo in 0..ow {
+                        let v = src[y * ow + xo];
+                        let (j0, j1) = (tx.i0[xo], tx.i1[xo]);
+                        let (c0, c1) = (tx.w0[xo] * v, tx.w1[xo] * v);
+                        o[y0 + j0] += a * c0;
+                        o[y0 + j1] += a * c1;
+                        o[y1 + j0] += b * c0;
+                        o[y1 + j1] += b * c1;
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
     }
 }
@@ -149,8 +153,12 @@ pub fn upsample_bilinear2x(x: &Tensor) -> Result<Tensor> {
 /// off the CPU, and as the reference the CPU kernel is tested against).
 pub fn upsample_bilinear2x_reference(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    let my = AxisTable::new(h, 2 * h).matrix(h, x.device())?.to_dtype(x.dtype())?;
-    let mx = AxisTable::new(w, 2 * w).matrix(w, x.device())?.to_dtype(x.dtype())?;
+    let my = AxisTable::new(h, 2 * h)
+        .matrix(h, x.device())?
+        .to_dtype(x.dtype())?;
+    let mx = AxisTable::new(w, 2 * w)
+        .matrix(w, x.device())?
+        .to_dtype(x.dtype())?;
     let rows = x.broadcast_matmul(&mx.t()?)?; // (N,C,H,2W)
     my.broadcast_matmul(&rows) // (N,C,2H,2W)
 }
@@ -176,7 +184,12 @@ mod tests {
     #[test]
     fn corners_are_kept_and_midpoints_interpolate() {
         let x = Tensor::from_vec(vec![0f32, 3.0], (1, 1, 1, 2), &Device::Cpu).unwrap();
-        let y = upsample_bilinear2x(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = upsample_bilinear2x(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // align_corners: positions 0, 1/3, 2/3, 1 of the source
         let want = [0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0];
         for (a, b) in y.iter().zip(want) {
@@ -186,7 +199,10 @@ mod tests {
 
     #[test]
     fn kernel_matches_matrix_reference_forward_and_backward() {
-        for (i, dims) in [[2, 3, 5, 7], [1, 2, 1, 4], [1, 1, 6, 1], [1, 4, 8, 8]].iter().enumerate() {
+        for (i, dims) in [[2, 3, 5, 7], [1, 2, 1, 4], [1, 1, 6, 1], [1, 4, 8, 8]]
+            .iter()
+            .enumerate()
+        {
             let x = Var::from_tensor(&rand_tensor(dims, 10 + i as u64)).unwrap();
             let gy = rand_tensor(&[dims[0], dims[1], 2 * dims[2], 2 * dims[3]], 77);
             let y = upsample_bilinear2x(x.as_tensor()).unwrap();
@@ -194,7 +210,12 @@ mod tests {
             assert!(max_abs_diff(&y, &yr) < 1e-5);
             let g = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
             let gr = (yr * &gy).unwrap().sum_all().unwrap().backward().unwrap();
-            assert!(max_abs_diff(g.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap()) < 1e-5);
+            assert!(
+                max_abs_diff(
+                    g.get(x.as_tensor()).unwrap(),
+                    gr.get(x.as_tensor()).unwrap()
+                ) < 1e-5
+            );
         }
     }
 
@@ -210,7 +231,13 @@ mod tests {
         // the input also feeds another branch: both gradients must add up
         let loss = (y.sum_all().unwrap() + x.as_tensor().sum_all().unwrap()).unwrap();
         let g = loss.backward().unwrap();
-        let gv = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let gv = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(gv.iter().all(|&v| (v - 5.0).abs() < 1e-6), "{gv:?}");
     }
 
