@@ -7,22 +7,19 @@
 
 mod batchnorm;
 mod maxpool;
+mod relu;
 mod upsample;
 
 use candle_core::{DType, Result, Tensor};
 
 pub use batchnorm::{batch_norm_train, batch_norm_train_reference};
 pub use maxpool::{max_pool2x2, max_pool2x2_reference};
+pub use relu::{relu, relu_probe, relu_reference};
 pub use upsample::{upsample_bilinear2x, upsample_bilinear2x_reference, upsample_nearest2x};
 
 /// True when the seg CPU kernels apply to this tensor.
 fn use_cpu_kernel(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
-}
-
-/// ReLU.
-pub fn relu(x: &Tensor) -> Result<Tensor> {
-    x.relu()
 }
 
 /// Logistic sigmoid.
