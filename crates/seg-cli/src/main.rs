@@ -4,6 +4,7 @@
 //! every failure is printed as one line (`error: ...`) with a non-zero exit.
 
 mod info;
+mod inspect;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,9 @@ enum Command {
         after_help = "Examples:\n  seg-cli info --model unet\n  seg-cli info --model unet --bilinear --input 572x572\n  seg-cli info --model resunet --base 16 --in-channels 1 --json"
     )]
     Info(info::InfoArgs),
+    /// Describe a medical image file or a DICOM series folder.
+    #[command(after_help = "Examples:\n  seg-cli inspect scan.nii.gz\n  seg-cli inspect CT_small.dcm --json\n  seg-cli inspect dicom_series_folder/ --series 1.2.840.113619...")]
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() {
@@ -36,6 +40,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => info::run(a),
+        Command::Inspect(a) => inspect::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

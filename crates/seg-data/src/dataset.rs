@@ -1,0 +1,342 @@
+//! Datasets: the DRIVE layout, paired folders (images/ + masks/ matched by
+//! stem), NIfTI image/label volume pairs served as slices, and the built-in
+//! synthetic vessel set. Loading is parallel (rayon); every sample comes out
+//! preprocessed by a [`Preprocess`] plan, channel-planar.
+
+use crate::error::{Error, Result};
+use crate::io::image2d::{read_image, read_mask};
+use crate::io::{file_kind, nifti, FileKind};
+use crate::preprocess::Preprocess;
+use crate::sample::Sample;
+use crate::slicing;
+use crate::synthetic::{self, SyntheticConfig};
+use crate::Volume;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Which DRIVE split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriveSplit {
+    Training,
+    Test,
+}
+
+/// One DRIVE case on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveCase {
+    /// Two-digit case number, e.g. `21`.
+    pub id: String,
+    pub image: PathBuf,
+    /// `1st_manual/NN_manual1.gif`, absent for the test split without labels.
+    pub label: Option<PathBuf>,
+    pub mask: Option<PathBuf>,
+}
+
+/// The case ID of a file: its stem up to the first `_` (DRIVE's `21_training`
+/// → `21`), else the whole stem.
+pub fn case_id(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(".gz").unwrap_or(&name);
+    let stem = Path::new(stem).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    match stem.split_once('_') {
+        Some((id, _)) if !id.is_empty() => id.to_string(),
+        _ => stem,
+    }
+}
+
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Finds the DRIVE split folder: `root/training` (or `root/DRIVE/training`).
+fn drive_split_dir(root: &Path, split: DriveSplit) -> Result<PathBuf> {
+    let name = match split {
+        DriveSplit::Training => "training",
+        DriveSplit::Test => "test",
+    };
+    for cand in [root.join(name), root.join("DRIVE").join(name)] {
+        if cand.join("images").is_dir() {
+            return Ok(cand);
+        }
+    }
+    if root.join("images").is_dir() {
+        return Ok(root.to_path_buf());
+    }
+    Err(Error::Invalid(format!("{}: no DRIVE {name}/images folder here", root.display())))
+}
+
+/// Lists the cases of a DRIVE split: `images/NN_<split>.tif` ↔
+/// `1st_manual/NN_manual1.gif` ↔ `mask/NN_<split>_mask.gif`. A training case
+/// without its label is an error; test labels are optional.
+pub fn drive_cases(root: &Path, split: DriveSplit) -> Result<Vec<DriveCase>> {
+    let dir = drive_split_dir(root, split)?;
+    let by_id = |sub: &str| -> Result<BTreeMap<String, PathBuf>> {
+        let d = dir.join(sub);
+        if !d.is_dir() {
+            return Ok(BTreeMap::new());
+        }
+        Ok(files_in(&d)?.into_iter().filter(|p| file_kind(p) == Some(FileKind::Image)).map(|p| (case_id(&p), p)).collect())
+    };
+    let images = by_id("images")?;
+    let labels = by_id("1st_manual")?;
+    let masks = by_id("mask")?;
+    if images.is_empty() {
+        return Err(Error::Invalid(format!("{}: no images", dir.join("images").display())));
+    }
+    let mut cases = Vec::new();
+    for (id, image) in images {
+        let label = labels.get(&id).cloned();
+        if split == DriveSplit::Training && label.is_none() {
+            return Err(Error::Invalid(format!("{}: no label 1st_manual/{id}_manual1.gif for this image", image.display())));
+        }
+        cases.push(DriveCase { id: id.clone(), image, label, mask: masks.get(&id).cloned() });
+    }
+    Ok(cases)
+}
+
+fn load_case(id: &str, image: &Path, label: Option<&Path>, fov: Option<&Path>, plan: &Preprocess) -> Result<Sample> {
+    let vol = read_image(image)?;
+    let (h, w) = (vol.shape[0], vol.shape[1]);
+    let check = |m: &crate::Mask, p: &Path| -> Result<()> {
+        if (m.height, m.width) != (h, w) {
+            return Err(Error::ShapeMismatch {
+                what: format!("{} against its image {}", p.display(), image.display()),
+                a: vec![m.height, m.width],
+                b: vec![h, w],
+            });
+        }
+        Ok(())
+    };
+    let fov = match fov {
+        Some(p) => {
+            let m = read_mask(p)?;
+            check(&m, p)?;
+            Some(m.data)
+        }
+        None => None,
+    };
+    let label = match label {
+        Some(p) => {
+            let m = read_mask(p)?;
+            check(&m, p)?;
+            Some(m.data)
+        }
+        None => None,
+    };
+    let (img, channels) = plan.apply_image(&vol, fov.as_deref()).map_err(|e| match e {
+        Error::Invalid(msg) => Error::Invalid(format!("{}: {msg}", image.display())),
+        other => other,
+    })?;
+    let s = Sample { id: id.to_string(), image: img, channels, height: h, width: w, label, fov };
+    s.validate()?;
+    Ok(s)
+}
+
+/// Loads DRIVE cases (in parallel), preprocessed.
+pub fn load_drive(cases: &[DriveCase], plan: &Preprocess) -> Result<Vec<Sample>> {
+    cases
+        .par_iter()
+        .map(|c| load_case(&c.id, &c.image, c.label.as_deref(), c.mask.as_deref(), plan))
+        .collect()
+}
+
+/// A paired-folder case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairedCase {
+    pub id: String,
+    pub image: PathBuf,
+    pub label: Option<PathBuf>,
+    pub fov: Option<PathBuf>,
+}
+
+/// Pairs `root/images/*` with `root/masks/*` (and optional `root/fov/*`) by
+/// file stem; returns the pairs and the files left unpaired.
+pub fn paired_cases(root: &Path) -> Result<(Vec<PairedCase>, Vec<PathBuf>)> {
+    let stem = |p: &Path| -> String {
+        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let n = n.strip_suffix(".gz").unwrap_or(&n).to_string();
+        Path::new(&n).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    };
+    let list = |sub: &str| -> Result<BTreeMap<String, PathBuf>> {
+        let d = root.join(sub);
+        if !d.is_dir() {
+            return Ok(BTreeMap::new());
+        }
+        Ok(files_in(&d)?.into_iter().filter(|p| file_kind(p).is_some()).map(|p| (stem(&p), p)).collect())
+    };
+    let images = list("images")?;
+    if images.is_empty() {
+        return Err(Error::Invalid(format!("{}: no images/ folder with images", root.display())));
+    }
+    let mut masks = list("masks")?;
+    let mut fovs = list("fov")?;
+    let mut cases = Vec::new();
+    let mut unpaired = Vec::new();
+    for (id, image) in images {
+        let label = masks.remove(&id);
+        if label.is_none() {
+            unpaired.push(image.clone());
+        }
+        cases.push(PairedCase { fov: fovs.remove(&id), id, image, label });
+    }
+    unpaired.extend(masks.into_values());
+    unpaired.extend(fovs.into_values());
+    Ok((cases, unpaired))
+}
+
+/// Loads paired-folder cases that have labels (in parallel), preprocessed.
+pub fn load_paired(cases: &[PairedCase], plan: &Preprocess) -> Result<Vec<Sample>> {
+    cases
+        .par_iter()
+        .filter(|c| c.label.is_some())
+        .map(|c| load_case(&c.id, &c.image, c.label.as_deref(), c.fov.as_deref(), plan))
+        .collect()
+}
+
+/// The synthetic set, preprocessed (its images are RGB in [0, 1]).
+pub fn load_synthetic(cfg: &SyntheticConfig, plan: &Preprocess) -> Result<Vec<Sample>> {
+    (0..cfg.count)
+        .into_par_iter()
+        .map(|i| {
+            let s = synthetic::generate(cfg, i);
+            let n = s.height * s.width;
+            let mut hwc = vec![0f32; s.image.len()];
+            for p in 0..n {
+                for c in 0..s.channels {
+                    hwc[p * s.channels + c] = s.image[c * n + p];
+                }
+            }
+            let (image, channels) = plan.apply_unit(&hwc, s.height, s.width, s.channels, s.fov.as_deref())?;
+            Ok(Sample { image, channels, ..s })
+        })
+        .collect()
+}
+
+/// NIfTI image/label volumes (`root/images/X.nii[.gz]` ↔ `root/labels/X.nii[.gz]`)
+/// served as 2D slices along `axis` with `context` neighbours as channels.
+/// Slices are `case_id#k`. Labels: any non-zero voxel is foreground.
+pub fn load_nifti_slices(root: &Path, axis: usize, context: usize, plan: &Preprocess) -> Result<Vec<Sample>> {
+    let (cases, _) = paired_cases_named(root, "images", "labels")?;
+    let per_case: Vec<Vec<Sample>> = cases
+        .par_iter()
+        .map(|(id, img_path, lab_path)| -> Result<Vec<Sample>> {
+            let img = nifti::read_nifti(img_path)?;
+            let lab = nifti::read_nifti(lab_path)?;
+            if img.shape != lab.shape {
+                return Err(Error::ShapeMismatch { what: format!("{} against {}", lab_path.display(), img_path.display()), a: lab.shape, b: img.shape });
+            }
+            let unit = Volume { values: plan.to_unit(&img.values, img.stored, img.format, false)?, ..img };
+            let n = slicing::slice_count(&unit, axis)?;
+            (0..n)
+                .map(|k| {
+                    let (vals, (h, w)) = slicing::slice(&unit, axis, k, context)?;
+                    let (lv, _) = slicing::slice(&lab, axis, k, 0)?;
+                    let ch = 2 * context + 1;
+                    let mut hwc = vec![0f32; vals.len()];
+                    for p in 0..h * w {
+                        for c in 0..ch {
+                            hwc[p * ch + c] = vals[c * h * w + p];
+                        }
+                    }
+                    let plan_all = Preprocess { channels: crate::intensity::ChannelChoice::All, ..plan.clone() };
+                    let (image, channels) = plan_all.apply_unit(&hwc, h, w, ch, None)?;
+                    Ok(Sample { id: format!("{id}#{k}"), image, channels, height: h, width: w, label: Some(lv.iter().map(|&v| (v != 0.0) as u8).collect()), fov: None })
+                })
+                .collect()
+        })
+        .collect::<Result<_>>()?;
+    Ok(per_case.into_iter().flatten().collect())
+}
+
+fn paired_cases_named(root: &Path, a: &str, b: &str) -> Result<(Vec<(String, PathBuf, PathBuf)>, Vec<PathBuf>)> {
+    let stem = |p: &Path| -> String {
+        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        n.trim_end_matches(".gz").trim_end_matches(".nii").to_string()
+    };
+    let list = |sub: &str| -> Result<BTreeMap<String, PathBuf>> {
+        Ok(files_in(&root.join(sub))?.into_iter().filter(|p| file_kind(p) == Some(FileKind::Nifti)).map(|p| (stem(&p), p)).collect())
+    };
+    let imgs = list(a)?;
+    let mut labs = list(b)?;
+    let mut out = Vec::new();
+    let mut unpaired = Vec::new();
+    for (id, p) in imgs {
+        match labs.remove(&id) {
+            Some(l) => out.push((id, p, l)),
+            None => unpaired.push(p),
+        }
+    }
+    unpaired.extend(labs.into_values());
+    Ok((out, unpaired))
+}
+
+/// A seeded split of cases into training and validation by image.
+pub fn split_cases<T: Clone>(items: &[T], val_count: usize, seed: u64) -> (Vec<T>, Vec<T>) {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut idx: Vec<usize> = (0..items.len()).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let k = val_count.min(items.len());
+    let mut val: Vec<usize> = idx[..k].to_vec();
+    let mut train: Vec<usize> = idx[k..].to_vec();
+    val.sort();
+    train.sort();
+    (train.iter().map(|&i| items[i].clone()).collect(), val.iter().map(|&i| items[i].clone()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_ids_follow_drive_and_plain_stems() {
+        assert_eq!(case_id(Path::new("a/21_training.tif")), "21");
+        assert_eq!(case_id(Path::new("01_test_mask.gif")), "01");
+        assert_eq!(case_id(Path::new("scan.nii.gz")), "scan");
+        assert_eq!(case_id(Path::new("liver.png")), "liver");
+    }
+
+    #[test]
+    fn split_is_seeded_and_disjoint() {
+        let items: Vec<u32> = (0..20).collect();
+        let (t, v) = split_cases(&items, 4, 7);
+        assert_eq!((t.len(), v.len()), (16, 4));
+        assert!(v.iter().all(|x| !t.contains(x)));
+        assert_eq!(split_cases(&items, 4, 7), (t, v.clone()));
+        assert_ne!(split_cases(&items, 4, 8).1, v);
+    }
+
+    #[test]
+    fn paired_folders_report_unpaired_and_refuse_mismatched_sizes() {
+        let d = std::env::temp_dir().join(format!("seg-paired-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        for sub in ["images", "masks"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        use crate::io::image2d::write_png_u8;
+        write_png_u8(&d.join("images/a.png"), 4, 4, 3, &[100; 48]).unwrap();
+        write_png_u8(&d.join("masks/a.png"), 4, 4, 1, &[0, 255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255]).unwrap();
+        write_png_u8(&d.join("images/b.png"), 4, 4, 3, &[50; 48]).unwrap();
+        write_png_u8(&d.join("masks/c.png"), 4, 4, 1, &[0; 16]).unwrap();
+        let (cases, unpaired) = paired_cases(&d).unwrap();
+        assert_eq!(cases.len(), 2);
+        assert_eq!(unpaired.len(), 2, "{unpaired:?}");
+        let plan = Preprocess { clahe: None, normalise: crate::preprocess::Normalise::None, ..Preprocess::fundus() };
+        let s = load_paired(&cases, &plan).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].label.as_ref().unwrap().iter().sum::<u8>(), 2);
+        assert!((s[0].image[0] - 100.0 / 255.0).abs() < 1e-6);
+        write_png_u8(&d.join("masks/b.png"), 2, 2, 1, &[0; 4]).unwrap();
+        let (cases, _) = paired_cases(&d).unwrap();
+        let err = load_paired(&cases, &plan).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,76 @@
+//! The error type of seg-data: every variant names the file and the problem.
+
+use std::path::PathBuf;
+
+/// Errors reading, writing or transforming medical images and datasets.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be opened, read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid file of its format.
+    #[error("{}: not a valid {format} file: {reason}", path.display())]
+    Decode {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
+    /// The file is valid but uses something seg does not read.
+    #[error("{}: unsupported {format} file: {reason}", path.display())]
+    Unsupported {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
+    /// The header claims more elements than the configured limit.
+    #[error("{}: {what} of {elements} elements exceeds the limit of {limit} (raise it with SEG_MAX_ELEMENTS if the file is genuine)", path.display())]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        elements: u128,
+        limit: u64,
+    },
+    /// The extension is not one seg reads.
+    #[error("{}: unknown image format (expected .png, .tif/.tiff, .gif, .jpg/.jpeg, .bmp, .nii, .nii.gz or .dcm)", path.display())]
+    UnknownFormat { path: PathBuf },
+    /// Two arrays that must agree in shape do not.
+    #[error("{what}: shape {a:?} does not match {b:?}")]
+    ShapeMismatch {
+        what: String,
+        a: Vec<usize>,
+        b: Vec<usize>,
+    },
+    /// A dataset or argument problem.
+    #[error("{0}")]
+    Invalid(String),
+    /// A DICOM series folder problem.
+    #[error("{}: {reason}", path.display())]
+    Series { path: PathBuf, reason: String },
+    /// An error from the tensor library.
+    #[error(transparent)]
+    Core(#[from] seg_core::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn decode(path: impl Into<PathBuf>, format: &'static str, reason: impl ToString) -> Self {
+        Self::Decode { path: path.into(), format, reason: reason.to_string() }
+    }
+}
+
+impl From<seg_core::candle::Error> for Error {
+    fn from(e: seg_core::candle::Error) -> Self {
+        Self::Core(seg_core::Error::from(e))
+    }
+}
+
+/// seg-data's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
