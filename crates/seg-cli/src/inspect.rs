@@ -28,7 +28,11 @@ fn num(v: f64) -> Value {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
-    let vol = if a.path.is_dir() { dicom::read_series(&a.path, a.series.as_deref())? } else { read_any(&a.path)? };
+    let vol = if a.path.is_dir() {
+        dicom::read_series(&a.path, a.series.as_deref())?
+    } else {
+        read_any(&a.path)?
+    };
     let values = vol.value_stats();
     let report = json!({
         "path": a.path.display().to_string(),
@@ -48,10 +52,20 @@ pub fn run(a: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{}", a.path.display());
-        println!("  format      {:?}, stored {}", vol.format, vol.stored.name());
+        println!(
+            "  format      {:?}, stored {}",
+            vol.format,
+            vol.stored.name()
+        );
         println!("  shape       {:?} ({:?})", vol.shape, vol.layout);
-        println!("  raw         min {} max {} mean {:.4} sum {}", vol.raw.min, vol.raw.max, vol.raw.mean, vol.raw.sum);
-        println!("  values      min {} max {} mean {:.4} NaN {}", values.min, values.max, values.mean, values.nan_count);
+        println!(
+            "  raw         min {} max {} mean {:.4} sum {}",
+            vol.raw.min, vol.raw.max, vol.raw.mean, vol.raw.sum
+        );
+        println!(
+            "  values      min {} max {} mean {:.4} NaN {}",
+            values.min, values.max, values.mean, values.nan_count
+        );
         println!("  spacing     {:?}", vol.spacing);
         if let Some(w) = vol.window {
             println!("  window      centre {} width {}", w.center, w.width);
@@ -65,7 +79,10 @@ pub fn run(a: InspectArgs) -> Result<()> {
         if let Some(m) = vol.affine {
             println!("  affine");
             for row in m {
-                println!("    [{:>10.4} {:>10.4} {:>10.4} {:>10.4}]", row[0], row[1], row[2], row[3]);
+                println!(
+                    "    [{:>10.4} {:>10.4} {:>10.4} {:>10.4}]",
+                    row[0], row[1], row[2], row[3]
+                );
             }
         }
     }

@@ -25,7 +25,9 @@ enum Command {
     )]
     Info(info::InfoArgs),
     /// Describe a medical image file or a DICOM series folder.
-    #[command(after_help = "Examples:\n  seg-cli inspect scan.nii.gz\n  seg-cli inspect CT_small.dcm --json\n  seg-cli inspect dicom_series_folder/ --series 1.2.840.113619...")]
+    #[command(
+        after_help = "Examples:\n  seg-cli inspect scan.nii.gz\n  seg-cli inspect CT_small.dcm --json\n  seg-cli inspect dicom_series_folder/ --series 1.2.840.113619..."
+    )]
     Inspect(inspect::InspectArgs),
 }
 

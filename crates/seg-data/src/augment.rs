@@ -98,7 +98,12 @@ fn gauss(rng: &mut ChaCha8Rng) -> f32 {
 }
 
 /// Applies an exact index permutation (flip / rot90) to every plane.
-fn permute(s: &mut Sample, map: impl Fn(usize, usize) -> (usize, usize), out_h: usize, out_w: usize) {
+fn permute(
+    s: &mut Sample,
+    map: impl Fn(usize, usize) -> (usize, usize),
+    out_h: usize,
+    out_w: usize,
+) {
     let (h, w) = (s.height, s.width);
     let remap_u8 = |m: &Vec<u8>| {
         let mut o = vec![0u8; out_h * out_w];
@@ -155,7 +160,9 @@ fn blur(field: &mut [f32], h: usize, w: usize, sigma: f32) {
         return;
     }
     let r = (3.0 * sigma).ceil() as isize;
-    let k: Vec<f32> = (-r..=r).map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let k: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
     let ks: f32 = k.iter().sum();
     let mut tmp = vec![0f32; field.len()];
     for y in 0..h {
@@ -183,7 +190,9 @@ fn blur(field: &mut [f32], h: usize, w: usize, sigma: f32) {
 /// Piecewise-linear axis warp for grid distortion: output coordinate → source.
 fn grid_axis(n: usize, steps: usize, limit: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let steps = steps.max(1);
-    let scales: Vec<f32> = (0..steps).map(|_| 1.0 + limit * (2.0 * rng.random::<f32>() - 1.0)).collect();
+    let scales: Vec<f32> = (0..steps)
+        .map(|_| 1.0 + limit * (2.0 * rng.random::<f32>() - 1.0))
+        .collect();
     let total: f32 = scales.iter().sum();
     let cell = n as f32 / steps as f32;
     // knots: source positions of the cell boundaries in output space
@@ -219,7 +228,8 @@ fn resample(s: &mut Sample, sy: &[f32], sx: &[f32]) {
             let (y0, x0) = (yc.floor() as usize, xc.floor() as usize);
             let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
             let (fy, fx) = (yc - y0 as f32, xc - x0 as f32);
-            img[c * n + i] = (1.0 - fy) * ((1.0 - fx) * src[y0 * w + x0] + fx * src[y0 * w + x1]) + fy * ((1.0 - fx) * src[y1 * w + x0] + fx * src[y1 * w + x1]);
+            img[c * n + i] = (1.0 - fy) * ((1.0 - fx) * src[y0 * w + x0] + fx * src[y0 * w + x1])
+                + fy * ((1.0 - fx) * src[y1 * w + x0] + fx * src[y1 * w + x1]);
         }
     }
     let nearest = |m: &Vec<u8>| -> Vec<u8> {
@@ -245,7 +255,11 @@ fn resample(s: &mut Sample, sy: &[f32], sx: &[f32]) {
 
 /// Value range of the image (for scale-aware photometric changes).
 fn value_range(v: &[f32]) -> f32 {
-    let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let (lo, hi) = v
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
     if hi > lo {
         hi - lo
     } else {
@@ -274,7 +288,8 @@ pub fn augment(s: &mut Sample, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) {
     let do_elastic = rng.random::<f32>() < cfg.elastic_p;
     let do_grid = rng.random::<f32>() < cfg.grid_p;
     if do_rot || do_scale || do_elastic || do_grid {
-        let (mut sy, mut sx): (Vec<f32>, Vec<f32>) = (0..n).map(|i| ((i / w) as f32, (i % w) as f32)).unzip();
+        let (mut sy, mut sx): (Vec<f32>, Vec<f32>) =
+            (0..n).map(|i| ((i / w) as f32, (i % w) as f32)).unzip();
         if do_grid {
             let gy = grid_axis(h, cfg.grid_steps, cfg.grid_limit, rng);
             let gx = grid_axis(w, cfg.grid_steps, cfg.grid_limit, rng);
@@ -289,14 +304,20 @@ pub fn augment(s: &mut Sample, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) {
             blur(&mut dy, h, w, cfg.elastic_sigma);
             blur(&mut dx, h, w, cfg.elastic_sigma);
             // normalise the smoothed field to the requested amplitude
-            let peak = dy.iter().chain(dx.iter()).fold(1e-6f32, |m, v| m.max(v.abs()));
+            let peak = dy
+                .iter()
+                .chain(dx.iter())
+                .fold(1e-6f32, |m, v| m.max(v.abs()));
             for i in 0..n {
                 sy[i] += cfg.elastic_alpha * dy[i] / peak;
                 sx[i] += cfg.elastic_alpha * dx[i] / peak;
             }
         }
         if do_rot || do_scale {
-            let (a, z) = (if do_rot { angle } else { 0.0 }, if do_scale { scale } else { 1.0 });
+            let (a, z) = (
+                if do_rot { angle } else { 0.0 },
+                if do_scale { scale } else { 1.0 },
+            );
             let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
             let (ca, sa) = (a.cos(), a.sin());
             for i in 0..n {
@@ -313,7 +334,11 @@ pub fn augment(s: &mut Sample, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) {
         let g = cfg.gamma_range.0 + rng.random::<f32>() * (cfg.gamma_range.1 - cfg.gamma_range.0);
         for c in 0..s.channels {
             let plane = &mut s.image[c * n..(c + 1) * n];
-            let (lo, hi) = plane.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+            let (lo, hi) = plane
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
             if hi > lo {
                 for v in plane.iter_mut() {
                     *v = lo + (hi - lo) * ((*v - lo) / (hi - lo)).powf(g);
@@ -344,20 +369,34 @@ mod tests {
 
     /// A sample whose image encodes its label: image = 10 × label + channel.
     fn coded(h: usize, w: usize) -> Sample {
-        let label: Vec<u8> = (0..h * w).map(|i| ((i / w + 2 * (i % w)) % 5 == 0) as u8).collect();
+        let label: Vec<u8> = (0..h * w)
+            .map(|i| ((i / w + 2 * (i % w)) % 5 == 0) as u8)
+            .collect();
         let mut image = Vec::new();
         for c in 0..2 {
             image.extend(label.iter().map(|&l| 10.0 * l as f32 + c as f32));
         }
-        Sample { id: "t".into(), image, channels: 2, height: h, width: w, label: Some(label), fov: Some(vec![1; h * w]) }
+        Sample {
+            id: "t".into(),
+            image,
+            channels: 2,
+            height: h,
+            width: w,
+            label: Some(label),
+            fov: Some(vec![1; h * w]),
+        }
     }
 
     fn assert_moved_together(s: &Sample) {
         let n = s.height * s.width;
         let label = s.label.as_ref().unwrap();
-        for i in 0..n {
+        for (i, &l) in label.iter().enumerate() {
             for c in 0..s.channels {
-                assert_eq!(s.image[c * n + i], 10.0 * label[i] as f32 + c as f32, "pixel {i} channel {c}");
+                assert_eq!(
+                    s.image[c * n + i],
+                    10.0 * l as f32 + c as f32,
+                    "pixel {i} channel {c}"
+                );
             }
         }
     }
@@ -368,14 +407,20 @@ mod tests {
         let before = s.clone();
         flip_h(&mut s);
         assert_moved_together(&s);
-        assert_eq!(s.label.as_ref().unwrap()[0], before.label.as_ref().unwrap()[6]);
+        assert_eq!(
+            s.label.as_ref().unwrap()[0],
+            before.label.as_ref().unwrap()[6]
+        );
         flip_h(&mut s);
         assert_eq!(s, before);
         rot90(&mut s, 1);
         assert_eq!((s.height, s.width), (7, 5));
         assert_moved_together(&s);
         // rot90 ccw: new (0, 0) is old (0, w-1)
-        assert_eq!(s.label.as_ref().unwrap()[0], before.label.as_ref().unwrap()[6]);
+        assert_eq!(
+            s.label.as_ref().unwrap()[0],
+            before.label.as_ref().unwrap()[6]
+        );
         rot90(&mut s, 3);
         assert_eq!(s, before);
         flip_v(&mut s);
@@ -387,12 +432,22 @@ mod tests {
     fn geometric_warps_keep_label_and_image_aligned() {
         // a blob: after any warp, label pixels must sit where the image is bright
         let (h, w) = (48, 48);
-        let label: Vec<u8> = (0..h * w).map(|i| {
-            let (y, x) = ((i / w) as f32 - 20.0, (i % w) as f32 - 28.0);
-            (y * y + x * x < 64.0) as u8
-        }).collect();
+        let label: Vec<u8> = (0..h * w)
+            .map(|i| {
+                let (y, x) = ((i / w) as f32 - 20.0, (i % w) as f32 - 28.0);
+                (y * y + x * x < 64.0) as u8
+            })
+            .collect();
         let image: Vec<f32> = label.iter().map(|&l| l as f32).collect();
-        let base = Sample { id: "b".into(), image, channels: 1, height: h, width: w, label: Some(label), fov: None };
+        let base = Sample {
+            id: "b".into(),
+            image,
+            channels: 1,
+            height: h,
+            width: w,
+            label: Some(label),
+            fov: None,
+        };
         let cfg = AugmentConfig {
             rotate_p: 1.0,
             rotate_max_deg: 40.0,
@@ -409,12 +464,21 @@ mod tests {
             let mut s = base.clone();
             augment(&mut s, &cfg, &mut ChaCha8Rng::seed_from_u64(seed));
             let label = s.label.as_ref().unwrap();
-            let fg: Vec<f32> = (0..h * w).filter(|&i| label[i] == 1).map(|i| s.image[i]).collect();
-            let bg: Vec<f32> = (0..h * w).filter(|&i| label[i] == 0).map(|i| s.image[i]).collect();
+            let fg: Vec<f32> = (0..h * w)
+                .filter(|&i| label[i] == 1)
+                .map(|i| s.image[i])
+                .collect();
+            let bg: Vec<f32> = (0..h * w)
+                .filter(|&i| label[i] == 0)
+                .map(|i| s.image[i])
+                .collect();
             assert!(fg.len() > 50, "seed {seed}: blob lost");
             let mean_fg = fg.iter().sum::<f32>() / fg.len() as f32;
             let mean_bg = bg.iter().sum::<f32>() / bg.len() as f32;
-            assert!(mean_fg > 0.8 && mean_bg < 0.05, "seed {seed}: image and label moved apart ({mean_fg}, {mean_bg})");
+            assert!(
+                mean_fg > 0.8 && mean_bg < 0.05,
+                "seed {seed}: image and label moved apart ({mean_fg}, {mean_bg})"
+            );
             assert_ne!(s.label, base.label, "seed {seed}: nothing moved");
         }
     }
@@ -422,14 +486,23 @@ mod tests {
     #[test]
     fn same_seed_same_result_and_photometric_leaves_masks_alone() {
         let base = coded(16, 16);
-        let cfg = AugmentConfig { elastic_p: 0.5, grid_p: 0.5, ..AugmentConfig::default() };
+        let cfg = AugmentConfig {
+            elastic_p: 0.5,
+            grid_p: 0.5,
+            ..AugmentConfig::default()
+        };
         let run = |seed| {
             let mut s = base.clone();
             augment(&mut s, &cfg, &mut ChaCha8Rng::seed_from_u64(seed));
             s
         };
         assert_eq!(run(5), run(5));
-        let photo = AugmentConfig { gamma_p: 1.0, brightness_contrast_p: 1.0, noise_p: 1.0, ..AugmentConfig::none() };
+        let photo = AugmentConfig {
+            gamma_p: 1.0,
+            brightness_contrast_p: 1.0,
+            noise_p: 1.0,
+            ..AugmentConfig::none()
+        };
         let mut s = base.clone();
         augment(&mut s, &photo, &mut ChaCha8Rng::seed_from_u64(1));
         assert_eq!(s.label, base.label);

@@ -36,9 +36,15 @@ pub struct DriveCase {
 /// The case ID of a file: its stem up to the first `_` (DRIVE's `21_training`
 /// → `21`), else the whole stem.
 pub fn case_id(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let stem = name.strip_suffix(".gz").unwrap_or(&name);
-    let stem = Path::new(stem).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = Path::new(stem)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     match stem.split_once('_') {
         Some((id, _)) if !id.is_empty() => id.to_string(),
         _ => stem,
@@ -49,7 +55,12 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     v.sort();
     Ok(v)
@@ -69,7 +80,10 @@ fn drive_split_dir(root: &Path, split: DriveSplit) -> Result<PathBuf> {
     if root.join("images").is_dir() {
         return Ok(root.to_path_buf());
     }
-    Err(Error::Invalid(format!("{}: no DRIVE {name}/images folder here", root.display())))
+    Err(Error::Invalid(format!(
+        "{}: no DRIVE {name}/images folder here",
+        root.display()
+    )))
 }
 
 /// Lists the cases of a DRIVE split: `images/NN_<split>.tif` ↔
@@ -82,26 +96,47 @@ pub fn drive_cases(root: &Path, split: DriveSplit) -> Result<Vec<DriveCase>> {
         if !d.is_dir() {
             return Ok(BTreeMap::new());
         }
-        Ok(files_in(&d)?.into_iter().filter(|p| file_kind(p) == Some(FileKind::Image)).map(|p| (case_id(&p), p)).collect())
+        Ok(files_in(&d)?
+            .into_iter()
+            .filter(|p| file_kind(p) == Some(FileKind::Image))
+            .map(|p| (case_id(&p), p))
+            .collect())
     };
     let images = by_id("images")?;
     let labels = by_id("1st_manual")?;
     let masks = by_id("mask")?;
     if images.is_empty() {
-        return Err(Error::Invalid(format!("{}: no images", dir.join("images").display())));
+        return Err(Error::Invalid(format!(
+            "{}: no images",
+            dir.join("images").display()
+        )));
     }
     let mut cases = Vec::new();
     for (id, image) in images {
         let label = labels.get(&id).cloned();
         if split == DriveSplit::Training && label.is_none() {
-            return Err(Error::Invalid(format!("{}: no label 1st_manual/{id}_manual1.gif for this image", image.display())));
+            return Err(Error::Invalid(format!(
+                "{}: no label 1st_manual/{id}_manual1.gif for this image",
+                image.display()
+            )));
         }
-        cases.push(DriveCase { id: id.clone(), image, label, mask: masks.get(&id).cloned() });
+        cases.push(DriveCase {
+            id: id.clone(),
+            image,
+            label,
+            mask: masks.get(&id).cloned(),
+        });
     }
     Ok(cases)
 }
 
-fn load_case(id: &str, image: &Path, label: Option<&Path>, fov: Option<&Path>, plan: &Preprocess) -> Result<Sample> {
+fn load_case(
+    id: &str,
+    image: &Path,
+    label: Option<&Path>,
+    fov: Option<&Path>,
+    plan: &Preprocess,
+) -> Result<Sample> {
     let vol = read_image(image)?;
     let (h, w) = (vol.shape[0], vol.shape[1]);
     let check = |m: &crate::Mask, p: &Path| -> Result<()> {
@@ -130,11 +165,21 @@ fn load_case(id: &str, image: &Path, label: Option<&Path>, fov: Option<&Path>, p
         }
         None => None,
     };
-    let (img, channels) = plan.apply_image(&vol, fov.as_deref()).map_err(|e| match e {
-        Error::Invalid(msg) => Error::Invalid(format!("{}: {msg}", image.display())),
-        other => other,
-    })?;
-    let s = Sample { id: id.to_string(), image: img, channels, height: h, width: w, label, fov };
+    let (img, channels) = plan
+        .apply_image(&vol, fov.as_deref())
+        .map_err(|e| match e {
+            Error::Invalid(msg) => Error::Invalid(format!("{}: {msg}", image.display())),
+            other => other,
+        })?;
+    let s = Sample {
+        id: id.to_string(),
+        image: img,
+        channels,
+        height: h,
+        width: w,
+        label,
+        fov,
+    };
     s.validate()?;
     Ok(s)
 }
@@ -160,20 +205,33 @@ pub struct PairedCase {
 /// file stem; returns the pairs and the files left unpaired.
 pub fn paired_cases(root: &Path) -> Result<(Vec<PairedCase>, Vec<PathBuf>)> {
     let stem = |p: &Path| -> String {
-        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let n = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let n = n.strip_suffix(".gz").unwrap_or(&n).to_string();
-        Path::new(&n).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        Path::new(&n)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
     };
     let list = |sub: &str| -> Result<BTreeMap<String, PathBuf>> {
         let d = root.join(sub);
         if !d.is_dir() {
             return Ok(BTreeMap::new());
         }
-        Ok(files_in(&d)?.into_iter().filter(|p| file_kind(p).is_some()).map(|p| (stem(&p), p)).collect())
+        Ok(files_in(&d)?
+            .into_iter()
+            .filter(|p| file_kind(p).is_some())
+            .map(|p| (stem(&p), p))
+            .collect())
     };
     let images = list("images")?;
     if images.is_empty() {
-        return Err(Error::Invalid(format!("{}: no images/ folder with images", root.display())));
+        return Err(Error::Invalid(format!(
+            "{}: no images/ folder with images",
+            root.display()
+        )));
     }
     let mut masks = list("masks")?;
     let mut fovs = list("fov")?;
@@ -184,7 +242,12 @@ pub fn paired_cases(root: &Path) -> Result<(Vec<PairedCase>, Vec<PathBuf>)> {
         if label.is_none() {
             unpaired.push(image.clone());
         }
-        cases.push(PairedCase { fov: fovs.remove(&id), id, image, label });
+        cases.push(PairedCase {
+            fov: fovs.remove(&id),
+            id,
+            image,
+            label,
+        });
     }
     unpaired.extend(masks.into_values());
     unpaired.extend(fovs.into_values());
@@ -213,8 +276,13 @@ pub fn load_synthetic(cfg: &SyntheticConfig, plan: &Preprocess) -> Result<Vec<Sa
                     hwc[p * s.channels + c] = s.image[c * n + p];
                 }
             }
-            let (image, channels) = plan.apply_unit(&hwc, s.height, s.width, s.channels, s.fov.as_deref())?;
-            Ok(Sample { image, channels, ..s })
+            let (image, channels) =
+                plan.apply_unit(&hwc, s.height, s.width, s.channels, s.fov.as_deref())?;
+            Ok(Sample {
+                image,
+                channels,
+                ..s
+            })
         })
         .collect()
 }
@@ -222,7 +290,12 @@ pub fn load_synthetic(cfg: &SyntheticConfig, plan: &Preprocess) -> Result<Vec<Sa
 /// NIfTI image/label volumes (`root/images/X.nii[.gz]` ↔ `root/labels/X.nii[.gz]`)
 /// served as 2D slices along `axis` with `context` neighbours as channels.
 /// Slices are `case_id#k`. Labels: any non-zero voxel is foreground.
-pub fn load_nifti_slices(root: &Path, axis: usize, context: usize, plan: &Preprocess) -> Result<Vec<Sample>> {
+pub fn load_nifti_slices(
+    root: &Path,
+    axis: usize,
+    context: usize,
+    plan: &Preprocess,
+) -> Result<Vec<Sample>> {
     let (cases, _) = paired_cases_named(root, "images", "labels")?;
     let per_case: Vec<Vec<Sample>> = cases
         .par_iter()
@@ -230,9 +303,16 @@ pub fn load_nifti_slices(root: &Path, axis: usize, context: usize, plan: &Prepro
             let img = nifti::read_nifti(img_path)?;
             let lab = nifti::read_nifti(lab_path)?;
             if img.shape != lab.shape {
-                return Err(Error::ShapeMismatch { what: format!("{} against {}", lab_path.display(), img_path.display()), a: lab.shape, b: img.shape });
+                return Err(Error::ShapeMismatch {
+                    what: format!("{} against {}", lab_path.display(), img_path.display()),
+                    a: lab.shape,
+                    b: img.shape,
+                });
             }
-            let unit = Volume { values: plan.to_unit(&img.values, img.stored, img.format, false)?, ..img };
+            let unit = Volume {
+                values: plan.to_unit(&img.values, img.stored, img.format, false)?,
+                ..img
+            };
             let n = slicing::slice_count(&unit, axis)?;
             (0..n)
                 .map(|k| {
@@ -245,9 +325,20 @@ pub fn load_nifti_slices(root: &Path, axis: usize, context: usize, plan: &Prepro
                             hwc[p * ch + c] = vals[c * h * w + p];
                         }
                     }
-                    let plan_all = Preprocess { channels: crate::intensity::ChannelChoice::All, ..plan.clone() };
+                    let plan_all = Preprocess {
+                        channels: crate::intensity::ChannelChoice::All,
+                        ..plan.clone()
+                    };
                     let (image, channels) = plan_all.apply_unit(&hwc, h, w, ch, None)?;
-                    Ok(Sample { id: format!("{id}#{k}"), image, channels, height: h, width: w, label: Some(lv.iter().map(|&v| (v != 0.0) as u8).collect()), fov: None })
+                    Ok(Sample {
+                        id: format!("{id}#{k}"),
+                        image,
+                        channels,
+                        height: h,
+                        width: w,
+                        label: Some(lv.iter().map(|&v| (v != 0.0) as u8).collect()),
+                        fov: None,
+                    })
                 })
                 .collect()
         })
@@ -255,13 +346,25 @@ pub fn load_nifti_slices(root: &Path, axis: usize, context: usize, plan: &Prepro
     Ok(per_case.into_iter().flatten().collect())
 }
 
-fn paired_cases_named(root: &Path, a: &str, b: &str) -> Result<(Vec<(String, PathBuf, PathBuf)>, Vec<PathBuf>)> {
+/// (case id, image path, label path).
+type NamedPair = (String, PathBuf, PathBuf);
+
+fn paired_cases_named(root: &Path, a: &str, b: &str) -> Result<(Vec<NamedPair>, Vec<PathBuf>)> {
     let stem = |p: &Path| -> String {
-        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        n.trim_end_matches(".gz").trim_end_matches(".nii").to_string()
+        let n = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        n.trim_end_matches(".gz")
+            .trim_end_matches(".nii")
+            .to_string()
     };
     let list = |sub: &str| -> Result<BTreeMap<String, PathBuf>> {
-        Ok(files_in(&root.join(sub))?.into_iter().filter(|p| file_kind(p) == Some(FileKind::Nifti)).map(|p| (stem(&p), p)).collect())
+        Ok(files_in(&root.join(sub))?
+            .into_iter()
+            .filter(|p| file_kind(p) == Some(FileKind::Nifti))
+            .map(|p| (stem(&p), p))
+            .collect())
     };
     let imgs = list(a)?;
     let mut labs = list(b)?;
@@ -288,7 +391,10 @@ pub fn split_cases<T: Clone>(items: &[T], val_count: usize, seed: u64) -> (Vec<T
     let mut train: Vec<usize> = idx[k..].to_vec();
     val.sort();
     train.sort();
-    (train.iter().map(|&i| items[i].clone()).collect(), val.iter().map(|&i| items[i].clone()).collect())
+    (
+        train.iter().map(|&i| items[i].clone()).collect(),
+        val.iter().map(|&i| items[i].clone()).collect(),
+    )
 }
 
 #[cfg(test)]
@@ -322,13 +428,24 @@ mod tests {
         }
         use crate::io::image2d::write_png_u8;
         write_png_u8(&d.join("images/a.png"), 4, 4, 3, &[100; 48]).unwrap();
-        write_png_u8(&d.join("masks/a.png"), 4, 4, 1, &[0, 255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255]).unwrap();
+        write_png_u8(
+            &d.join("masks/a.png"),
+            4,
+            4,
+            1,
+            &[0, 255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255],
+        )
+        .unwrap();
         write_png_u8(&d.join("images/b.png"), 4, 4, 3, &[50; 48]).unwrap();
         write_png_u8(&d.join("masks/c.png"), 4, 4, 1, &[0; 16]).unwrap();
         let (cases, unpaired) = paired_cases(&d).unwrap();
         assert_eq!(cases.len(), 2);
         assert_eq!(unpaired.len(), 2, "{unpaired:?}");
-        let plan = Preprocess { clahe: None, normalise: crate::preprocess::Normalise::None, ..Preprocess::fundus() };
+        let plan = Preprocess {
+            clahe: None,
+            normalise: crate::preprocess::Normalise::None,
+            ..Preprocess::fundus()
+        };
         let s = load_paired(&cases, &plan).unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].label.as_ref().unwrap().iter().sum::<u8>(), 2);

@@ -58,11 +58,22 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
-    pub(crate) fn decode(path: impl Into<PathBuf>, format: &'static str, reason: impl ToString) -> Self {
-        Self::Decode { path: path.into(), format, reason: reason.to_string() }
+    pub(crate) fn decode(
+        path: impl Into<PathBuf>,
+        format: &'static str,
+        reason: impl ToString,
+    ) -> Self {
+        Self::Decode {
+            path: path.into(),
+            format,
+            reason: reason.to_string(),
+        }
     }
 }
 

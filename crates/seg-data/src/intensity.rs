@@ -34,7 +34,14 @@ pub fn window_preset(name: &str) -> Option<WindowSpec> {
 }
 
 /// The names [`window_preset`] knows.
-pub const WINDOW_PRESETS: [&str; 6] = ["lung", "mediastinum", "soft_tissue", "brain", "bone", "liver"];
+pub const WINDOW_PRESETS: [&str; 6] = [
+    "lung",
+    "mediastinum",
+    "soft_tissue",
+    "brain",
+    "bone",
+    "liver",
+];
 
 /// DICOM PS3.3 C.11.2.1.2.1 linear VOI function onto [y_min, y_max]:
 /// `x <= c-0.5-(w-1)/2 → y_min`, `x > c-0.5+(w-1)/2 → y_max`, else
@@ -78,7 +85,9 @@ impl ScaleIntensityRange {
     /// Applies the mapping in place.
     pub fn apply(&self, values: &mut [f32]) -> Result<()> {
         if self.a_max == self.a_min {
-            return Err(Error::Invalid("ScaleIntensityRange: a_min equals a_max".into()));
+            return Err(Error::Invalid(
+                "ScaleIntensityRange: a_min equals a_max".into(),
+            ));
         }
         let scale = (self.b_max - self.b_min) / (self.a_max - self.a_min);
         let (lo, hi) = (self.b_min.min(self.b_max), self.b_min.max(self.b_max));
@@ -119,10 +128,15 @@ fn mean_std(values: &[f32], mask: Option<&[u8]>) -> Option<(f64, f64)> {
 pub fn zscore(values: &mut [f32], mask: Option<&[u8]>) -> Result<()> {
     if let Some(m) = mask {
         if m.len() != values.len() {
-            return Err(Error::ShapeMismatch { what: "z-score mask".into(), a: vec![m.len()], b: vec![values.len()] });
+            return Err(Error::ShapeMismatch {
+                what: "z-score mask".into(),
+                a: vec![m.len()],
+                b: vec![values.len()],
+            });
         }
     }
-    let (m, s) = mean_std(values, mask).ok_or_else(|| Error::Invalid("z-score: no finite value (inside the mask)".into()))?;
+    let (m, s) = mean_std(values, mask)
+        .ok_or_else(|| Error::Invalid("z-score: no finite value (inside the mask)".into()))?;
     let s = if s > 0.0 { s } else { 1.0 };
     for v in values.iter_mut() {
         *v = ((*v as f64 - m) / s) as f32;
@@ -132,7 +146,12 @@ pub fn zscore(values: &mut [f32], mask: Option<&[u8]>) -> Result<()> {
 
 /// Min-max scaling onto [0, 1]; a constant image becomes zeros.
 pub fn min_max(values: &mut [f32]) {
-    let (lo, hi) = values.iter().filter(|v| v.is_finite()).fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = values
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
     let range = hi - lo;
     for v in values.iter_mut() {
         *v = if range > 0.0 { (*v - lo) / range } else { 0.0 };
@@ -155,7 +174,8 @@ pub fn percentile(values: &[f32], q: f64) -> Option<f32> {
 
 /// Clips values to the [lower, upper] percentiles.
 pub fn percentile_clip(values: &mut [f32], lower: f64, upper: f64) -> Result<()> {
-    let lo = percentile(values, lower).ok_or_else(|| Error::Invalid("percentile clip: no finite value".into()))?;
+    let lo = percentile(values, lower)
+        .ok_or_else(|| Error::Invalid("percentile clip: no finite value".into()))?;
     let hi = percentile(values, upper).unwrap_or(lo);
     for v in values.iter_mut() {
         *v = v.clamp(lo, hi);
@@ -177,11 +197,21 @@ pub enum ChannelChoice {
 }
 
 /// Reduces an interleaved `[h, w, c]` image to the chosen channel(s).
-pub fn choose_channels(values: &[f32], channels: usize, choice: ChannelChoice) -> (Vec<f32>, usize) {
+pub fn choose_channels(
+    values: &[f32],
+    channels: usize,
+    choice: ChannelChoice,
+) -> (Vec<f32>, usize) {
     match (choice, channels) {
         (ChannelChoice::All, _) | (_, 1) => (values.to_vec(), channels),
         (ChannelChoice::Green, c) => (values.chunks(c).map(|p| p[1.min(c - 1)]).collect(), 1),
-        (ChannelChoice::Luminance, c) if c >= 3 => (values.chunks(c).map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).collect(), 1),
+        (ChannelChoice::Luminance, c) if c >= 3 => (
+            values
+                .chunks(c)
+                .map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2])
+                .collect(),
+            1,
+        ),
         (ChannelChoice::Luminance, c) => (values.chunks(c).map(|p| p[0]).collect(), 1),
     }
 }
@@ -198,12 +228,24 @@ pub fn gamma(values: &mut [f32], g: f32) {
 /// bins, histogram clip at `clip_limit` × the mean bin count (OpenCV's
 /// convention; 2.0 and 8×8 are the usual retina settings), excess spread
 /// evenly, bilinear interpolation between the tile mappings.
-pub fn clahe(values: &[f32], height: usize, width: usize, clip_limit: f32, tiles: usize) -> Result<Vec<f32>> {
+pub fn clahe(
+    values: &[f32],
+    height: usize,
+    width: usize,
+    clip_limit: f32,
+    tiles: usize,
+) -> Result<Vec<f32>> {
     if values.len() != height * width {
-        return Err(Error::ShapeMismatch { what: "CLAHE input".into(), a: vec![values.len()], b: vec![height, width] });
+        return Err(Error::ShapeMismatch {
+            what: "CLAHE input".into(),
+            a: vec![values.len()],
+            b: vec![height, width],
+        });
     }
     if tiles == 0 || height == 0 || width == 0 {
-        return Err(Error::Invalid("CLAHE needs a non-empty image and at least one tile".into()));
+        return Err(Error::Invalid(
+            "CLAHE needs a non-empty image and at least one tile".into(),
+        ));
     }
     const BINS: usize = 256;
     let bin = |v: f32| ((v.clamp(0.0, 1.0) * (BINS - 1) as f32).round() as usize).min(BINS - 1);
@@ -254,7 +296,8 @@ pub fn clahe(values: &[f32], height: usize, width: usize, clip_limit: f32, tiles
             let wx = (fx - c0 as f32).clamp(0.0, 1.0);
             let b = bin(values[y * width + x]);
             let m = |r: usize, c: usize| maps[r * tx + c][b];
-            out[y * width + x] = (1.0 - wy) * ((1.0 - wx) * m(r0, c0) + wx * m(r0, c1)) + wy * ((1.0 - wx) * m(r1, c0) + wx * m(r1, c1));
+            out[y * width + x] = (1.0 - wy) * ((1.0 - wx) * m(r0, c0) + wx * m(r0, c1))
+                + wy * ((1.0 - wx) * m(r1, c0) + wx * m(r1, c1));
         }
     }
     Ok(out)
@@ -266,20 +309,37 @@ mod tests {
 
     #[test]
     fn window_follows_the_dicom_formula() {
-        let w = WindowSpec { center: 40.0, width: 100.0 };
+        let w = WindowSpec {
+            center: 40.0,
+            width: 100.0,
+        };
         assert_eq!(window_linear(-10.0, w, 0.0, 255.0, false), 0.0);
         assert_eq!(window_linear(89.6, w, 0.0, 255.0, false), 255.0);
         let mid = window_linear(39.5, w, 0.0, 255.0, false);
         assert!((mid - 127.5).abs() < 1e-9);
         assert_eq!(window_linear(-10.0, w, 0.0, 255.0, true), 255.0);
-        assert_eq!(window_preset("lung"), Some(WindowSpec { center: -600.0, width: 1500.0 }));
+        assert_eq!(
+            window_preset("lung"),
+            Some(WindowSpec {
+                center: -600.0,
+                width: 1500.0
+            })
+        );
         assert!(window_preset("heart").is_none());
     }
 
     #[test]
     fn scale_range_zscore_minmax_percentiles() {
         let mut v = vec![-1000.0, 0.0, 500.0, 2000.0];
-        ScaleIntensityRange { a_min: -1000.0, a_max: 1000.0, b_min: 0.0, b_max: 1.0, clip: true }.apply(&mut v).unwrap();
+        ScaleIntensityRange {
+            a_min: -1000.0,
+            a_max: 1000.0,
+            b_min: 0.0,
+            b_max: 1.0,
+            clip: true,
+        }
+        .apply(&mut v)
+        .unwrap();
         for (a, b) in v.iter().zip([0.0, 0.5, 0.75, 1.0]) {
             assert!((a - b).abs() < 1e-6, "{v:?}");
         }
@@ -301,13 +361,27 @@ mod tests {
     fn clahe_raises_local_contrast_and_keeps_range() {
         // a dim, low-contrast ramp
         let (h, w) = (64, 64);
-        let v: Vec<f32> = (0..h * w).map(|i| 0.4 + 0.1 * ((i % w) as f32 / w as f32)).collect();
+        let v: Vec<f32> = (0..h * w)
+            .map(|i| 0.4 + 0.1 * ((i % w) as f32 / w as f32))
+            .collect();
         let out = clahe(&v, h, w, 2.0, 8).unwrap();
-        let range = |x: &[f32]| x.iter().cloned().fold(f32::MIN, f32::max) - x.iter().cloned().fold(f32::MAX, f32::min);
-        assert!(range(&out) > 1.2 * range(&v), "{} vs {}", range(&out), range(&v));
+        let range = |x: &[f32]| {
+            x.iter().cloned().fold(f32::MIN, f32::max) - x.iter().cloned().fold(f32::MAX, f32::min)
+        };
+        assert!(
+            range(&out) > 1.2 * range(&v),
+            "{} vs {}",
+            range(&out),
+            range(&v)
+        );
         // the clip limit caps the amplification: a high limit stretches more
         let loose = clahe(&v, h, w, 40.0, 8).unwrap();
-        assert!(range(&loose) > range(&out) + 0.1, "{} vs {}", range(&loose), range(&out));
+        assert!(
+            range(&loose) > range(&out) + 0.1,
+            "{} vs {}",
+            range(&loose),
+            range(&out)
+        );
         assert!(out.iter().all(|&x| (0.0..=1.0).contains(&x)));
         // a constant image stays constant (every tile maps it alike)
         let flat = clahe(&vec![0.3; h * w], h, w, 2.0, 8).unwrap();

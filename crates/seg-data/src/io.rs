@@ -40,7 +40,9 @@ pub fn read_any(path: &Path) -> Result<Volume> {
         Some(FileKind::Image) => image2d::read_image(path),
         Some(FileKind::Nifti) => nifti::read_nifti(path),
         Some(FileKind::Dicom) => dicom::read_dicom(path),
-        None => Err(Error::UnknownFormat { path: path.to_path_buf() }),
+        None => Err(Error::UnknownFormat {
+            path: path.to_path_buf(),
+        }),
     }
 }
 

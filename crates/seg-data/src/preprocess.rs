@@ -59,7 +59,10 @@ impl Preprocess {
             channels: ChannelChoice::Green,
             window: None,
             scale_range: None,
-            clahe: Some(ClaheSpec { clip_limit: 2.0, tiles: 8 }),
+            clahe: Some(ClaheSpec {
+                clip_limit: 2.0,
+                tiles: 8,
+            }),
             gamma: None,
             normalise: Normalise::ZscoreFov,
         }
@@ -75,7 +78,14 @@ impl Preprocess {
 
     /// Applies the plan to interleaved `[h, w, c]` values already in [0, 1];
     /// returns channel-planar output and its channel count.
-    pub fn apply_unit(&self, hwc: &[f32], h: usize, w: usize, c: usize, fov: Option<&[u8]>) -> Result<(Vec<f32>, usize)> {
+    pub fn apply_unit(
+        &self,
+        hwc: &[f32],
+        h: usize,
+        w: usize,
+        c: usize,
+        fov: Option<&[u8]>,
+    ) -> Result<(Vec<f32>, usize)> {
         let (vals, ch) = intensity::choose_channels(hwc, c, self.channels);
         let mut chw = hwc_to_chw(&vals, h, w, ch);
         let n = h * w;
@@ -103,7 +113,13 @@ impl Preprocess {
 
     /// Scales file values to [0, 1]: the window or ScaleIntensityRange when
     /// set, else the stored type's range for 2D images, else min-max.
-    pub fn to_unit(&self, values: &[f32], stored: StoredType, format: Format, invert: bool) -> Result<Vec<f32>> {
+    pub fn to_unit(
+        &self,
+        values: &[f32],
+        stored: StoredType,
+        format: Format,
+        invert: bool,
+    ) -> Result<Vec<f32>> {
         let mut v = values.to_vec();
         if let Some(w) = self.window {
             intensity::apply_window(&mut v, w, invert);
@@ -120,7 +136,10 @@ impl Preprocess {
             intensity::min_max(&mut v);
         }
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(Error::Invalid(format!("value {} at index {i} is not finite after scaling", v[i])));
+            return Err(Error::Invalid(format!(
+                "value {} at index {i} is not finite after scaling",
+                v[i]
+            )));
         }
         Ok(v)
     }
@@ -128,7 +147,10 @@ impl Preprocess {
     /// Applies the whole plan to a 2D image volume (`[h, w, c]`).
     pub fn apply_image(&self, vol: &Volume, fov: Option<&[u8]>) -> Result<(Vec<f32>, usize)> {
         if vol.shape.len() != 3 || vol.format != Format::Image {
-            return Err(Error::Invalid(format!("expected a 2D image, got {:?} shape {:?}", vol.format, vol.shape)));
+            return Err(Error::Invalid(format!(
+                "expected a 2D image, got {:?} shape {:?}",
+                vol.format, vol.shape
+            )));
         }
         let (h, w, c) = (vol.shape[0], vol.shape[1], vol.shape[2]);
         let unit = self.to_unit(&vol.values, vol.stored, vol.format, false)?;
@@ -150,7 +172,12 @@ mod tests {
         let fov: Vec<u8> = (0..h * w).map(|i| (i % 3 != 0) as u8).collect();
         let (out, ch) = p.apply_unit(&hwc, h, w, 3, Some(&fov)).unwrap();
         assert_eq!(ch, 1);
-        let inside: Vec<f32> = out.iter().zip(&fov).filter(|(_, &f)| f == 1).map(|(&v, _)| v).collect();
+        let inside: Vec<f32> = out
+            .iter()
+            .zip(&fov)
+            .filter(|(_, &f)| f == 1)
+            .map(|(&v, _)| v)
+            .collect();
         let mean = inside.iter().sum::<f32>() / inside.len() as f32;
         assert!(mean.abs() < 1e-4, "{mean}");
     }

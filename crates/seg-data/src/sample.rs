@@ -33,12 +33,19 @@ impl Sample {
         for (what, m) in [("label", &self.label), ("FOV", &self.fov)] {
             if let Some(m) = m {
                 if m.len() != plane {
-                    return Err(Error::ShapeMismatch { what: format!("{what} of case {}", self.id), a: vec![m.len()], b: vec![self.height, self.width] });
+                    return Err(Error::ShapeMismatch {
+                        what: format!("{what} of case {}", self.id),
+                        a: vec![m.len()],
+                        b: vec![self.height, self.width],
+                    });
                 }
             }
         }
         if let Some(i) = self.image.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Invalid(format!("case {}: image value {} at index {i} is not finite", self.id, self.image[i])));
+            return Err(Error::Invalid(format!(
+                "case {}: image value {} at index {i} is not finite",
+                self.id, self.image[i]
+            )));
         }
         Ok(())
     }

@@ -26,7 +26,11 @@ pub struct PatchSampler {
 
 impl Default for PatchSampler {
     fn default() -> Self {
-        Self { size: 64, foreground_ratio: 0.5, inside_fov: true }
+        Self {
+            size: 64,
+            foreground_ratio: 0.5,
+            inside_fov: true,
+        }
     }
 }
 
@@ -55,7 +59,15 @@ pub fn crop(s: &Sample, y0: isize, x0: isize, size: usize) -> Sample {
             fov[dst] = s.fov.as_ref().map_or(1, |f| f[src]);
         }
     }
-    Sample { id: s.id.clone(), image, channels: s.channels, height: size, width: size, label, fov: Some(fov) }
+    Sample {
+        id: s.id.clone(),
+        image,
+        channels: s.channels,
+        height: size,
+        width: size,
+        label,
+        fov: Some(fov),
+    }
 }
 
 impl PatchSampler {
@@ -104,7 +116,9 @@ pub fn grid_positions(h: usize, w: usize, size: usize, overlap: f32) -> Vec<(usi
         v
     };
     let (ys, xs) = (axis(h), axis(w));
-    ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect()
+    ys.iter()
+        .flat_map(|&y| xs.iter().map(move |&x| (y, x)))
+        .collect()
 }
 
 /// A batch of patches as NCHW buffers.
@@ -124,7 +138,10 @@ pub struct Batch {
 
 impl Batch {
     /// The three buffers as tensors on `device`: images, labels, FOV.
-    pub fn to_tensors(&self, device: &seg_core::Device) -> Result<(seg_core::Tensor, seg_core::Tensor, seg_core::Tensor)> {
+    pub fn to_tensors(
+        &self,
+        device: &seg_core::Device,
+    ) -> Result<(seg_core::Tensor, seg_core::Tensor, seg_core::Tensor)> {
         use seg_core::Tensor;
         let (n, c, h, w) = (self.n, self.channels, self.height, self.width);
         Ok((
@@ -148,7 +165,14 @@ pub fn patch_rng(seed: u64, batch: u64, k: u64) -> ChaCha8Rng {
 /// Draws `batch_size` random patches from `images` (each patch picks its
 /// image at random), augments them, and stacks them; in parallel, and the
 /// same for the same (seed, batch index) whatever the thread count.
-pub fn random_batch(images: &[Sample], sampler: &PatchSampler, aug: &AugmentConfig, batch_size: usize, seed: u64, batch_index: u64) -> Result<Batch> {
+pub fn random_batch(
+    images: &[Sample],
+    sampler: &PatchSampler,
+    aug: &AugmentConfig,
+    batch_size: usize,
+    seed: u64,
+    batch_index: u64,
+) -> Result<Batch> {
     if images.is_empty() {
         return Err(Error::Invalid("no images to sample patches from".into()));
     }
@@ -167,12 +191,26 @@ pub fn random_batch(images: &[Sample], sampler: &PatchSampler, aug: &AugmentConf
 
 /// Stacks equally sized samples into a batch.
 pub fn stack(patches: &[Sample]) -> Result<Batch> {
-    let first = patches.first().ok_or_else(|| Error::Invalid("empty batch".into()))?;
+    let first = patches
+        .first()
+        .ok_or_else(|| Error::Invalid("empty batch".into()))?;
     let (c, h, w) = (first.channels, first.height, first.width);
-    let mut b = Batch { n: patches.len(), channels: c, height: h, width: w, images: Vec::with_capacity(patches.len() * c * h * w), labels: Vec::new(), fov: Vec::new() };
+    let mut b = Batch {
+        n: patches.len(),
+        channels: c,
+        height: h,
+        width: w,
+        images: Vec::with_capacity(patches.len() * c * h * w),
+        labels: Vec::new(),
+        fov: Vec::new(),
+    };
     for p in patches {
         if (p.channels, p.height, p.width) != (c, h, w) {
-            return Err(Error::ShapeMismatch { what: format!("patch of case {}", p.id), a: vec![p.channels, p.height, p.width], b: vec![c, h, w] });
+            return Err(Error::ShapeMismatch {
+                what: format!("patch of case {}", p.id),
+                a: vec![p.channels, p.height, p.width],
+                b: vec![c, h, w],
+            });
         }
         b.images.extend_from_slice(&p.image);
         match &p.label {
@@ -194,15 +232,34 @@ mod tests {
 
     #[test]
     fn foreground_oversampling_and_fov() {
-        let img = generate(&SyntheticConfig { size: 96, ..Default::default() }, 0);
-        let centre_label = |p: &Sample| p.label.as_ref().unwrap()[(p.height / 2) * p.width + p.width / 2];
-        let fg_all = PatchSampler { size: 16, foreground_ratio: 1.0, inside_fov: true };
-        let fg_none = PatchSampler { size: 16, foreground_ratio: 0.0, inside_fov: true };
+        let img = generate(
+            &SyntheticConfig {
+                size: 96,
+                ..Default::default()
+            },
+            0,
+        );
+        let centre_label =
+            |p: &Sample| p.label.as_ref().unwrap()[(p.height / 2) * p.width + p.width / 2];
+        let fg_all = PatchSampler {
+            size: 16,
+            foreground_ratio: 1.0,
+            inside_fov: true,
+        };
+        let fg_none = PatchSampler {
+            size: 16,
+            foreground_ratio: 0.0,
+            inside_fov: true,
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         assert!((0..50).all(|_| centre_label(&fg_all.sample(&img, &mut rng)) == 1));
-        let fg_rate = (0..200).filter(|_| centre_label(&fg_none.sample(&img, &mut rng)) == 1).count() as f32 / 200.0;
+        let fg_rate = (0..200)
+            .filter(|_| centre_label(&fg_none.sample(&img, &mut rng)) == 1)
+            .count() as f32
+            / 200.0;
         assert!(fg_rate < 0.4, "{fg_rate}");
-        let centre_fov = |p: &Sample| p.fov.as_ref().unwrap()[(p.height / 2) * p.width + p.width / 2];
+        let centre_fov =
+            |p: &Sample| p.fov.as_ref().unwrap()[(p.height / 2) * p.width + p.width / 2];
         assert!((0..50).all(|_| centre_fov(&fg_none.sample(&img, &mut rng)) == 1));
     }
 
@@ -224,11 +281,24 @@ mod tests {
 
     #[test]
     fn batches_are_deterministic_whatever_the_thread_count() {
-        let cfg = SyntheticConfig { size: 64, count: 3, ..Default::default() };
+        let cfg = SyntheticConfig {
+            size: 64,
+            count: 3,
+            ..Default::default()
+        };
         let imgs: Vec<Sample> = (0..3).map(|i| generate(&cfg, i)).collect();
-        let sampler = PatchSampler { size: 32, ..Default::default() };
-        let aug = AugmentConfig { elastic_p: 0.5, ..AugmentConfig::default() };
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let sampler = PatchSampler {
+            size: 32,
+            ..Default::default()
+        };
+        let aug = AugmentConfig {
+            elastic_p: 0.5,
+            ..AugmentConfig::default()
+        };
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         let a = one.install(|| random_batch(&imgs, &sampler, &aug, 6, 9, 2).unwrap());
         let b = random_batch(&imgs, &sampler, &aug, 6, 9, 2).unwrap();
         assert_eq!(a, b);

@@ -28,17 +28,26 @@ fn strides(vol: &Volume) -> Result<([usize; 3], [usize; 3])> {
 /// Number of slices along `axis` (0, 1 or 2).
 pub fn slice_count(vol: &Volume, axis: usize) -> Result<usize> {
     let (dims, _) = strides(vol)?;
-    dims.get(axis).copied().ok_or_else(|| Error::Invalid(format!("axis {axis} is not 0, 1 or 2")))
+    dims.get(axis)
+        .copied()
+        .ok_or_else(|| Error::Invalid(format!("axis {axis} is not 0, 1 or 2")))
 }
 
 /// Slice `index` along `axis` with `context` neighbours on each side as
 /// channels (edge slices repeated at the borders): returns channel-planar
 /// values `(2·context+1) × H × W` and (H, W), where H and W are the two other
 /// axes in increasing order.
-pub fn slice(vol: &Volume, axis: usize, index: usize, context: usize) -> Result<(Vec<f32>, (usize, usize))> {
+pub fn slice(
+    vol: &Volume,
+    axis: usize,
+    index: usize,
+    context: usize,
+) -> Result<(Vec<f32>, (usize, usize))> {
     let (dims, st) = strides(vol)?;
     if axis > 2 || index >= dims[axis] {
-        return Err(Error::Invalid(format!("slice {index} along axis {axis} is outside {dims:?}")));
+        return Err(Error::Invalid(format!(
+            "slice {index} along axis {axis} is outside {dims:?}"
+        )));
     }
     let (a, b) = match axis {
         0 => (1, 2),
@@ -63,7 +72,11 @@ pub fn slice(vol: &Volume, axis: usize, index: usize, context: usize) -> Result<
 pub fn assemble(like: &Volume, axis: usize, slices: &[Vec<f32>]) -> Result<Vec<f32>> {
     let (dims, st) = strides(like)?;
     if slices.len() != dims[axis] {
-        return Err(Error::ShapeMismatch { what: "predicted slices".into(), a: vec![slices.len()], b: vec![dims[axis]] });
+        return Err(Error::ShapeMismatch {
+            what: "predicted slices".into(),
+            a: vec![slices.len()],
+            b: vec![dims[axis]],
+        });
     }
     let (a, b) = match axis {
         0 => (1, 2),
@@ -73,7 +86,11 @@ pub fn assemble(like: &Volume, axis: usize, slices: &[Vec<f32>]) -> Result<Vec<f
     let mut out = vec![0f32; dims.iter().product()];
     for (k, s) in slices.iter().enumerate() {
         if s.len() != dims[a] * dims[b] {
-            return Err(Error::ShapeMismatch { what: format!("predicted slice {k}"), a: vec![s.len()], b: vec![dims[a], dims[b]] });
+            return Err(Error::ShapeMismatch {
+                what: format!("predicted slice {k}"),
+                a: vec![s.len()],
+                b: vec![dims[a], dims[b]],
+            });
         }
         for r in 0..dims[a] {
             for c in 0..dims[b] {
@@ -92,7 +109,19 @@ mod tests {
     fn vol(layout: Layout, shape: Vec<usize>) -> Volume {
         let n: usize = shape.iter().product();
         let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
-        Volume { format: Format::Nifti, shape, layout, stored: StoredType::Float32, raw: Stats::of([0.0]), values, spacing: vec![1.0; 3], affine: None, window: None, transfer_syntax: None, photometric: None }
+        Volume {
+            format: Format::Nifti,
+            shape,
+            layout,
+            stored: StoredType::Float32,
+            raw: Stats::of([0.0]),
+            values,
+            spacing: vec![1.0; 3],
+            affine: None,
+            window: None,
+            transfer_syntax: None,
+            photometric: None,
+        }
     }
 
     #[test]
@@ -101,8 +130,13 @@ mod tests {
             let v = vol(layout, vec![3, 4, 5]);
             for axis in 0..3 {
                 let n = slice_count(&v, axis).unwrap();
-                let slices: Vec<Vec<f32>> = (0..n).map(|k| slice(&v, axis, k, 0).unwrap().0).collect();
-                assert_eq!(assemble(&v, axis, &slices).unwrap(), v.values, "{layout:?} axis {axis}");
+                let slices: Vec<Vec<f32>> =
+                    (0..n).map(|k| slice(&v, axis, k, 0).unwrap().0).collect();
+                assert_eq!(
+                    assemble(&v, axis, &slices).unwrap(),
+                    v.values,
+                    "{layout:?} axis {axis}"
+                );
             }
         }
     }

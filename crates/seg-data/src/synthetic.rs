@@ -25,7 +25,12 @@ pub struct SyntheticConfig {
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        Self { count: 24, size: 96, seed: 0, noise: 0.02 }
+        Self {
+            count: 24,
+            size: 96,
+            seed: 0,
+            noise: 0.02,
+        }
     }
 }
 
@@ -44,13 +49,28 @@ fn gauss(rng: &mut ChaCha8Rng) -> f32 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn grow(rng: &mut ChaCha8Rng, segs: &mut Vec<Segment>, mut p: (f32, f32), mut angle: f32, mut width: f32, contrast: f32, depth: usize, s: f32, inside: &dyn Fn((f32, f32)) -> bool) {
+fn grow(
+    rng: &mut ChaCha8Rng,
+    segs: &mut Vec<Segment>,
+    mut p: (f32, f32),
+    mut angle: f32,
+    mut width: f32,
+    contrast: f32,
+    depth: usize,
+    s: f32,
+    inside: &dyn Fn((f32, f32)) -> bool,
+) {
     let step = s / 48.0;
     let mut steps = 0;
     while width >= 0.6 && inside(p) && steps < 400 {
         angle += 0.18 * gauss(rng);
         let q = (p.0 + step * angle.cos(), p.1 + step * angle.sin());
-        segs.push(Segment { a: p, b: q, width, contrast });
+        segs.push(Segment {
+            a: p,
+            b: q,
+            width,
+            contrast,
+        });
         p = q;
         steps += 1;
         width *= 0.995;
@@ -58,7 +78,17 @@ fn grow(rng: &mut ChaCha8Rng, segs: &mut Vec<Segment>, mut p: (f32, f32), mut an
             let spread = 0.35 + 0.5 * rng.random::<f32>();
             let side = if rng.random::<bool>() { 1.0 } else { -1.0 };
             let child_w = width * (0.55 + 0.25 * rng.random::<f32>());
-            grow(rng, segs, p, angle + side * spread, child_w, contrast * 0.9, depth + 1, s, inside);
+            grow(
+                rng,
+                segs,
+                p,
+                angle + side * spread,
+                child_w,
+                contrast * 0.9,
+                depth + 1,
+                s,
+                inside,
+            );
             width *= 0.85;
             angle -= side * 0.15;
         }
@@ -69,20 +99,38 @@ fn grow(rng: &mut ChaCha8Rng, segs: &mut Vec<Segment>, mut p: (f32, f32), mut an
 pub fn generate(cfg: &SyntheticConfig, index: usize) -> Sample {
     let s = cfg.size.max(8);
     let sf = s as f32;
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (index as u64)
+                .wrapping_add(1)
+                .wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
     let (cx, cy, r) = (sf / 2.0, sf / 2.0, sf * 0.46);
     let inside = move |p: (f32, f32)| (p.0 - cx).powi(2) + (p.1 - cy).powi(2) < r * r;
     // optic disc on the left or right, vessel arcades leaving it
-    let disc_x = if rng.random::<bool>() { cx - 0.55 * r } else { cx + 0.55 * r };
-    let disc = (disc_x + 0.05 * r * gauss(&mut rng), cy + 0.05 * r * gauss(&mut rng));
-    let toward_centre = if disc.0 < cx { 0.0f32 } else { std::f32::consts::PI };
+    let disc_x = if rng.random::<bool>() {
+        cx - 0.55 * r
+    } else {
+        cx + 0.55 * r
+    };
+    let disc = (
+        disc_x + 0.05 * r * gauss(&mut rng),
+        cy + 0.05 * r * gauss(&mut rng),
+    );
+    let toward_centre = if disc.0 < cx {
+        0.0f32
+    } else {
+        std::f32::consts::PI
+    };
     let mut segs = Vec::new();
     let trees = 3 + (rng.random::<u32>() % 3) as usize;
     for t in 0..trees {
         let base = toward_centre + (t as f32 / trees as f32 - 0.5) * 2.6 + 0.2 * gauss(&mut rng);
         let width = sf / 70.0 * (1.0 + 0.6 * rng.random::<f32>()) + 0.8;
         let contrast = 0.3 + 0.2 * rng.random::<f32>();
-        grow(&mut rng, &mut segs, disc, base, width, contrast, 0, sf, &inside);
+        grow(
+            &mut rng, &mut segs, disc, base, width, contrast, 0, sf, &inside,
+        );
     }
     // illumination: a tilted plane and a bright disc
     let (gx, gy) = (0.25 * gauss(&mut rng), 0.25 * gauss(&mut rng));
@@ -129,7 +177,8 @@ pub fn generate(cfg: &SyntheticConfig, index: usize) -> Sample {
             fov[i] = 1;
             let (u, v) = ((px - cx) / r, (py - cy) / r);
             let vignette = 1.0 - 0.35 * (u * u + v * v);
-            let disc_glow = 0.35 * (-((px - disc.0).powi(2) + (py - disc.1).powi(2)) / (0.02 * sf * sf)).exp();
+            let disc_glow =
+                0.35 * (-((px - disc.0).powi(2) + (py - disc.1).powi(2)) / (0.02 * sf * sf)).exp();
             let bg = (base_level + gx * u * 0.3 + gy * v * 0.3) * vignette + disc_glow;
             let g = bg * (1.0 - darkening[i]) + cfg.noise * gauss(&mut rng);
             image[i] = (1.6 * g + 0.1).clamp(0.0, 1.0); // red: bright, less vessel contrast
@@ -137,7 +186,15 @@ pub fn generate(cfg: &SyntheticConfig, index: usize) -> Sample {
             image[2 * n + i] = (0.35 * g).clamp(0.0, 1.0); // blue: dim
         }
     }
-    Sample { id: format!("synthetic_{index:04}"), image, channels: 3, height: s, width: s, label: Some(label), fov: Some(fov) }
+    Sample {
+        id: format!("synthetic_{index:04}"),
+        image,
+        channels: 3,
+        height: s,
+        width: s,
+        label: Some(label),
+        fov: Some(fov),
+    }
 }
 
 #[cfg(test)]
@@ -146,17 +203,26 @@ mod tests {
 
     #[test]
     fn deterministic_per_seed_and_index() {
-        let cfg = SyntheticConfig { size: 64, ..Default::default() };
+        let cfg = SyntheticConfig {
+            size: 64,
+            ..Default::default()
+        };
         assert_eq!(generate(&cfg, 3), generate(&cfg, 3));
         assert_ne!(generate(&cfg, 3).label, generate(&cfg, 4).label);
-        let other = SyntheticConfig { seed: 1, ..cfg.clone() };
+        let other = SyntheticConfig {
+            seed: 1,
+            ..cfg.clone()
+        };
         assert_ne!(generate(&cfg, 3).label, generate(&other, 3).label);
     }
 
     #[test]
     fn looks_like_a_retina() {
         for size in [48, 128] {
-            let cfg = SyntheticConfig { size, ..Default::default() };
+            let cfg = SyntheticConfig {
+                size,
+                ..Default::default()
+            };
             for i in 0..4 {
                 let s = generate(&cfg, i);
                 s.validate().unwrap();
@@ -165,7 +231,10 @@ mod tests {
                 let fov = s.fov.as_ref().unwrap();
                 let fg = label.iter().filter(|&&v| v == 1).count() as f32 / n;
                 let inside = fov.iter().filter(|&&v| v == 1).count() as f32 / n;
-                assert!((0.03..0.35).contains(&fg), "vessel fraction {fg} at size {size}");
+                assert!(
+                    (0.03..0.35).contains(&fg),
+                    "vessel fraction {fg} at size {size}"
+                );
                 assert!((0.55..0.75).contains(&inside), "FOV fraction {inside}");
                 // labels lie inside the FOV
                 assert!(label.iter().zip(fov).all(|(&l, &f)| l <= f));
@@ -190,7 +259,10 @@ mod tests {
                     }
                 }
                 let local = diff / count as f32;
-                assert!(local > 0.05, "vessels only {local} darker than their surroundings");
+                assert!(
+                    local > 0.05,
+                    "vessels only {local} darker than their surroundings"
+                );
             }
         }
     }

@@ -78,7 +78,8 @@ pub struct Stats {
 impl Stats {
     /// Statistics of `values`, accumulated in f64.
     pub fn of<I: IntoIterator<Item = f64>>(values: I) -> Self {
-        let (mut min, mut max, mut sum, mut n, mut nan) = (f64::INFINITY, f64::NEG_INFINITY, 0.0, 0u64, 0u64);
+        let (mut min, mut max, mut sum, mut n, mut nan) =
+            (f64::INFINITY, f64::NEG_INFINITY, 0.0, 0u64, 0u64);
         for v in values {
             if v.is_nan() {
                 nan += 1;
@@ -94,7 +95,13 @@ impl Stats {
             min = f64::NAN;
             max = f64::NAN;
         }
-        Self { min, max, mean, sum, nan_count: nan }
+        Self {
+            min,
+            max,
+            mean,
+            sum,
+            nan_count: nan,
+        }
     }
 }
 
@@ -161,11 +168,20 @@ pub fn max_elements() -> u64 {
 }
 
 /// Refuses a claimed element count above [`max_elements`].
-pub(crate) fn check_size(path: &std::path::Path, what: &'static str, dims: &[usize]) -> crate::Result<()> {
+pub(crate) fn check_size(
+    path: &std::path::Path,
+    what: &'static str,
+    dims: &[usize],
+) -> crate::Result<()> {
     let elements: u128 = dims.iter().map(|&d| d as u128).product();
     let limit = max_elements();
     if elements > limit as u128 {
-        return Err(crate::Error::TooLarge { path: path.to_path_buf(), what, elements, limit });
+        return Err(crate::Error::TooLarge {
+            path: path.to_path_buf(),
+            what,
+            elements,
+            limit,
+        });
     }
     Ok(())
 }

@@ -264,10 +264,18 @@ fn check_fixture(path: &Path) -> Result<String, String> {
 fn every_fixture_matches_pytorch() {
     let dir = fixtures_dir();
     if !dir.is_dir() {
-        eprintln!(
+        use std::io::Write;
+        let msg = format!(
             "SKIP parity: fixtures folder {} not found (set SEG_PARITY_FIXTURES)",
             dir.display()
         );
+        // /dev/stderr, not eprintln!, so that libtest's output capture does not hide it
+        match std::fs::OpenOptions::new().write(true).open("/dev/stderr") {
+            Ok(mut f) => {
+                let _ = writeln!(f, "{msg}");
+            }
+            Err(_) => eprintln!("{msg}"),
+        }
         return;
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)

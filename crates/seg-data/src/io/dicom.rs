@@ -17,7 +17,10 @@ const FORMAT: &str = "DICOM";
 
 fn open(path: &Path) -> Result<DefaultDicomObject> {
     if !path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
     }
     OpenFileOptions::new()
         .open_file(path)
@@ -40,7 +43,10 @@ fn flatten(e: &dyn std::error::Error) -> String {
 }
 
 fn floats(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
-    obj.element_opt(tag).ok().flatten().and_then(|e| e.to_multi_float64().ok())
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_multi_float64().ok())
 }
 
 fn string(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
@@ -48,13 +54,18 @@ fn string(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
         .ok()
         .flatten()
         .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string())
+        .map(|s| {
+            s.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .to_string()
+        })
 }
 
 /// Pixel spacing [row, col]: PixelSpacing, else ImagerPixelSpacing, else the
 /// shared functional groups (enhanced multi-frame), else [1, 1].
 fn pixel_spacing(obj: &DefaultDicomObject) -> Vec<f64> {
-    if let Some(v) = floats(obj, tags::PIXEL_SPACING).or_else(|| floats(obj, tags::IMAGER_PIXEL_SPACING)) {
+    if let Some(v) =
+        floats(obj, tags::PIXEL_SPACING).or_else(|| floats(obj, tags::IMAGER_PIXEL_SPACING))
+    {
         if v.len() >= 2 {
             return v[..2].to_vec();
         }
@@ -69,7 +80,11 @@ fn pixel_spacing(obj: &DefaultDicomObject) -> Vec<f64> {
                 .ok()
                 .and_then(|e| e.items().and_then(|i| i.first().cloned()))
         })
-        .and_then(|pm| pm.element(tags::PIXEL_SPACING).ok().and_then(|e| e.to_multi_float64().ok()));
+        .and_then(|pm| {
+            pm.element(tags::PIXEL_SPACING)
+                .ok()
+                .and_then(|e| e.to_multi_float64().ok())
+        });
     match nested {
         Some(v) if v.len() >= 2 => v[..2].to_vec(),
         _ => vec![1.0, 1.0],
@@ -84,31 +99,58 @@ pub fn read_dicom(path: &Path) -> Result<Volume> {
 }
 
 fn read_object(path: &Path, obj: &DefaultDicomObject) -> Result<Volume> {
-    let ts = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
-    let rows = floats(obj, tags::ROWS).and_then(|v| v.first().copied()).unwrap_or(0.0) as usize;
-    let cols = floats(obj, tags::COLUMNS).and_then(|v| v.first().copied()).unwrap_or(0.0) as usize;
-    let frames = string(obj, tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<f64>().ok()).unwrap_or(1.0) as usize;
-    let spp = floats(obj, tags::SAMPLES_PER_PIXEL).and_then(|v| v.first().copied()).unwrap_or(1.0) as usize;
+    let ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    let rows = floats(obj, tags::ROWS)
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0.0) as usize;
+    let cols = floats(obj, tags::COLUMNS)
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0.0) as usize;
+    let frames = string(obj, tags::NUMBER_OF_FRAMES)
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(1.0) as usize;
+    let spp = floats(obj, tags::SAMPLES_PER_PIXEL)
+        .and_then(|v| v.first().copied())
+        .unwrap_or(1.0) as usize;
     if rows == 0 || cols == 0 {
-        return Err(Error::decode(path, FORMAT, "no image: Rows/Columns missing or zero"));
+        return Err(Error::decode(
+            path,
+            FORMAT,
+            "no image: Rows/Columns missing or zero",
+        ));
     }
     check_size(path, "pixel data", &[frames.max(1), rows, cols, spp.max(1)])?;
-    let decoded = obj
-        .decode_pixel_data()
-        .map_err(|e| Error::decode(path, FORMAT, format!("cannot decode the pixel data: {}", flatten(&e))))?;
+    let decoded = obj.decode_pixel_data().map_err(|e| {
+        Error::decode(
+            path,
+            FORMAT,
+            format!("cannot decode the pixel data: {}", flatten(&e)),
+        )
+    })?;
     let (rows, cols) = (decoded.rows() as usize, decoded.columns() as usize);
     let frames = decoded.number_of_frames() as usize;
     let spp = decoded.samples_per_pixel() as usize;
     let expected = rows * cols * frames * spp;
     let raw_opts = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
-    let mut raw: Vec<f64> = decoded
-        .to_vec_with_options(&raw_opts)
-        .map_err(|e| Error::decode(path, FORMAT, format!("cannot convert the pixel data: {}", flatten(&e))))?;
+    let mut raw: Vec<f64> = decoded.to_vec_with_options(&raw_opts).map_err(|e| {
+        Error::decode(
+            path,
+            FORMAT,
+            format!("cannot convert the pixel data: {}", flatten(&e)),
+        )
+    })?;
     if raw.len() != expected {
         return Err(Error::decode(
             path,
             FORMAT,
-            format!("pixel data holds {} samples, {frames}x{rows}x{cols}x{spp} expected", raw.len()),
+            format!(
+                "pixel data holds {} samples, {frames}x{rows}x{cols}x{spp} expected",
+                raw.len()
+            ),
         ));
     }
     let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
@@ -133,17 +175,27 @@ fn read_object(path: &Path, obj: &DefaultDicomObject) -> Result<Volume> {
         (32, false) => StoredType::Uint32,
         (32, true) => StoredType::Int32,
         (b, _) => {
-            return Err(Error::Unsupported { path: path.to_path_buf(), format: FORMAT, reason: format!("BitsAllocated {b}") })
+            return Err(Error::Unsupported {
+                path: path.to_path_buf(),
+                format: FORMAT,
+                reason: format!("BitsAllocated {b}"),
+            })
         }
     };
     let rescale = decoded.rescale().ok().and_then(|r| r.first().copied());
-    let (slope, intercept) = rescale.map(|r| (r.slope, r.intercept)).unwrap_or((1.0, 0.0));
-    let values = raw.iter().map(|&v| (v * slope + intercept) as f32).collect();
-    let window = decoded
-        .window()
-        .ok()
-        .flatten()
-        .and_then(|w| w.first().map(|w| Window { center: w.center, width: w.width }));
+    let (slope, intercept) = rescale
+        .map(|r| (r.slope, r.intercept))
+        .unwrap_or((1.0, 0.0));
+    let values = raw
+        .iter()
+        .map(|&v| (v * slope + intercept) as f32)
+        .collect();
+    let window = decoded.window().ok().flatten().and_then(|w| {
+        w.first().map(|w| Window {
+            center: w.center,
+            width: w.width,
+        })
+    });
     let photometric = decoded.photometric_interpretation().as_str().to_string();
     Ok(Volume {
         format: Format::Dicom,
@@ -169,7 +221,11 @@ struct Slice {
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
 }
 
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
@@ -180,10 +236,15 @@ fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
 pub fn list_series(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
     let mut series: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
     paths.sort();
     for p in paths {
-        let Ok(obj) = OpenFileOptions::new().open_file(&p) else { continue };
+        let Ok(obj) = OpenFileOptions::new().open_file(&p) else {
+            continue;
+        };
         let uid = string(&obj, tags::SERIES_INSTANCE_UID).unwrap_or_default();
         series.entry(uid).or_default().push(p);
     }
@@ -201,7 +262,10 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<Volume> {
     let files = match series_uid {
         Some(uid) => all.get(uid).cloned().ok_or_else(|| Error::Series {
             path: dir.to_path_buf(),
-            reason: format!("no series {uid:?}; found {:?}", all.keys().collect::<Vec<_>>()),
+            reason: format!(
+                "no series {uid:?}; found {:?}",
+                all.keys().collect::<Vec<_>>()
+            ),
         })?,
         None if all.len() > 1 => {
             return Err(Error::Series {
@@ -209,7 +273,10 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<Volume> {
                 reason: format!(
                     "{} series in one folder, choose one: {}",
                     all.len(),
-                    all.iter().map(|(k, v)| format!("{k} ({} files)", v.len())).collect::<Vec<_>>().join(", ")
+                    all.iter()
+                        .map(|(k, v)| format!("{k} ({} files)", v.len()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             })
         }
@@ -225,12 +292,24 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<Volume> {
         let pos = floats(&obj, tags::IMAGE_POSITION_PATIENT).filter(|v| v.len() == 3);
         let ori = floats(&obj, tags::IMAGE_ORIENTATION_PATIENT).filter(|v| v.len() == 6);
         let (Some(pos), Some(ori)) = (pos, ori) else {
-            return Err(Error::Series { path: p, reason: "no ImagePositionPatient/ImageOrientationPatient: cannot place the slice".into() });
+            return Err(Error::Series {
+                path: p,
+                reason: "no ImagePositionPatient/ImageOrientationPatient: cannot place the slice"
+                    .into(),
+            });
         };
         if volume.shape[0] != 1 {
-            return Err(Error::Series { path: p, reason: "multi-frame file inside a series folder".into() });
+            return Err(Error::Series {
+                path: p,
+                reason: "multi-frame file inside a series folder".into(),
+            });
         }
-        slices.push(Slice { path: p, position: [pos[0], pos[1], pos[2]], orientation: ori.try_into().expect("six values"), volume });
+        slices.push(Slice {
+            path: p,
+            position: [pos[0], pos[1], pos[2]],
+            orientation: ori.try_into().expect("six values"),
+            volume,
+        });
     }
     let ori0 = slices[0].orientation;
     let (rowdir, coldir) = ([ori0[0], ori0[1], ori0[2]], [ori0[3], ori0[4], ori0[5]]);
@@ -239,22 +318,43 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<Volume> {
     let sp = slices[0].volume.spacing.clone(); // [row spacing, col spacing]
     for s in &slices {
         if s.volume.shape != shape0 {
-            return Err(Error::Series { path: s.path.clone(), reason: format!("slice shape {:?} differs from {:?}", s.volume.shape, shape0) });
+            return Err(Error::Series {
+                path: s.path.clone(),
+                reason: format!("slice shape {:?} differs from {:?}", s.volume.shape, shape0),
+            });
         }
-        if s.orientation.iter().zip(&ori0).any(|(a, b)| (a - b).abs() > 1e-4) {
-            return Err(Error::Series { path: s.path.clone(), reason: "slice orientation differs within the series".into() });
+        if s.orientation
+            .iter()
+            .zip(&ori0)
+            .any(|(a, b)| (a - b).abs() > 1e-4)
+        {
+            return Err(Error::Series {
+                path: s.path.clone(),
+                reason: "slice orientation differs within the series".into(),
+            });
         }
     }
     slices.sort_by(|a, b| dot(a.position, normal).total_cmp(&dot(b.position, normal)));
     let n = slices.len();
     let proj: Vec<f64> = slices.iter().map(|s| dot(s.position, normal)).collect();
     if proj.windows(2).any(|w| (w[1] - w[0]).abs() < 1e-6) {
-        return Err(Error::Series { path: dir.to_path_buf(), reason: "two slices share one position".into() });
+        return Err(Error::Series {
+            path: dir.to_path_buf(),
+            reason: "two slices share one position".into(),
+        });
     }
-    let slice_spacing = if n > 1 { (proj[n - 1] - proj[0]) / (n - 1) as f64 } else { 1.0 };
+    let slice_spacing = if n > 1 {
+        (proj[n - 1] - proj[0]) / (n - 1) as f64
+    } else {
+        1.0
+    };
     let step = if n > 1 {
         let (a, b) = (slices[0].position, slices[n - 1].position);
-        [(b[0] - a[0]) / (n - 1) as f64, (b[1] - a[1]) / (n - 1) as f64, (b[2] - a[2]) / (n - 1) as f64]
+        [
+            (b[0] - a[0]) / (n - 1) as f64,
+            (b[1] - a[1]) / (n - 1) as f64,
+            (b[2] - a[2]) / (n - 1) as f64,
+        ]
     } else {
         normal
     };
@@ -280,7 +380,13 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<Volume> {
     let mut v = slices.swap_remove(0).volume;
     v.shape = vec![n, shape0[1], shape0[2], shape0[3]];
     v.values = values;
-    v.raw = Stats { min: rmin, max: rmax, mean: raw_sum / count, sum: raw_sum, nan_count: 0 };
+    v.raw = Stats {
+        min: rmin,
+        max: rmax,
+        mean: raw_sum / count,
+        sum: raw_sum,
+        nan_count: 0,
+    };
     v.spacing = vec![slice_spacing.abs(), sp[0], sp[1]];
     v.affine = Some(affine);
     Ok(v)

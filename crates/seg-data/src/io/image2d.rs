@@ -15,8 +15,18 @@ fn open(path: &Path) -> Result<DynamicImage> {
     let max = crate::volume::max_elements();
     limits.max_alloc = Some(max.saturating_mul(4));
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| Error::decode(path, "image", e))?;
-    check_size(path, "image", &[img.height() as usize, img.width() as usize, img.color().channel_count() as usize])?;
+    let img = reader
+        .decode()
+        .map_err(|e| Error::decode(path, "image", e))?;
+    check_size(
+        path,
+        "image",
+        &[
+            img.height() as usize,
+            img.width() as usize,
+            img.color().channel_count() as usize,
+        ],
+    )?;
     Ok(img)
 }
 
@@ -27,14 +37,46 @@ pub fn read_image(path: &Path) -> Result<Volume> {
     let img = open(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (values, channels, stored): (Vec<f32>, usize, StoredType) = match &img {
-        DynamicImage::ImageLuma8(b) => (b.as_raw().iter().map(|&v| v as f32).collect(), 1, StoredType::Uint8),
-        DynamicImage::ImageLuma16(b) => (b.as_raw().iter().map(|&v| v as f32).collect(), 1, StoredType::Uint16),
-        DynamicImage::ImageLumaA8(b) => (b.as_raw().iter().map(|&v| v as f32).collect(), 2, StoredType::Uint8),
-        DynamicImage::ImageLumaA16(b) => (b.as_raw().iter().map(|&v| v as f32).collect(), 2, StoredType::Uint16),
-        DynamicImage::ImageRgb8(b) => (b.as_raw().iter().map(|&v| v as f32).collect(), 3, StoredType::Uint8),
-        DynamicImage::ImageRgb16(b) => (b.as_raw().iter().map(|&v| v as f32).collect(), 3, StoredType::Uint16),
-        DynamicImage::ImageRgba8(b) => (b.as_raw().iter().map(|&v| v as f32).collect(), 4, StoredType::Uint8),
-        DynamicImage::ImageRgba16(b) => (b.as_raw().iter().map(|&v| v as f32).collect(), 4, StoredType::Uint16),
+        DynamicImage::ImageLuma8(b) => (
+            b.as_raw().iter().map(|&v| v as f32).collect(),
+            1,
+            StoredType::Uint8,
+        ),
+        DynamicImage::ImageLuma16(b) => (
+            b.as_raw().iter().map(|&v| v as f32).collect(),
+            1,
+            StoredType::Uint16,
+        ),
+        DynamicImage::ImageLumaA8(b) => (
+            b.as_raw().iter().map(|&v| v as f32).collect(),
+            2,
+            StoredType::Uint8,
+        ),
+        DynamicImage::ImageLumaA16(b) => (
+            b.as_raw().iter().map(|&v| v as f32).collect(),
+            2,
+            StoredType::Uint16,
+        ),
+        DynamicImage::ImageRgb8(b) => (
+            b.as_raw().iter().map(|&v| v as f32).collect(),
+            3,
+            StoredType::Uint8,
+        ),
+        DynamicImage::ImageRgb16(b) => (
+            b.as_raw().iter().map(|&v| v as f32).collect(),
+            3,
+            StoredType::Uint16,
+        ),
+        DynamicImage::ImageRgba8(b) => (
+            b.as_raw().iter().map(|&v| v as f32).collect(),
+            4,
+            StoredType::Uint8,
+        ),
+        DynamicImage::ImageRgba16(b) => (
+            b.as_raw().iter().map(|&v| v as f32).collect(),
+            4,
+            StoredType::Uint16,
+        ),
         DynamicImage::ImageRgb32F(b) => (b.as_raw().clone(), 3, StoredType::Float32),
         DynamicImage::ImageRgba32F(b) => (b.as_raw().clone(), 4, StoredType::Float32),
         other => (other.to_rgb32f().into_raw(), 3, StoredType::Float32),
@@ -52,13 +94,15 @@ pub fn read_image(path: &Path) -> Result<Volume> {
         affine: None,
         window: None,
         transfer_syntax: None,
-        photometric: Some(match channels {
-            1 => "L",
-            2 => "LA",
-            3 => "RGB",
-            _ => "RGBA",
-        }
-        .to_string()),
+        photometric: Some(
+            match channels {
+                1 => "L",
+                2 => "LA",
+                3 => "RGB",
+                _ => "RGBA",
+            }
+            .to_string(),
+        ),
     })
 }
 
@@ -66,10 +110,21 @@ pub fn read_image(path: &Path) -> Result<Volume> {
 fn simplify_channels(values: Vec<f32>, channels: usize) -> (Vec<f32>, usize) {
     let (mut values, mut channels) = (values, channels);
     if channels == 4 || channels == 2 {
-        let max_alpha = values.chunks(channels).map(|p| p[channels - 1]).fold(f32::NEG_INFINITY, f32::max);
-        let min_alpha = values.chunks(channels).map(|p| p[channels - 1]).fold(f32::INFINITY, f32::min);
-        if min_alpha == max_alpha && (min_alpha == 255.0 || min_alpha == 65535.0 || min_alpha == 1.0) {
-            values = values.chunks(channels).flat_map(|p| p[..channels - 1].to_vec()).collect();
+        let max_alpha = values
+            .chunks(channels)
+            .map(|p| p[channels - 1])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let min_alpha = values
+            .chunks(channels)
+            .map(|p| p[channels - 1])
+            .fold(f32::INFINITY, f32::min);
+        if min_alpha == max_alpha
+            && (min_alpha == 255.0 || min_alpha == 65535.0 || min_alpha == 1.0)
+        {
+            values = values
+                .chunks(channels)
+                .flat_map(|p| p[..channels - 1].to_vec())
+                .collect();
             channels -= 1;
         }
     }
@@ -104,11 +159,25 @@ pub fn read_mask(path: &Path) -> Result<Mask> {
     let v = read_image(path)?;
     let (h, w, c) = (v.shape[0], v.shape[1], v.shape[2]);
     let colour = if c == 2 || c == 4 { c - 1 } else { c };
-    let data = v.values.chunks(c).map(|p| p[..colour].iter().any(|&x| x != 0.0) as u8).collect();
-    Ok(Mask { height: h, width: w, data })
+    let data = v
+        .values
+        .chunks(c)
+        .map(|p| p[..colour].iter().any(|&x| x != 0.0) as u8)
+        .collect();
+    Ok(Mask {
+        height: h,
+        width: w,
+        data,
+    })
 }
 
-fn encode_png(path: &Path, w: usize, h: usize, bytes: &[u8], color: image::ExtendedColorType) -> Result<()> {
+fn encode_png(
+    path: &Path,
+    w: usize,
+    h: usize,
+    bytes: &[u8],
+    color: image::ExtendedColorType,
+) -> Result<()> {
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
         .write_image(bytes, w as u32, h as u32, color)
@@ -125,29 +194,63 @@ pub fn write_mask_png(path: &Path, mask: &Mask) -> Result<()> {
             b: vec![mask.height, mask.width],
         });
     }
-    let bytes: Vec<u8> = mask.data.iter().map(|&v| if v != 0 { 255 } else { 0 }).collect();
-    encode_png(path, mask.width, mask.height, &bytes, image::ExtendedColorType::L8)
+    let bytes: Vec<u8> = mask
+        .data
+        .iter()
+        .map(|&v| if v != 0 { 255 } else { 0 })
+        .collect();
+    encode_png(
+        path,
+        mask.width,
+        mask.height,
+        &bytes,
+        image::ExtendedColorType::L8,
+    )
 }
 
 /// Writes 8-bit greyscale or RGB pixels as a PNG, atomically.
-pub fn write_png_u8(path: &Path, height: usize, width: usize, channels: usize, data: &[u8]) -> Result<()> {
+pub fn write_png_u8(
+    path: &Path,
+    height: usize,
+    width: usize,
+    channels: usize,
+    data: &[u8],
+) -> Result<()> {
     let color = match channels {
         1 => image::ExtendedColorType::L8,
         3 => image::ExtendedColorType::Rgb8,
         4 => image::ExtendedColorType::Rgba8,
-        c => return Err(Error::Invalid(format!("{}: cannot write a {c}-channel PNG", path.display()))),
+        c => {
+            return Err(Error::Invalid(format!(
+                "{}: cannot write a {c}-channel PNG",
+                path.display()
+            )))
+        }
     };
     if data.len() != height * width * channels {
-        return Err(Error::ShapeMismatch { what: format!("PNG {}", path.display()), a: vec![data.len()], b: vec![height, width, channels] });
+        return Err(Error::ShapeMismatch {
+            what: format!("PNG {}", path.display()),
+            a: vec![data.len()],
+            b: vec![height, width, channels],
+        });
     }
     encode_png(path, width, height, data, color)
 }
 
 /// Writes a probability map in [0, 1] as a 16-bit greyscale PNG (value ×
 /// 65535, rounded), atomically. NaN or out-of-range values are an error.
-pub fn write_probability_png(path: &Path, height: usize, width: usize, probs: &[f32]) -> Result<()> {
+pub fn write_probability_png(
+    path: &Path,
+    height: usize,
+    width: usize,
+    probs: &[f32],
+) -> Result<()> {
     if probs.len() != height * width {
-        return Err(Error::ShapeMismatch { what: format!("probability map {}", path.display()), a: vec![probs.len()], b: vec![height, width] });
+        return Err(Error::ShapeMismatch {
+            what: format!("probability map {}", path.display()),
+            a: vec![probs.len()],
+            b: vec![height, width],
+        });
     }
     if let Some(i) = probs.iter().position(|p| !(0.0..=1.0).contains(p)) {
         return Err(Error::Invalid(format!(
@@ -192,7 +295,11 @@ mod tests {
     #[test]
     fn masks_round_trip_and_any_nonzero_is_foreground() {
         let p = tmp("mask.png");
-        let m = Mask { height: 2, width: 2, data: vec![0, 1, 1, 0] };
+        let m = Mask {
+            height: 2,
+            width: 2,
+            data: vec![0, 1, 1, 0],
+        };
         write_mask_png(&p, &m).unwrap();
         assert_eq!(read_mask(&p).unwrap(), m);
         let q = tmp("grey.png");

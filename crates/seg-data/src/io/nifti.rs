@@ -44,7 +44,15 @@ fn sniff_header_size(path: &Path) -> Result<i32> {
         .map_err(|e| Error::decode(path, FORMAT, format!("cannot read the header: {e}")))?;
     let le = i32::from_le_bytes(b);
     let be = i32::from_be_bytes(b);
-    Ok(if le == 348 || le == 540 { le } else { be })
+    Ok(if le == 348 || le == 540 {
+        le
+    } else if be == 348 || be == 540 {
+        be
+    } else if le.unsigned_abs() <= be.unsigned_abs() {
+        le
+    } else {
+        be
+    })
 }
 
 fn stored_type(path: &Path, t: NiftiType) -> Result<StoredType> {
@@ -116,7 +124,11 @@ pub fn qform_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
         [xz - wy, yz + wx, 1.0 - (xx + yy)],
     ];
     let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
-    let zooms = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64 * qfac];
+    let zooms = [
+        h.pixdim[1] as f64,
+        h.pixdim[2] as f64,
+        h.pixdim[3] as f64 * qfac,
+    ];
     let t = [h.quatern_x as f64, h.quatern_y as f64, h.quatern_z as f64];
     let mut m = [[0.0; 4]; 4];
     for i in 0..3 {
@@ -132,13 +144,22 @@ pub fn qform_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
 /// The sform affine (srow_x/y/z).
 pub fn sform_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
     let row = |r: [f32; 4]| [r[0] as f64, r[1] as f64, r[2] as f64, r[3] as f64];
-    [row(h.srow_x), row(h.srow_y), row(h.srow_z), [0.0, 0.0, 0.0, 1.0]]
+    [
+        row(h.srow_x),
+        row(h.srow_y),
+        row(h.srow_z),
+        [0.0, 0.0, 0.0, 1.0],
+    ]
 }
 
 /// nibabel's base affine from pixdim, origin at the volume centre (used when
 /// neither sform nor qform is set).
 pub fn base_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
-    let dims = [h.dim[1].max(1) as f64, h.dim[2].max(1) as f64, h.dim[3].max(1) as f64];
+    let dims = [
+        h.dim[1].max(1) as f64,
+        h.dim[2].max(1) as f64,
+        h.dim[3].max(1) as f64,
+    ];
     let z = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64];
     let zooms = [-z[0], z[1], z[2]];
     let mut m = [[0.0; 4]; 4];
@@ -180,11 +201,17 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
     let header = NiftiHeader::from_file(path).map_err(|e| Error::decode(path, FORMAT, e))?;
     let ndim = header.dim[0] as usize;
     if !(1..=7).contains(&ndim) {
-        return Err(Error::decode(path, FORMAT, format!("dim[0] is {ndim}, expected 1 to 7")));
+        return Err(Error::decode(
+            path,
+            FORMAT,
+            format!("dim[0] is {ndim}, expected 1 to 7"),
+        ));
     }
     let dims: Vec<usize> = header.dim[1..=ndim].iter().map(|&d| d as usize).collect();
     check_size(path, "volume", &dims)?;
-    let datatype = header.data_type().map_err(|e| Error::decode(path, FORMAT, e))?;
+    let datatype = header
+        .data_type()
+        .map_err(|e| Error::decode(path, FORMAT, e))?;
     let stored = stored_type(path, datatype)?;
     let obj = ReaderOptions::new().read_file(path).map_err(|e| match e {
         nifti::NiftiError::IncompatibleLength(got, want) => Error::decode(
@@ -201,11 +228,21 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
     let raw_values = decode(obj.volume().raw_data(), stored, h.endianness);
     let raw = Stats::of(raw_values.iter().copied());
     let (slope, inter) = if h.scl_slope.is_finite() && h.scl_slope != 0.0 {
-        (h.scl_slope as f64, if h.scl_inter.is_finite() { h.scl_inter as f64 } else { 0.0 })
+        (
+            h.scl_slope as f64,
+            if h.scl_inter.is_finite() {
+                h.scl_inter as f64
+            } else {
+                0.0
+            },
+        )
     } else {
         (1.0, 0.0)
     };
-    let values: Vec<f32> = raw_values.iter().map(|&v| (v * slope + inter) as f32).collect();
+    let values: Vec<f32> = raw_values
+        .iter()
+        .map(|&v| (v * slope + inter) as f32)
+        .collect();
     let spacing = (1..=ndim.min(3)).map(|i| h.pixdim[i] as f64).collect();
     let info = NiftiInfo {
         dim: dims.clone(),
@@ -245,11 +282,20 @@ pub fn read_nifti(path: &Path) -> Result<Volume> {
 /// Writes a float32 NIfTI-1 volume (`.nii` or `.nii.gz`) with `affine` as both
 /// sform and qform (code 1, scanner), atomically. `values` are in x-fastest
 /// order over `dims` (1 to 4 axes).
-pub fn write_nifti(path: &Path, dims: &[usize], values: &[f32], affine: &[[f64; 4]; 4]) -> Result<()> {
+pub fn write_nifti(
+    path: &Path,
+    dims: &[usize],
+    values: &[f32],
+    affine: &[[f64; 4]; 4],
+) -> Result<()> {
     use ndarray::ShapeBuilder;
     let n: usize = dims.iter().product();
     if n != values.len() || dims.is_empty() || dims.len() > 4 {
-        return Err(Error::ShapeMismatch { what: format!("NIfTI volume {}", path.display()), a: vec![values.len()], b: dims.to_vec() });
+        return Err(Error::ShapeMismatch {
+            what: format!("NIfTI volume {}", path.display()),
+            a: vec![values.len()],
+            b: dims.to_vec(),
+        });
     }
     let mut h = NiftiHeader::default();
     let srow = |r: [f64; 4]| [r[0] as f32, r[1] as f32, r[2] as f32, r[3] as f32];
@@ -260,27 +306,57 @@ pub fn write_nifti(path: &Path, dims: &[usize], values: &[f32], affine: &[[f64; 
     h.qform_code = 0;
     let mut zooms = [1.0f32; 3];
     for (j, z) in zooms.iter_mut().enumerate() {
-        *z = (0..3).map(|i| affine[i][j] * affine[i][j]).sum::<f64>().sqrt() as f32;
+        *z = (0..3)
+            .map(|i| affine[i][j] * affine[i][j])
+            .sum::<f64>()
+            .sqrt() as f32;
     }
     h.pixdim = [1.0, zooms[0], zooms[1], zooms[2], 1.0, 1.0, 1.0, 1.0];
     h.xyzt_units = 2; // mm
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let gz = name.to_ascii_lowercase().ends_with(".gz");
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
     let write = || -> std::result::Result<(), String> {
-        let opts = nifti::writer::WriterOptions::new(&tmp).reference_header(&h).compress(gz);
+        let opts = nifti::writer::WriterOptions::new(&tmp)
+            .reference_header(&h)
+            .compress(gz);
         match dims.len() {
-            1 => opts.write_nifti(&ndarray::Array::from_shape_vec(dims[0], values.to_vec()).map_err(|e| e.to_string())?),
-            2 => opts.write_nifti(&ndarray::Array::from_shape_vec((dims[0], dims[1]).f(), values.to_vec()).map_err(|e| e.to_string())?),
-            3 => opts.write_nifti(&ndarray::Array::from_shape_vec((dims[0], dims[1], dims[2]).f(), values.to_vec()).map_err(|e| e.to_string())?),
-            _ => opts.write_nifti(&ndarray::Array::from_shape_vec((dims[0], dims[1], dims[2], dims[3]).f(), values.to_vec()).map_err(|e| e.to_string())?),
+            1 => opts.write_nifti(
+                &ndarray::Array::from_shape_vec(dims[0], values.to_vec())
+                    .map_err(|e| e.to_string())?,
+            ),
+            2 => opts.write_nifti(
+                &ndarray::Array::from_shape_vec((dims[0], dims[1]).f(), values.to_vec())
+                    .map_err(|e| e.to_string())?,
+            ),
+            3 => opts.write_nifti(
+                &ndarray::Array::from_shape_vec((dims[0], dims[1], dims[2]).f(), values.to_vec())
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => opts.write_nifti(
+                &ndarray::Array::from_shape_vec(
+                    (dims[0], dims[1], dims[2], dims[3]).f(),
+                    values.to_vec(),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
         }
         .map_err(|e| e.to_string())
     };
     if let Err(reason) = write() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::decode(path, FORMAT, format!("cannot write: {reason}")));
+        return Err(Error::decode(
+            path,
+            FORMAT,
+            format!("cannot write: {reason}"),
+        ));
     }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -296,7 +372,12 @@ mod tests {
     fn write_read_round_trip_keeps_values_shape_and_affine() {
         let d = std::env::temp_dir().join(format!("seg-nifti-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        let affine = [[-0.5, 0.0, 0.0, 10.0], [0.0, 0.7, 0.0, -3.0], [0.0, 0.0, 2.0, 1.5], [0.0, 0.0, 0.0, 1.0]];
+        let affine = [
+            [-0.5, 0.0, 0.0, 10.0],
+            [0.0, 0.7, 0.0, -3.0],
+            [0.0, 0.0, 2.0, 1.5],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let dims = [3usize, 4, 5];
         let values: Vec<f32> = (0..60).map(|i| i as f32 * 0.5 - 7.0).collect();
         for name in ["v.nii.gz", "v.nii"] {
@@ -314,6 +395,49 @@ mod tests {
             }
             assert!((v.spacing[2] - 2.0).abs() < 1e-6);
         }
-        assert!(std::fs::read_dir(&d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp")));
+        assert!(std::fs::read_dir(&d).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".tmp")));
+    }
+
+    #[test]
+    fn nan_voxels_are_kept_and_counted_and_nifti2_is_refused() {
+        let d = std::env::temp_dir().join(format!("seg-nifti-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("nan.nii.gz");
+        let eye = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        write_nifti(&p, &[2, 2, 1], &[1.0, f32::NAN, 3.0, f32::NAN], &eye).unwrap();
+        let v = read_nifti(&p).unwrap();
+        assert!(v.values[1].is_nan());
+        let s = v.value_stats();
+        assert_eq!((s.nan_count, s.min, s.max), (2, 1.0, 3.0));
+        // a NIfTI-2 header (sizeof_hdr 540) gets a clear refusal
+        let mut bytes = vec![0u8; 560];
+        bytes[..4].copy_from_slice(&540i32.to_le_bytes());
+        let q = d.join("two.nii");
+        std::fs::write(&q, &bytes).unwrap();
+        let err = read_nifti(&q).unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported { .. }) && err.to_string().contains("NIfTI-2"),
+            "{err}"
+        );
+        // a header claiming more voxels than the limit is refused before reading
+        let r = d.join("huge.nii");
+        write_nifti(&r, &[2, 2, 1], &[0.0; 4], &eye).unwrap();
+        let mut bytes = std::fs::read(&r).unwrap();
+        for (k, v) in [(42, 30000i16), (44, 30000), (46, 30000)] {
+            bytes[k..k + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(&r, &bytes).unwrap();
+        let err = read_nifti(&r).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -15,10 +15,15 @@ fn every_drive_file_matches_pillow() {
         let file = e["file"].as_str().unwrap();
         let path = root.join(file);
         let v = read_image(&path).unwrap_or_else(|err| panic!("{file}: {err}"));
-        let (h, w) = (e["height"].as_u64().unwrap() as usize, e["width"].as_u64().unwrap() as usize);
+        let (h, w) = (
+            e["height"].as_u64().unwrap() as usize,
+            e["width"].as_u64().unwrap() as usize,
+        );
         assert_eq!((v.shape[0], v.shape[1]), (h, w), "{file}");
         let c = v.shape[2];
-        let at = |row: usize, col: usize| -> Vec<f32> { v.values[(row * w + col) * c..(row * w + col + 1) * c].to_vec() };
+        let at = |row: usize, col: usize| -> Vec<f32> {
+            v.values[(row * w + col) * c..(row * w + col + 1) * c].to_vec()
+        };
         if let Some(sums) = e["channel_sums"].as_array() {
             assert_eq!(c, sums.len(), "{file}");
             for (ch, want) in sums.iter().enumerate() {
@@ -26,8 +31,20 @@ fn every_drive_file_matches_pillow() {
                 assert_eq!(got, want.as_f64().unwrap(), "{file}: channel {ch} sum");
             }
             for p in e["probes_row_col"].as_array().unwrap() {
-                let want: Vec<f32> = p["value"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-                assert_eq!(at(p["row"].as_u64().unwrap() as usize, p["col"].as_u64().unwrap() as usize), want, "{file}");
+                let want: Vec<f32> = p["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect();
+                assert_eq!(
+                    at(
+                        p["row"].as_u64().unwrap() as usize,
+                        p["col"].as_u64().unwrap() as usize
+                    ),
+                    want,
+                    "{file}"
+                );
             }
         } else {
             assert_eq!(c, 1, "{file}: greyscale GIF");
@@ -35,12 +52,23 @@ fn every_drive_file_matches_pillow() {
             assert_eq!(sum, e["sum"].as_f64().unwrap(), "{file}: sum");
             for p in e["probes_row_col"].as_array().unwrap() {
                 let want = p["value"].as_f64().unwrap() as f32;
-                assert_eq!(at(p["row"].as_u64().unwrap() as usize, p["col"].as_u64().unwrap() as usize), vec![want], "{file}");
+                assert_eq!(
+                    at(
+                        p["row"].as_u64().unwrap() as usize,
+                        p["col"].as_u64().unwrap() as usize
+                    ),
+                    vec![want],
+                    "{file}"
+                );
             }
             let counts = e["value_counts"].as_object().unwrap();
             let ones = counts.get("255").and_then(|x| x.as_u64()).unwrap_or(0) as usize;
             let m = read_mask(&path).unwrap();
-            assert_eq!(m.data.iter().filter(|&&x| x == 1).count(), ones, "{file}: foreground count");
+            assert_eq!(
+                m.data.iter().filter(|&&x| x == 1).count(),
+                ones,
+                "{file}: foreground count"
+            );
         }
     }
 }
