@@ -456,4 +456,69 @@ mod tests {
         assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
     }
+
+    #[test]
+    fn nifti_pairs_become_labelled_slices_with_context() {
+        let d = std::env::temp_dir().join(format!("seg-niipairs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        for sub in ["images", "labels"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let eye = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let dims = [6usize, 5, 4];
+        let img: Vec<f32> = (0..120).map(|i| (i % 17) as f32 * 10.0 - 50.0).collect();
+        let lab: Vec<f32> = (0..120)
+            .map(|i| ((i / 30) == 2 && i % 3 == 0) as u8 as f32)
+            .collect();
+        nifti::write_nifti(&d.join("images/case1.nii.gz"), &dims, &img, &eye).unwrap();
+        nifti::write_nifti(&d.join("labels/case1.nii.gz"), &dims, &lab, &eye).unwrap();
+        let plan = Preprocess {
+            clahe: None,
+            normalise: crate::preprocess::Normalise::None,
+            ..Preprocess::fundus()
+        };
+        let s = load_nifti_slices(&d, 2, 1, &plan).unwrap();
+        assert_eq!(s.len(), 4);
+        assert_eq!(s[2].id, "case1#2");
+        assert_eq!((s[2].channels, s[2].height, s[2].width), (3, 6, 5));
+        // labels only on slice 2
+        let fg: Vec<usize> = s
+            .iter()
+            .map(|x| {
+                x.label
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .filter(|&&v| v == 1)
+                    .count()
+            })
+            .collect();
+        assert_eq!(fg, vec![0, 0, 10, 0]);
+        // channel 1 of slice k is slice k itself (channels 0 and 2 its
+        // neighbours), min-max scaled over the volume; pixel (r, c) of a slice
+        // along z is voxel (x = r, y = c), i.e. index r + 6c + 30k
+        let (lo, hi) = (-50.0f32, 110.0f32);
+        for (ch, k) in [(0usize, 1usize), (1, 2), (2, 3)] {
+            for (r, c) in [(0usize, 0usize), (3, 2), (5, 4)] {
+                let got = s[2].image[ch * 30 + r * 5 + c];
+                let want = (img[r + 6 * c + 30 * k] - lo) / (hi - lo);
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "channel {ch} ({r},{c}) {got} vs {want}"
+                );
+            }
+        }
+        // a label volume of another shape is refused
+        nifti::write_nifti(&d.join("labels/case1.nii.gz"), &[6, 5, 3], &lab[..90], &eye).unwrap();
+        assert!(matches!(
+            load_nifti_slices(&d, 2, 0, &plan),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
