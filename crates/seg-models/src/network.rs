@@ -117,6 +117,21 @@ impl Network {
         self.model.forward_t(x, train)
     }
 
+    /// A copy of the model over detached weights, for inference: its forward
+    /// passes build no autograd graph, so memory is bounded by the batch.
+    pub fn inference_model(&self) -> Result<Model> {
+        let tensors: HashMap<String, Tensor> = self
+            .params
+            .tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.detach()))
+            .collect();
+        Model::new(
+            &self.config,
+            VarBuilder::from_tensors(tensors, DType::F32, &self.device),
+        )
+    }
+
     /// Loads weights in PyTorch names from a safetensors file (extra entries
     /// such as `num_batches_tracked` are tolerated; a missing or mis-shaped
     /// tensor is an error naming it).

@@ -6,9 +6,18 @@
 //! - [`metrics`]: confusion counts in a FOV, Dice/IoU/sensitivity/
 //!   specificity/precision/accuracy, exact AUC-ROC and average precision,
 //!   HD95 in physical units; per image, mean and pooled.
+//! - [`optim`]: Adam, AdamW, SGD (momentum, Nesterov), weight decay, clipping;
+//!   [`schedule`]: constant, step, cosine with warm-up, poly, reduce-on-plateau.
+//! - [`trainer`]: the training loop; [`checkpoint`]: self-contained model
+//!   bundles and resume state; [`infer`]: sliding-window inference.
 
+pub mod checkpoint;
 pub mod error;
+pub mod infer;
 pub mod losses;
 pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
 
 pub use error::{Error, Result};

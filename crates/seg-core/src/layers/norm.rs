@@ -77,8 +77,9 @@ impl ModuleT for BatchNorm2d {
             self.num_batches_tracked.set(&nb)?;
             return Ok(y);
         }
-        let mean = per_channel(self.running_mean.as_tensor())?;
-        let var = per_channel(self.running_var.as_tensor())?;
+        // detached: inference builds no autograd graph through the buffers
+        let mean = per_channel(&self.running_mean.as_tensor().detach())?;
+        let var = per_channel(&self.running_var.as_tensor().detach())?;
         let scale = ((var + self.eps)?.sqrt()?.recip()? * per_channel(&self.weight)?)?;
         let shift = (per_channel(&self.bias)? - (&mean * &scale)?)?;
         x.broadcast_mul(&scale)?.broadcast_add(&shift)

@@ -1,0 +1,546 @@
+//! The training loop: epochs of sampled patch batches, a seeded validation
+//! split by image with full-image sliding-window validation every epoch,
+//! threshold choice on validation, early stopping on validation Dice,
+//! atomic best/last checkpoints, exact resumption (weights, optimiser
+//! moments, schedule, epoch and step; every random draw is keyed by the seed
+//! and the global step), a clear stop on a non-finite loss, and a cooperative
+//! stop flag (Ctrl-C) that writes a checkpoint first.
+
+use crate::checkpoint::{self, BundleInfo};
+use crate::error::{Error, Result};
+use crate::infer::{self, SlidingWindow};
+use crate::losses::Loss;
+use crate::metrics;
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::schedule::{Schedule, Scheduler};
+use seg_core::{Device, Tensor};
+use seg_data::augment::AugmentConfig;
+use seg_data::dataset::{self, DriveSplit};
+use seg_data::sampling::{random_batch, PatchSampler};
+use seg_data::synthetic::SyntheticConfig;
+use seg_data::{Preprocess, Sample};
+use seg_models::{ModelConfig, Network};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Where training images come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum DataSource {
+    /// The built-in synthetic vessel set.
+    Synthetic(SyntheticConfig),
+    /// The DRIVE layout (training split) under `root`.
+    Drive { root: PathBuf },
+    /// `root/images` + `root/masks` (+ optional `root/fov`), matched by stem.
+    Folders { root: PathBuf },
+}
+
+/// Everything a training run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub data: DataSource,
+    pub preprocess: Preprocess,
+    pub epochs: usize,
+    /// Batches per epoch.
+    pub steps_per_epoch: usize,
+    pub batch: usize,
+    pub sampler: PatchSampler,
+    pub augment: AugmentConfig,
+    pub loss: Loss,
+    pub optimizer: OptimizerConfig,
+    pub schedule: Schedule,
+    pub seed: u64,
+    /// Images held out for validation (by image, seeded).
+    pub val_count: usize,
+    /// Stop after this many epochs without a better validation Dice.
+    pub early_stop_patience: Option<usize>,
+    pub sliding_window: SlidingWindow,
+    pub out_dir: PathBuf,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::from_name("resunet")
+                .expect("registered")
+                .with_base(8),
+            data: DataSource::Synthetic(SyntheticConfig {
+                count: 20,
+                size: 96,
+                seed: 0,
+                noise: 0.03,
+            }),
+            preprocess: Preprocess::fundus(),
+            epochs: 8,
+            steps_per_epoch: 25,
+            batch: 8,
+            sampler: PatchSampler {
+                size: 64,
+                foreground_ratio: 0.5,
+                inside_fov: true,
+            },
+            augment: AugmentConfig::default(),
+            loss: Loss::BceDice {
+                bce_weight: 0.5,
+                dice_weight: 1.0,
+            },
+            optimizer: OptimizerConfig {
+                lr: 3e-3,
+                ..OptimizerConfig::default()
+            },
+            schedule: Schedule::Cosine {
+                warmup_epochs: 1,
+                min_lr: 1e-4,
+            },
+            seed: 0,
+            val_count: 4,
+            early_stop_patience: Some(10),
+            sliding_window: SlidingWindow {
+                roi: 64,
+                overlap: 0.5,
+                ..SlidingWindow::default()
+            },
+            out_dir: PathBuf::from("runs/latest"),
+        }
+    }
+}
+
+/// One epoch's record (a row of metrics.csv).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    /// Pooled validation Dice at 0.5.
+    pub val_dice: Option<f64>,
+    /// Best pooled validation Dice over thresholds, and that threshold.
+    pub val_dice_best: Option<f64>,
+    pub threshold: f32,
+    pub val_auc: Option<f64>,
+    pub seconds: f64,
+}
+
+/// The loop state saved for resumption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Next epoch to run (0-based) and next step within it.
+    pub epoch: usize,
+    pub step: usize,
+    pub global_step: u64,
+    pub optimizer_steps: u64,
+    pub scheduler: Scheduler,
+    pub best_dice: Option<f64>,
+    pub epochs_since_best: usize,
+    pub loss_sum: f64,
+    pub loss_count: usize,
+    pub history: Vec<EpochRecord>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// All epochs ran.
+    Finished,
+    /// Early stopping after `epoch` epochs.
+    EarlyStopped { epoch: usize },
+    /// The stop flag was raised; a checkpoint was written.
+    Interrupted { epoch: usize, step: usize },
+}
+
+/// Called as training progresses (progress bars, logs).
+pub trait Observer {
+    fn on_start(
+        &mut self,
+        _cfg: &TrainConfig,
+        _state: &TrainState,
+        _train_images: usize,
+        _val_images: usize,
+    ) {
+    }
+    fn on_step(&mut self, _epoch: usize, _step: usize, _loss: f32, _lr: f64) {}
+    fn on_epoch(&mut self, _record: &EpochRecord, _improved: bool) {}
+}
+
+/// An observer that does nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// Paths of a run's outputs.
+pub struct RunPaths {
+    pub best: PathBuf,
+    pub last: PathBuf,
+    pub state: PathBuf,
+    pub csv: PathBuf,
+    pub json: PathBuf,
+    pub config: PathBuf,
+}
+
+impl RunPaths {
+    pub fn new(dir: &Path) -> Self {
+        let last = dir.join("last.safetensors");
+        Self {
+            best: dir.join("best.safetensors"),
+            state: checkpoint::state_path(&last),
+            last,
+            csv: dir.join("metrics.csv"),
+            json: dir.join("metrics.json"),
+            config: dir.join("config.json"),
+        }
+    }
+}
+
+/// Loads the training and validation images of a run.
+pub fn load_data(cfg: &TrainConfig) -> Result<(Vec<Sample>, Vec<Sample>)> {
+    let all = match &cfg.data {
+        DataSource::Synthetic(s) => dataset::load_synthetic(s, &cfg.preprocess)?,
+        DataSource::Drive { root } => {
+            let cases = dataset::drive_cases(root, DriveSplit::Training)?;
+            dataset::load_drive(&cases, &cfg.preprocess)?
+        }
+        DataSource::Folders { root } => {
+            let (cases, unpaired) = dataset::paired_cases(root)?;
+            for p in unpaired {
+                tracing::warn!("unpaired file ignored: {}", p.display());
+            }
+            dataset::load_paired(&cases, &cfg.preprocess)?
+        }
+    };
+    if all.len() < 2 {
+        return Err(Error::Invalid(format!(
+            "{} labelled image(s): training needs at least 2 (one for validation)",
+            all.len()
+        )));
+    }
+    let val_count = cfg.val_count.clamp(1, all.len() - 1);
+    let (train, val) = dataset::split_cases(&all, val_count, cfg.seed);
+    Ok((train, val))
+}
+
+/// Foreground probability plane of a prediction (channel 0 of a sigmoid
+/// output, channel 1 of a softmax one).
+fn foreground(probs: Vec<f32>, channels: usize, plane: usize) -> Vec<f32> {
+    if channels == 1 {
+        probs
+    } else {
+        probs[plane..2 * plane].to_vec()
+    }
+}
+
+/// Validation metrics of `net` on `val`: pooled Dice at 0.5, the best
+/// threshold and its pooled Dice, pooled AUC.
+pub fn validate(
+    net: &Network,
+    val: &[Sample],
+    sw: &SlidingWindow,
+) -> Result<(f64, f64, f32, Option<f64>)> {
+    let model = net.inference_model()?;
+    const BINS: usize = 200;
+    let (mut pos_hist, mut neg_hist) = (vec![0u64; BINS], vec![0u64; BINS]);
+    let (mut all_p, mut all_g) = (Vec::new(), Vec::new());
+    let mut total = metrics::Confusion::default();
+    for s in val {
+        let (probs, c) = infer::predict(
+            &model,
+            &s.image,
+            s.channels,
+            s.height,
+            s.width,
+            sw,
+            net.device(),
+        )?;
+        let p = foreground(probs, c, s.height * s.width);
+        let label = s
+            .label
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("validation image {} has no label", s.id)))?;
+        total = total + metrics::confusion(&p, label, s.fov.as_deref(), 0.5);
+        let (fp, fg) = metrics::in_fov(&p, label, s.fov.as_deref());
+        for (&pv, &g) in fp.iter().zip(&fg) {
+            let b = ((pv * BINS as f32) as usize).min(BINS - 1);
+            if g != 0 {
+                pos_hist[b] += 1;
+            } else {
+                neg_hist[b] += 1;
+            }
+        }
+        all_p.extend(fp);
+        all_g.extend(fg);
+    }
+    // threshold sweep over bin edges: predicted positive = bins >= k
+    let (mut best_d, mut best_t) = (-1.0f64, 0.5f32);
+    let total_pos: u64 = pos_hist.iter().sum();
+    let (mut tp, mut fp) = (0u64, 0u64);
+    for k in (1..BINS).rev() {
+        tp += pos_hist[k];
+        fp += neg_hist[k];
+        let fneg = total_pos - tp;
+        let d = if 2 * tp + fp + fneg == 0 {
+            1.0
+        } else {
+            2.0 * tp as f64 / (2 * tp + fp + fneg) as f64
+        };
+        if d > best_d {
+            best_d = d;
+            best_t = k as f32 / BINS as f32;
+        }
+    }
+    Ok((
+        total.scores().dice,
+        best_d.max(0.0),
+        best_t,
+        metrics::auc_roc(&all_p, &all_g),
+    ))
+}
+
+fn write_metrics(paths: &RunPaths, history: &[EpochRecord]) -> Result<()> {
+    let mut csv =
+        String::from("epoch,lr,train_loss,val_dice,val_dice_best,threshold,val_auc,seconds\n");
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+    for r in history {
+        csv.push_str(&format!(
+            "{},{:.6e},{:.6},{},{},{:.3},{},{:.2}\n",
+            r.epoch,
+            r.lr,
+            r.train_loss,
+            opt(r.val_dice),
+            opt(r.val_dice_best),
+            r.threshold,
+            opt(r.val_auc),
+            r.seconds
+        ));
+    }
+    seg_data::io::atomic_write(&paths.csv, csv.as_bytes())?;
+    let json = serde_json::to_vec_pretty(history).expect("records serialise");
+    seg_data::io::atomic_write(&paths.json, &json)?;
+    Ok(())
+}
+
+/// A training run.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub net: Network,
+    pub device: Device,
+    opt: Optimizer,
+    pub state: TrainState,
+    train: Vec<Sample>,
+    val: Vec<Sample>,
+    pub paths: RunPaths,
+    threshold: f32,
+}
+
+impl Trainer {
+    /// Prepares a run: loads the data, builds the network (fresh, or from the
+    /// run folder's last state when `resume`), and the optimiser.
+    pub fn new(cfg: TrainConfig, device: &Device, resume: bool) -> Result<Self> {
+        cfg.model.validate()?;
+        if cfg.batch == 0 || cfg.steps_per_epoch == 0 || cfg.epochs == 0 {
+            return Err(Error::Invalid(
+                "epochs, steps per epoch and batch must be at least 1".into(),
+            ));
+        }
+        let (train, val) = load_data(&cfg)?;
+        let channels = train[0].channels;
+        if channels != cfg.model.in_channels() {
+            return Err(Error::Invalid(format!(
+                "the data has {channels} channel(s) after preprocessing but the model expects {}",
+                cfg.model.in_channels()
+            )));
+        }
+        if cfg.loss.is_multiclass() != (cfg.model.out_channels() > 1) {
+            return Err(Error::Invalid(format!(
+                "loss {:?} needs {} output channels, the model has {}",
+                cfg.loss,
+                if cfg.loss.is_multiclass() {
+                    "2 or more"
+                } else {
+                    "1"
+                },
+                cfg.model.out_channels()
+            )));
+        }
+        std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
+        let paths = RunPaths::new(&cfg.out_dir);
+        let net = Network::new(&cfg.model, device, cfg.seed)?;
+        let mut opt = Optimizer::new(cfg.optimizer.clone(), net.params().trainable());
+        let mut state = TrainState {
+            epoch: 0,
+            step: 0,
+            global_step: 0,
+            optimizer_steps: 0,
+            scheduler: Scheduler::new(cfg.schedule.clone(), cfg.optimizer.lr, cfg.epochs),
+            best_dice: None,
+            epochs_since_best: 0,
+            loss_sum: 0.0,
+            loss_count: 0,
+            history: Vec::new(),
+        };
+        let mut threshold = 0.5;
+        if resume {
+            if !paths.state.is_file() {
+                return Err(Error::Checkpoint {
+                    path: paths.state.clone(),
+                    reason: "nothing to resume: no training state in this run folder".into(),
+                });
+            }
+            let (tensors, json) = checkpoint::load_state(&paths.state)?;
+            let weights = tensors
+                .iter()
+                .filter_map(|(k, t)| k.strip_prefix("model.").map(|n| (n.to_string(), t.clone())))
+                .collect();
+            net.params().load_tensors(&weights, &paths.state)?;
+            state = serde_json::from_str(&json).map_err(|e| Error::Checkpoint {
+                path: paths.state.clone(),
+                reason: format!("bad training state: {e}"),
+            })?;
+            opt.load_state(&tensors, state.optimizer_steps)?;
+            threshold = state.history.last().map(|r| r.threshold).unwrap_or(0.5);
+            tracing::info!("resuming at epoch {}, step {}", state.epoch + 1, state.step);
+        }
+        let cfg_json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
+        seg_data::io::atomic_write(&paths.config, &cfg_json)?;
+        Ok(Self {
+            cfg,
+            net,
+            device: device.clone(),
+            opt,
+            state,
+            train,
+            val,
+            paths,
+            threshold,
+        })
+    }
+
+    /// Number of training and validation images.
+    pub fn split_sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.val.len())
+    }
+
+    fn bundle_info(&self, epoch: usize, val_dice: Option<f64>) -> BundleInfo {
+        BundleInfo {
+            format_version: 1,
+            preprocess: self.cfg.preprocess.clone(),
+            patch: self.cfg.sampler.size,
+            sliding_window: self.cfg.sliding_window.clone(),
+            threshold: self.threshold,
+            epoch,
+            val_dice,
+        }
+    }
+
+    /// Writes `last` (bundle) and its resume state.
+    fn save_last(&self) -> Result<()> {
+        let (mut tensors, steps) = self.opt.state_tensors();
+        for (k, t) in self.net.params().tensors() {
+            tensors.push((format!("model.{k}"), t));
+        }
+        let mut st = self.state.clone();
+        st.optimizer_steps = steps;
+        checkpoint::save_state(
+            &self.paths.state,
+            &tensors,
+            &serde_json::to_string(&st).expect("state serialises"),
+        )?;
+        let val = self.state.history.last().and_then(|r| r.val_dice_best);
+        checkpoint::save_bundle(
+            &self.net,
+            &self.bundle_info(self.state.epoch, val),
+            &self.paths.last,
+        )
+    }
+
+    /// Runs (or continues) training until the last epoch, early stopping, or `stop`.
+    pub fn run(&mut self, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
+        obs.on_start(&self.cfg, &self.state, self.train.len(), self.val.len());
+        let multiclass = self.cfg.loss.is_multiclass();
+        while self.state.epoch < self.cfg.epochs {
+            let epoch = self.state.epoch;
+            let started = Instant::now();
+            let lr = self.state.scheduler.lr(epoch);
+            while self.state.step < self.cfg.steps_per_epoch {
+                if stop.load(Ordering::SeqCst) {
+                    self.save_last()?;
+                    return Ok(Outcome::Interrupted {
+                        epoch,
+                        step: self.state.step,
+                    });
+                }
+                let batch = random_batch(
+                    &self.train,
+                    &self.cfg.sampler,
+                    &self.cfg.augment,
+                    self.cfg.batch,
+                    self.cfg.seed,
+                    self.state.global_step,
+                )?;
+                let (x, mut y, _fov) = batch.to_tensors(&self.device)?;
+                if multiclass {
+                    y = Tensor::cat(&[&y.affine(-1.0, 1.0)?, &y], 1)?;
+                }
+                let logits = self.net.forward_t(&x, true)?;
+                let loss = self.cfg.loss.compute(&logits, &y)?;
+                let lv = loss.to_scalar::<f32>()?;
+                if !lv.is_finite() {
+                    return Err(Error::NonFiniteLoss {
+                        epoch: epoch + 1,
+                        step: self.state.step + 1,
+                        value: lv,
+                        checkpoint: self.paths.last.clone(),
+                    });
+                }
+                let grads = loss.backward()?;
+                self.opt.step(&grads, lr)?;
+                self.state.global_step += 1;
+                self.state.step += 1;
+                self.state.loss_sum += lv as f64;
+                self.state.loss_count += 1;
+                obs.on_step(epoch, self.state.step, lv, lr);
+            }
+            // validation on full images
+            let (dice05, dice_best, thr, auc) =
+                validate(&self.net, &self.val, &self.cfg.sliding_window)?;
+            let record = EpochRecord {
+                epoch: epoch + 1,
+                lr,
+                train_loss: self.state.loss_sum / self.state.loss_count.max(1) as f64,
+                val_dice: Some(dice05),
+                val_dice_best: Some(dice_best),
+                threshold: thr,
+                val_auc: auc,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            let improved = self.state.best_dice.is_none_or(|b| dice_best > b);
+            self.state.scheduler.observe(dice_best);
+            self.state.history.push(record.clone());
+            self.state.epoch += 1;
+            self.state.step = 0;
+            self.state.loss_sum = 0.0;
+            self.state.loss_count = 0;
+            if improved {
+                self.state.best_dice = Some(dice_best);
+                self.state.epochs_since_best = 0;
+                self.threshold = thr;
+                checkpoint::save_bundle(
+                    &self.net,
+                    &self.bundle_info(epoch + 1, Some(dice_best)),
+                    &self.paths.best,
+                )?;
+            } else {
+                self.state.epochs_since_best += 1;
+            }
+            self.save_last()?;
+            write_metrics(&self.paths, &self.state.history)?;
+            obs.on_epoch(&record, improved);
+            if let Some(p) = self.cfg.early_stop_patience {
+                if self.state.epochs_since_best >= p {
+                    return Ok(Outcome::EarlyStopped { epoch: epoch + 1 });
+                }
+            }
+        }
+        Ok(Outcome::Finished)
+    }
+}
