@@ -110,3 +110,107 @@ fn inspect_reads_every_medical_file_and_refuses_the_bad_ones() {
     }
     assert_eq!(n, 19);
 }
+
+/// Writes `n` synthetic vessel images as an images/ + masks/ folder.
+fn synthetic_folder(dir: &std::path::Path, n: usize, size: usize) {
+    use seg_data::io::image2d::{write_mask_png, write_png_u8, Mask};
+    use seg_data::synthetic::{generate, SyntheticConfig};
+    for sub in ["images", "masks", "fov"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let cfg = SyntheticConfig { size, count: n, ..Default::default() };
+    for i in 0..n {
+        let s = generate(&cfg, i);
+        let plane = size * size;
+        let mut rgb = vec![0u8; plane * 3];
+        for p in 0..plane {
+            for c in 0..3 {
+                rgb[p * 3 + c] = (s.image[c * plane + p] * 255.0).round() as u8;
+            }
+        }
+        write_png_u8(&dir.join(format!("images/case{i}.png")), size, size, 3, &rgb).unwrap();
+        write_mask_png(&dir.join(format!("masks/case{i}.png")), &Mask { height: size, width: size, data: s.label.unwrap() }).unwrap();
+        write_mask_png(&dir.join(format!("fov/case{i}.png")), &Mask { height: size, width: size, data: s.fov.unwrap() }).unwrap();
+    }
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    err
+}
+
+#[test]
+fn train_predict_eval_check_data_end_to_end() {
+    let root = std::env::temp_dir().join(format!("seg-cli-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = root.join("data");
+    synthetic_folder(&data, 5, 40);
+    let run = root.join("run");
+
+    let out = bin().args(["check-data", "--data"]).arg(&data).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no problems found"));
+
+    let train = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["train", "--model", "unet", "--base", "2", "--steps", "2", "--batch", "2", "--patch", "32", "--val", "2", "--data"]).arg(&data).arg("--out").arg(&run).args(extra);
+        c.output().unwrap()
+    };
+    let out = train(&["--epochs", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("best validation Dice"));
+    // continue the same run to 2 epochs
+    let out = bin().args(["train", "--resume", "--epochs", "2", "--out"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    for f in ["best.safetensors", "last.safetensors", "curves.png", "metrics.json"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+
+    let pred = root.join("pred");
+    let out = bin().args(["predict", "--checkpoint"]).arg(run.join("best.safetensors")).arg("--input").arg(data.join("images")).arg("--fov").arg(data.join("fov")).arg("--output").arg(&pred).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..5 {
+        let p = seg_data::read_image(&pred.join(format!("case{i}.png"))).unwrap();
+        assert_eq!((p.shape.clone(), p.stored), (vec![40, 40, 1], seg_data::StoredType::Uint16));
+        let m = seg_data::read_image(&pred.join(format!("masks/case{i}.png"))).unwrap();
+        assert!(m.values.iter().all(|&v| v == 0.0 || v == 255.0));
+    }
+
+    // an extra prediction without ground truth is reported, not dropped silently
+    std::fs::copy(pred.join("case0.png"), pred.join("extra.png")).unwrap();
+    let report = root.join("report.json");
+    let out = bin().args(["eval", "--pred"]).arg(&pred).arg("--gt").arg(data.join("masks")).arg("--fov").arg(data.join("fov")).arg("--json").arg(&report).arg("--csv").arg(root.join("report.csv")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("extra.png"));
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(j["images"].as_array().unwrap().len(), 5);
+    for key in ["id", "tp", "fp", "fn", "tn", "dice", "iou", "sensitivity", "specificity", "precision", "accuracy", "auc_roc", "average_precision", "hd95"] {
+        assert!(j["images"][0].get(key).is_some(), "no {key}");
+    }
+    assert!(j["pooled"]["dice"].is_number() && j["mean"]["dice"].is_number() && j["threshold"].is_number());
+    assert_eq!(j["unpaired"].as_array().unwrap().len(), 1);
+    assert_eq!(std::fs::read_to_string(root.join("report.csv")).unwrap().lines().count(), 6);
+    let out = bin().args(["eval", "--pred"]).arg(&pred).arg("--gt").arg(data.join("masks")).arg("--json").arg("-").output().unwrap();
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // without --fov every pixel counts: 5 images of 40 x 40
+    let p = &j["pooled"];
+    let total: u64 = ["tp", "fp", "fn", "tn"].iter().map(|k| p[*k].as_u64().unwrap()).sum();
+    assert_eq!(total, 5 * 40 * 40);
+
+    // bad input: one line, non-zero exit, nothing half-written
+    let err = one_line_error(&bin().args(["predict", "--checkpoint"]).arg(root.join("nope.safetensors")).arg("--input").arg(data.join("images")).arg("--output").arg(root.join("p2")).output().unwrap());
+    assert!(err.contains("nope.safetensors"), "{err}");
+    std::fs::write(data.join("masks/case9.png"), b"not a png").unwrap();
+    let out = bin().args(["check-data", "--data"]).arg(&data).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("case9.png"));
+    let err = one_line_error(&bin().args(["train", "--model", "unet", "--patch", "8"]).arg("--out").arg(root.join("r2")).output().unwrap());
+    assert!(err.contains("--patch"), "{err}");
+    let err = one_line_error(&bin().args(["train", "--dataset", "drive"]).output().unwrap());
+    assert!(err.contains("--data"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

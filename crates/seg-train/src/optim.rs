@@ -14,6 +14,7 @@ pub enum OptimizerKind {
     /// Adam; weight decay is L2 added to the gradient (PyTorch `Adam`).
     Adam,
     /// Adam with decoupled weight decay (PyTorch `AdamW`).
+    #[serde(rename = "adamw")]
     AdamW,
     /// SGD with optional momentum and Nesterov.
     Sgd,

@@ -1,0 +1,291 @@
+//! `seg-cli train`: a validated plan from the arguments (and an optional
+//! TOML config), then the training loop with progress bars, logs, metrics
+//! files, curves and Ctrl-C handling.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use seg_core::parse_device;
+use seg_data::intensity::ChannelChoice;
+use seg_data::synthetic::SyntheticConfig;
+use seg_models::{ModelConfig, MODEL_NAMES};
+use seg_train::losses::{Loss, LOSS_NAMES};
+use seg_train::optim::OptimizerKind;
+use seg_train::schedule::Schedule;
+use seg_train::trainer::{DataSource, EpochRecord, Observer, Outcome, TrainConfig, TrainState, Trainer};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Network.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES))]
+    model: Option<String>,
+    /// Dataset folder (DRIVE layout, or images/ + masks/). Without it: the built-in synthetic vessel set.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Dataset layout (guessed from the folder when omitted).
+    #[arg(long, value_parser = ["drive", "folders", "synthetic"])]
+    dataset: Option<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Batches per epoch.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Patch size (pixels).
+    #[arg(long)]
+    patch: Option<usize>,
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Width of the first level (default: 8 on synthetic data, 16 otherwise).
+    #[arg(long)]
+    base: Option<usize>,
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(LOSS_NAMES))]
+    loss: Option<String>,
+    #[arg(long, value_parser = ["adam", "adamw", "sgd"])]
+    optimizer: Option<String>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, value_parser = ["constant", "step", "cosine", "poly", "plateau"])]
+    schedule: Option<String>,
+    /// Images held out for validation.
+    #[arg(long)]
+    val: Option<usize>,
+    /// Early stopping patience in epochs (0 disables).
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Input channels from colour images: green, luminance or all.
+    #[arg(long, value_parser = ["green", "luminance", "all"])]
+    channels: Option<String>,
+    /// Skip CLAHE.
+    #[arg(long)]
+    no_clahe: bool,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu, cuda:N, metal:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Run folder for checkpoints, metrics and curves.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// A TOML file with any TrainConfig fields; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn guess_dataset(dir: &Path) -> Result<&'static str> {
+    if dir.join("training/images").is_dir() || dir.join("DRIVE/training/images").is_dir() || dir.join("1st_manual").is_dir() {
+        Ok("drive")
+    } else if dir.join("images").is_dir() && dir.join("masks").is_dir() {
+        Ok("folders")
+    } else {
+        bail!("{}: neither a DRIVE folder (training/images, 1st_manual, mask) nor images/ + masks/; pass --dataset", dir.display())
+    }
+}
+
+/// Turns the arguments into a complete, checked configuration.
+pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/latest"));
+    if a.resume {
+        let saved = out.join("config.json");
+        let text = std::fs::read_to_string(&saved).with_context(|| format!("--resume: cannot read {}", saved.display()))?;
+        let mut cfg: TrainConfig = serde_json::from_str(&text).with_context(|| format!("{}: not a training config", saved.display()))?;
+        if let Some(e) = a.epochs {
+            cfg.epochs = e;
+        }
+        cfg.out_dir = out;
+        return Ok(cfg);
+    }
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}: not a valid training config", p.display()))?
+        }
+        None => TrainConfig::default(),
+    };
+    let synthetic = match (&a.data, a.dataset.as_deref()) {
+        (None, None | Some("synthetic")) => true,
+        (None, Some(d)) => bail!("--dataset {d} needs --data DIR"),
+        (Some(dir), kind) => {
+            if !dir.is_dir() {
+                bail!("{}: no such folder", dir.display());
+            }
+            let kind = match kind {
+                Some(k) => k,
+                None => guess_dataset(dir)?,
+            };
+            cfg.data = match kind {
+                "drive" => DataSource::Drive { root: dir.clone() },
+                "folders" => DataSource::Folders { root: dir.clone() },
+                _ => DataSource::Synthetic(SyntheticConfig::default()),
+            };
+            kind == "synthetic"
+        }
+    };
+    if let Some(m) = &a.model {
+        let base = a.base.unwrap_or(if synthetic { 8 } else { 16 });
+        cfg.model = ModelConfig::from_name(m)?.with_base(base);
+    } else if let Some(b) = a.base {
+        cfg.model = cfg.model.with_base(b);
+    }
+    if let Some(c) = &a.channels {
+        cfg.preprocess.channels = match c.as_str() {
+            "green" => ChannelChoice::Green,
+            "luminance" => ChannelChoice::Luminance,
+            _ => ChannelChoice::All,
+        };
+    }
+    if a.no_clahe {
+        cfg.preprocess.clahe = None;
+    }
+    let in_ch = cfg.preprocess.out_channels(3);
+    cfg.model = cfg.model.with_in_channels(in_ch);
+    macro_rules! set {
+        ($field:expr, $v:expr) => {
+            if let Some(v) = $v {
+                $field = v;
+            }
+        };
+    }
+    set!(cfg.epochs, a.epochs);
+    set!(cfg.steps_per_epoch, a.steps);
+    set!(cfg.batch, a.batch);
+    set!(cfg.seed, a.seed);
+    set!(cfg.val_count, a.val);
+    set!(cfg.optimizer.lr, a.lr);
+    if let Some(p) = a.patch {
+        cfg.sampler.size = p;
+        cfg.sliding_window.roi = cfg.sliding_window.roi.max(p);
+    }
+    if let Some(l) = &a.loss {
+        cfg.loss = Loss::from_name(l).expect("value checked by clap");
+        if cfg.loss.is_multiclass() && cfg.model.out_channels() == 1 {
+            cfg.model = cfg.model.with_out_channels(2);
+        }
+    }
+    if let Some(o) = &a.optimizer {
+        cfg.optimizer.kind = OptimizerKind::from_name(o).expect("value checked by clap");
+    }
+    if let Some(s) = &a.schedule {
+        cfg.schedule = Schedule::from_name(s).expect("value checked by clap");
+    }
+    if let Some(p) = a.patience {
+        cfg.early_stop_patience = (p > 0).then_some(p);
+    }
+    cfg.out_dir = out;
+    cfg.model.validate()?;
+    if cfg.sampler.size < 16 {
+        bail!("--patch must be at least 16 (the networks halve the size four times)");
+    }
+    if !(cfg.optimizer.lr > 0.0 && cfg.optimizer.lr.is_finite()) {
+        bail!("--lr must be a positive number");
+    }
+    Ok(cfg)
+}
+
+struct Progress {
+    bar: Option<ProgressBar>,
+    steps: usize,
+    epochs: usize,
+    curves: PathBuf,
+    history: Vec<EpochRecord>,
+    loss_sum: f64,
+    loss_n: usize,
+}
+
+impl Observer for Progress {
+    fn on_start(&mut self, cfg: &TrainConfig, state: &TrainState, train: usize, val: usize) {
+        self.history = state.history.clone();
+        eprintln!(
+            "training {} (base {}) on {} images, validating on {}; {} epochs x {} batches of {} patches {}px; output {}",
+            cfg.model.name(),
+            cfg.model.base(),
+            train,
+            val,
+            cfg.epochs,
+            cfg.steps_per_epoch,
+            cfg.batch,
+            cfg.sampler.size,
+            cfg.out_dir.display()
+        );
+    }
+
+    fn on_step(&mut self, epoch: usize, step: usize, loss: f32, lr: f64) {
+        self.loss_sum += loss as f64;
+        self.loss_n += 1;
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = ProgressBar::new(self.steps as u64);
+            b.set_style(ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} / eta {eta})").expect("valid template").progress_chars("=> "));
+            b.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+            b
+        });
+        bar.set_position(step as u64);
+        bar.set_message(format!("loss {:.4} lr {lr:.1e}", self.loss_sum / self.loss_n as f64));
+    }
+
+    fn on_epoch(&mut self, r: &EpochRecord, improved: bool) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        self.loss_sum = 0.0;
+        self.loss_n = 0;
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+        let line = format!(
+            "epoch {}/{}: loss {:.4}  val Dice {} @0.5, {} @{:.2}  AUC {}  {:.1}s{}",
+            r.epoch,
+            self.epochs,
+            r.train_loss,
+            f(r.val_dice),
+            f(r.val_dice_best),
+            r.threshold,
+            f(r.val_auc),
+            r.seconds,
+            if improved { "  * best" } else { "" }
+        );
+        eprintln!("{line}");
+        tracing::info!("{line}");
+        self.history.push(r.clone());
+        if let Err(e) = crate::plot::draw_curves(&self.history, &self.curves) {
+            tracing::warn!("cannot draw {}: {e:#}", self.curves.display());
+        }
+    }
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let cfg = plan(&a)?;
+    let device = parse_device(&a.device)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond interrupt: exiting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: writing a checkpoint after this step (Ctrl-C again to quit at once)");
+        });
+    }
+    let out = cfg.out_dir.clone();
+    let epochs = cfg.epochs;
+    let steps = cfg.steps_per_epoch;
+    let mut trainer = Trainer::new(cfg, &device, a.resume).context("preparing the run")?;
+    let mut progress = Progress { bar: None, steps, epochs, curves: out.join("curves.png"), history: Vec::new(), loss_sum: 0.0, loss_n: 0 };
+    let outcome = trainer.run(&mut progress, &stop)?;
+    let best = trainer.state.best_dice;
+    match outcome {
+        Outcome::Finished => eprintln!("done: best validation Dice {:.4}; model bundle {}", best.unwrap_or(0.0), out.join("best.safetensors").display()),
+        Outcome::EarlyStopped { epoch } => eprintln!("early stop after epoch {epoch}: best validation Dice {:.4}; model bundle {}", best.unwrap_or(0.0), out.join("best.safetensors").display()),
+        Outcome::Interrupted { epoch, step } => {
+            eprintln!("interrupted in epoch {} at step {step}; checkpoint written; continue with: seg-cli train --resume --out {}", epoch + 1, out.display());
+            std::process::exit(130);
+        }
+    }
+    if let Some(b) = best {
+        println!("best validation Dice: {b:.4}");
+    }
+    Ok(())
+}
