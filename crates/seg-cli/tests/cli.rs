@@ -180,6 +180,33 @@ fn train_predict_eval_check_data_end_to_end() {
         assert!(m.values.iter().all(|&v| v == 0.0 || v == 255.0));
     }
 
+    // volumes are predicted slice by slice and written as NIfTI with the input's affine
+    let vol_dir = root.join("vol");
+    std::fs::create_dir_all(&vol_dir).unwrap();
+    let affine = [[0.8, 0.0, 0.0, -12.0], [0.0, 0.8, 0.0, 7.0], [0.0, 0.0, 2.5, 30.0], [0.0, 0.0, 0.0, 1.0]];
+    let values: Vec<f32> = (0..40 * 40 * 3).map(|i| ((i * 7) % 13) as f32 * 100.0 - 600.0).collect();
+    seg_data::io::nifti::write_nifti(&vol_dir.join("scan.nii.gz"), &[40, 40, 3], &values, &affine).unwrap();
+    let vpred = root.join("vpred");
+    let out = bin().args(["predict", "--checkpoint"]).arg(run.join("best.safetensors")).arg("--input").arg(vol_dir.join("scan.nii.gz")).arg("--output").arg(&vpred).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["scan.nii.gz", "masks/scan.nii.gz"] {
+        let (v, _) = seg_data::io::nifti::read_nifti_with_info(&vpred.join(f)).unwrap();
+        assert_eq!(v.shape, vec![40, 40, 3], "{f}");
+        let a = v.affine.unwrap();
+        for i in 0..4 {
+            for k in 0..4 {
+                assert!((a[i][k] - affine[i][k]).abs() < 1e-5, "{f}: affine {a:?}");
+            }
+        }
+        assert!(v.values.iter().all(|p| (0.0..=1.0).contains(p)));
+    }
+    if let Some(shared) = shared() {
+        let out = bin().args(["predict", "--checkpoint"]).arg(run.join("best.safetensors")).arg("--input").arg(shared.join("medical/dicom/CT_small.dcm")).arg("--output").arg(&vpred).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (v, _) = seg_data::io::nifti::read_nifti_with_info(&vpred.join("CT_small.nii.gz")).unwrap();
+        assert_eq!(v.shape, vec![128, 128, 1]);
+    }
+
     // an extra prediction without ground truth is reported, not dropped silently
     std::fs::copy(pred.join("case0.png"), pred.join("extra.png")).unwrap();
     let report = root.join("report.json");
@@ -212,5 +239,36 @@ fn train_predict_eval_check_data_end_to_end() {
     assert!(err.contains("--patch"), "{err}");
     let err = one_line_error(&bin().args(["train", "--dataset", "drive"]).output().unwrap());
     assert!(err.contains("--data"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
+    let root = std::env::temp_dir().join(format!("seg-cli-sigint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = root.join("data");
+    synthetic_folder(&data, 4, 40);
+    let run = root.join("run");
+    let mut child = bin()
+        .args(["train", "--model", "unet", "--base", "2", "--epochs", "50", "--steps", "60", "--batch", "2", "--patch", "32", "--val", "1", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&run)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("checkpoint written"), "{err}");
+    assert!(run.join("last.state.safetensors").is_file());
+    // the checkpoint loads and training continues from it
+    let out = bin().args(["train", "--resume", "--epochs", "1", "--out"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run.join("best.safetensors").is_file());
     std::fs::remove_dir_all(&root).unwrap();
 }
