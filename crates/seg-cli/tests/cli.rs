@@ -272,3 +272,41 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
     assert!(run.join("best.safetensors").is_file());
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn drive_train_predict_eval_pairs_drive_names() {
+    let Some(shared) = shared() else {
+        skip_notice("SKIP: ../shared not found; DRIVE end-to-end test not run");
+        return;
+    };
+    let drive = shared.join("datasets/DRIVE");
+    let root = std::env::temp_dir().join(format!("seg-cli-drive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let run = root.join("run");
+    let out = bin().args(["check-data", "--data"]).arg(&drive).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("20 cases (drive)"));
+    let out = bin()
+        .args(["train", "--model", "unet", "--base", "2", "--epochs", "1", "--steps", "2", "--batch", "2", "--patch", "32", "--val", "2", "--data"])
+        .arg(&drive)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pred = root.join("pred");
+    let out = bin().args(["predict", "--checkpoint"]).arg(run.join("best.safetensors")).arg("--input").arg(drive.join("training/images")).arg("--fov").arg(drive.join("training/mask")).arg("--output").arg(&pred).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(pred.join("21_training.png").is_file() && pred.join("masks/40_training.png").is_file());
+    let out = bin().args(["eval", "--pred"]).arg(&pred).arg("--gt").arg(drive.join("training/1st_manual")).arg("--fov").arg(drive.join("training/mask")).arg("--json").arg("-").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let imgs = j["images"].as_array().unwrap();
+    assert_eq!(imgs.len(), 20);
+    assert_eq!(imgs[0]["id"], "21");
+    assert!(j["unpaired"].as_array().unwrap().is_empty());
+    // counts cover exactly the FOV: 20 images' FOV pixels (Pillow: ~224k each)
+    let fov_total: u64 = imgs.iter().map(|m| ["tp", "fp", "fn", "tn"].iter().map(|k| m[*k].as_u64().unwrap()).sum::<u64>()).sum();
+    assert!(fov_total > 20 * 200_000 && fov_total < 20 * 250_000, "{fov_total}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
