@@ -1,6 +1,10 @@
 //! Workspace tasks, run as `cargo xtask <task>`:
-//! - `check-layers`: the crate layering and feature rules (also a `#[test]`).
+//! - `check-layers`: the crate layering and feature rules (also a `#[test]`);
+//! - `fetch-drive`: install and verify DRIVE from a zip, folder or URL;
+//! - `bench`: train/infer timings side by side with the PyTorch peer.
 
+mod bench;
+mod fetch;
 mod layers;
 
 use anyhow::Result;
@@ -17,12 +21,101 @@ struct Cli {
 enum Task {
     /// Check that each crate depends only on lower layers and only seg-core names candle.
     CheckLayers,
+    /// Time train steps and inference, side by side with the PyTorch peer.
+    Bench {
+        /// One network (default: the standard set).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        base: Option<usize>,
+        #[arg(long, default_value_t = 3)]
+        in_channels: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// train or infer (default: both, with --model).
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Alternating seg/peer rounds per configuration.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// A Python interpreter with torch: runs shared/bench/torch_peer.py alternately.
+        #[arg(long)]
+        peer: Option<String>,
+        #[arg(long, default_value = "../shared/bench/torch_peer.py")]
+        peer_script: std::path::PathBuf,
+    },
+    /// One seg measurement as a JSON line (spawned by `bench`).
+    #[command(hide = true)]
+    BenchOne {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        base: usize,
+        #[arg(long, default_value_t = 3)]
+        in_channels: usize,
+        #[arg(long)]
+        mode: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 584)]
+        height: usize,
+        #[arg(long, default_value_t = 565)]
+        width: usize,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
+    /// Install and verify the DRIVE dataset from a zip, a folder or a URL.
+    FetchDrive {
+        /// A zip in the official layout, or an unpacked DRIVE folder.
+        #[arg(long)]
+        from: Option<std::path::PathBuf>,
+        /// Download the zip over HTTP(S) (resumable, retried).
+        #[arg(long)]
+        url: Option<String>,
+        /// Where to install (git-ignored).
+        #[arg(long, default_value = "datasets/DRIVE")]
+        dest: std::path::PathBuf,
+        /// The manifest of expected files.
+        #[arg(long, default_value = "datasets/DRIVE.manifest")]
+        manifest: std::path::PathBuf,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.task {
         Task::CheckLayers => layers::run(),
+        Task::FetchDrive { from, url, dest, manifest } => fetch::run(from, url, dest, manifest),
+        Task::Bench { model, base, in_channels, batch, size, mode, reps, warmup, rounds, peer, peer_script } => {
+            let cases = match model {
+                None => bench::default_cases(),
+                Some(m) => {
+                    let modes: Vec<String> = match mode {
+                        Some(x) => vec![x],
+                        None => vec!["train".into(), "infer".into()],
+                    };
+                    modes.into_iter().map(|mode| bench::Case { model: m.clone(), base: base.unwrap_or(16), in_channels, mode, batch, size }).collect()
+                }
+            };
+            if peer.is_some() && !peer_script.is_file() {
+                eprintln!("error: peer script {} not found (pass --peer-script)", peer_script.display());
+                std::process::exit(1);
+            }
+            bench::run(&bench::BenchOptions { cases, reps, warmup, rounds, peer, peer_script }).map(|_| ())
+        }
+        Task::BenchOne { model, base, in_channels, mode, batch, size, height: _, width: _, reps, warmup } => {
+            bench::run_one(&bench::Case { model, base, in_channels, mode, batch, size }, reps, warmup)
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -75,6 +75,9 @@ pub struct TrainArgs {
     /// A TOML file with any TrainConfig fields; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Check the plan and the data, write config.json and split.json, and stop before training.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn guess_dataset(dir: &Path) -> Result<&'static str> {
@@ -273,6 +276,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let epochs = cfg.epochs;
     let steps = cfg.steps_per_epoch;
     let mut trainer = Trainer::new(cfg, &device, a.resume).context("preparing the run")?;
+    if a.dry_run {
+        let (t, v) = trainer.split_sizes();
+        println!("plan ok: {t} training and {v} validation images; wrote {} and {}", out.join("config.json").display(), out.join("split.json").display());
+        return Ok(());
+    }
     let mut progress = Progress { bar: None, steps, epochs, curves: out.join("curves.png"), history: Vec::new(), loss_sum: 0.0, loss_n: 0 };
     let outcome = trainer.run(&mut progress, &stop)?;
     let best = trainer.state.best_dice;

@@ -158,6 +158,11 @@ fn train_predict_eval_check_data_end_to_end() {
         c.args(["train", "--model", "unet", "--base", "2", "--steps", "2", "--batch", "2", "--patch", "32", "--val", "2", "--data"]).arg(&data).arg("--out").arg(&run).args(extra);
         c.output().unwrap()
     };
+    let out = train(&["--epochs", "1", "--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let split: Value = serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    assert_eq!((split["train"].as_array().unwrap().len(), split["val"].as_array().unwrap().len()), (3, 2));
+    assert!(!run.join("last.safetensors").exists());
     let out = train(&["--epochs", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("best validation Dice"));

@@ -402,6 +402,12 @@ impl Trainer {
         }
         let cfg_json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
         seg_data::io::atomic_write(&paths.config, &cfg_json)?;
+        let split = serde_json::json!({
+            "seed": cfg.seed,
+            "train": train.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+            "val": val.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+        });
+        seg_data::io::atomic_write(&cfg.out_dir.join("split.json"), serde_json::to_string_pretty(&split).expect("json").as_bytes())?;
         Ok(Self {
             cfg,
             net,
