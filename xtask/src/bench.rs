@@ -25,11 +25,30 @@ pub struct Case {
 
 impl Case {
     fn args(&self) -> Vec<String> {
-        let mut v = vec!["--model".into(), self.model.clone(), "--base".into(), self.base.to_string(), "--in-channels".into(), self.in_channels.to_string(), "--mode".into(), self.mode.clone()];
+        let mut v = vec![
+            "--model".into(),
+            self.model.clone(),
+            "--base".into(),
+            self.base.to_string(),
+            "--in-channels".into(),
+            self.in_channels.to_string(),
+            "--mode".into(),
+            self.mode.clone(),
+        ];
         if self.mode == "train" {
-            v.extend(["--batch".into(), self.batch.to_string(), "--size".into(), self.size.to_string()]);
+            v.extend([
+                "--batch".into(),
+                self.batch.to_string(),
+                "--size".into(),
+                self.size.to_string(),
+            ]);
         } else {
-            v.extend(["--height".into(), "584".into(), "--width".into(), "565".into()]);
+            v.extend([
+                "--height".into(),
+                "584".into(),
+                "--width".into(),
+                "565".into(),
+            ]);
         }
         v
     }
@@ -49,12 +68,26 @@ pub fn default_cases() -> Vec<Case> {
     let mut v = Vec::new();
     for base in [16, 32, 64] {
         for (mode, batch, size) in [("train", 8, 64), ("train", 4, 128), ("infer", 1, 0)] {
-            v.push(Case { model: "unet".into(), base, in_channels: 3, mode: mode.into(), batch, size });
+            v.push(Case {
+                model: "unet".into(),
+                base,
+                in_channels: 3,
+                mode: mode.into(),
+                batch,
+                size,
+            });
         }
     }
     for m in ["resunet", "attention_unet", "unetpp"] {
         for (mode, batch, size) in [("train", 8, 64), ("infer", 1, 0)] {
-            v.push(Case { model: m.into(), base: 16, in_channels: 3, mode: mode.into(), batch, size });
+            v.push(Case {
+                model: m.into(),
+                base: 16,
+                in_channels: 3,
+                mode: mode.into(),
+                batch,
+                size,
+            });
         }
     }
     v
@@ -74,14 +107,27 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
     use seg_core::{DType, Device, Tensor};
     use seg_models::{ModelConfig, Network};
     use seg_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
-    let cfg = ModelConfig::from_name(&case.model)?.with_base(case.base).with_in_channels(case.in_channels);
+    let cfg = ModelConfig::from_name(&case.model)?
+        .with_base(case.base)
+        .with_in_channels(case.in_channels);
     let net = Network::new(&cfg, &Device::Cpu, 0)?;
     let params = net.params().num_trainable();
     let shape = case.shape();
     let x = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu)?;
     let mut step: Box<dyn FnMut() -> Result<()>> = if case.mode == "train" {
-        let y = Tensor::rand(0f32, 1.0, (shape[0], 1, shape[2], shape[3]), &Device::Cpu)?.ge(0.8)?.to_dtype(DType::F32)?;
-        let mut opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, lr: 1e-3, weight_decay: 0.0, clip_grad_norm: None, ..Default::default() }, net.params().trainable());
+        let y = Tensor::rand(0f32, 1.0, (shape[0], 1, shape[2], shape[3]), &Device::Cpu)?
+            .ge(0.8)?
+            .to_dtype(DType::F32)?;
+        let mut opt = Optimizer::new(
+            OptimizerConfig {
+                kind: OptimizerKind::Adam,
+                lr: 1e-3,
+                weight_decay: 0.0,
+                clip_grad_norm: None,
+                ..Default::default()
+            },
+            net.params().trainable(),
+        );
         let net = net.clone();
         Box::new(move || {
             let mut out = net.forward_t(&x, true)?;
@@ -126,12 +172,24 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
 }
 
 fn run_json(mut cmd: Command, what: &str) -> Result<Value> {
-    let out = cmd.output().with_context(|| format!("cannot start {what}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {what}"))?;
     if !out.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).with_context(|| format!("{what} printed no JSON"))?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("{what} printed no JSON"))?;
     serde_json::from_str(line).with_context(|| format!("{what}: bad JSON"))
 }
 
@@ -159,14 +217,24 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
         let (mut seg_rss, mut peer_rss) = (0f64, 0f64);
         for _ in 0..o.rounds.max(1) {
             let mut c = Command::new(&exe);
-            c.arg("bench-one").args(case.args()).args(["--reps", &o.reps.to_string(), "--warmup", &o.warmup.to_string()]);
+            c.arg("bench-one").args(case.args()).args([
+                "--reps",
+                &o.reps.to_string(),
+                "--warmup",
+                &o.warmup.to_string(),
+            ]);
             let s = run_json(c, "the seg side")?;
             let sm = s["ms_median"].as_f64().unwrap_or(f64::NAN);
             seg_ms.push(sm);
             seg_rss = seg_rss.max(s["peak_rss_mib"].as_f64().unwrap_or(0.0));
             if let Some(py) = &o.peer {
                 let mut c = Command::new(py);
-                c.arg(&o.peer_script).args(case.args()).args(["--reps", &o.reps.to_string(), "--warmup", &o.warmup.to_string()]);
+                c.arg(&o.peer_script).args(case.args()).args([
+                    "--reps",
+                    &o.reps.to_string(),
+                    "--warmup",
+                    &o.warmup.to_string(),
+                ]);
                 let p = run_json(c, "the PyTorch peer")?;
                 let pm = p["ms_median"].as_f64().unwrap_or(f64::NAN);
                 peer_ms.push(pm);
@@ -187,9 +255,26 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
     }
     eprintln!("\n| model | base | mode | shape | seg ms | pytorch ms | ratio | seg RSS MiB | pytorch RSS MiB |\n|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
-        let f = |v: &Value| v.as_f64().map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
-        let ratio = r["ratio"].as_f64().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
-        eprintln!("| {} | {} | {} | {} | {} | {} | {ratio} | {} | {} |", r["model"].as_str().unwrap_or(""), r["base"], r["mode"].as_str().unwrap_or(""), r["shape"], f(&r["seg_ms_median"]), f(&r["peer_ms_median"]), f(&r["seg_peak_rss_mib"]), f(&r["peer_peak_rss_mib"]));
+        let f = |v: &Value| {
+            v.as_f64()
+                .map(|x| format!("{x:.1}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let ratio = r["ratio"]
+            .as_f64()
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "-".into());
+        eprintln!(
+            "| {} | {} | {} | {} | {} | {} | {ratio} | {} | {} |",
+            r["model"].as_str().unwrap_or(""),
+            r["base"],
+            r["mode"].as_str().unwrap_or(""),
+            r["shape"],
+            f(&r["seg_ms_median"]),
+            f(&r["peer_ms_median"]),
+            f(&r["seg_peak_rss_mib"]),
+            f(&r["peer_peak_rss_mib"])
+        );
     }
     Ok(rows)
 }

@@ -37,8 +37,22 @@ pub fn parse_manifest(text: &str) -> Result<Manifest> {
         if parts.len() != 3 || parts[0].len() != 64 {
             bail!("manifest line {}: expected `sha256 size path`", i + 1);
         }
-        let size = if parts[1] == "-" { None } else { Some(parts[1].parse().with_context(|| format!("manifest line {}: bad size", i + 1))?) };
-        m.insert(parts[2].to_string(), Entry { sha256: parts[0].to_ascii_lowercase(), size });
+        let size = if parts[1] == "-" {
+            None
+        } else {
+            Some(
+                parts[1]
+                    .parse()
+                    .with_context(|| format!("manifest line {}: bad size", i + 1))?,
+            )
+        };
+        m.insert(
+            parts[2].to_string(),
+            Entry {
+                sha256: parts[0].to_ascii_lowercase(),
+                size,
+            },
+        );
     }
     if m.is_empty() {
         bail!("the manifest lists no files");
@@ -107,16 +121,22 @@ fn safe_relative(name: &str) -> Option<PathBuf> {
 
 /// Strips a leading `DRIVE/` (the official archive's top folder).
 fn drive_relative(p: &Path) -> PathBuf {
-    p.strip_prefix("DRIVE").map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+    p.strip_prefix("DRIVE")
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Unpacks the manifest's files from a zip into `into` (refusing entries that
 /// escape it or exceed their manifest size).
 fn unpack_zip(zip_path: &Path, manifest: &Manifest, into: &Path) -> Result<()> {
-    let f = std::fs::File::open(zip_path).with_context(|| format!("cannot open {}", zip_path.display()))?;
-    let mut z = zip::ZipArchive::new(f).with_context(|| format!("{}: not a zip archive", zip_path.display()))?;
+    let f = std::fs::File::open(zip_path)
+        .with_context(|| format!("cannot open {}", zip_path.display()))?;
+    let mut z = zip::ZipArchive::new(f)
+        .with_context(|| format!("{}: not a zip archive", zip_path.display()))?;
     for i in 0..z.len() {
-        let mut entry = z.by_index(i).with_context(|| format!("{}: bad entry {i}", zip_path.display()))?;
+        let mut entry = z
+            .by_index(i)
+            .with_context(|| format!("{}: bad entry {i}", zip_path.display()))?;
         let name = entry.name().to_string();
         let Some(rel) = safe_relative(&name) else {
             bail!("{}: entry {name:?} would be written outside the destination (absolute path or ..): refused", zip_path.display());
@@ -132,7 +152,11 @@ fn unpack_zip(zip_path: &Path, manifest: &Manifest, into: &Path) -> Result<()> {
         };
         let limit = e.size.unwrap_or(64 << 20);
         if entry.size() > limit {
-            bail!("{}: {name} claims {} bytes, the manifest allows {limit}", zip_path.display(), entry.size());
+            bail!(
+                "{}: {name} claims {} bytes, the manifest allows {limit}",
+                zip_path.display(),
+                entry.size()
+            );
         }
         let dst = into.join(&rel);
         std::fs::create_dir_all(dst.parent().expect("file has a parent"))?;
@@ -140,7 +164,10 @@ fn unpack_zip(zip_path: &Path, manifest: &Manifest, into: &Path) -> Result<()> {
         // read at most limit + 1 bytes whatever the header claims
         let n = std::io::copy(&mut (&mut entry).take(limit + 1), &mut out)?;
         if n > limit {
-            bail!("{}: {name} inflates past {limit} bytes: refused (decompression bomb?)", zip_path.display());
+            bail!(
+                "{}: {name} inflates past {limit} bytes: refused (decompression bomb?)",
+                zip_path.display()
+            );
         }
     }
     Ok(())
@@ -148,7 +175,11 @@ fn unpack_zip(zip_path: &Path, manifest: &Manifest, into: &Path) -> Result<()> {
 
 /// Copies the manifest's files from an unpacked folder (the DRIVE folder or its parent).
 fn copy_folder(src: &Path, manifest: &Manifest, into: &Path) -> Result<()> {
-    let root = if src.join("DRIVE").is_dir() { src.join("DRIVE") } else { src.to_path_buf() };
+    let root = if src.join("DRIVE").is_dir() {
+        src.join("DRIVE")
+    } else {
+        src.to_path_buf()
+    };
     for path in manifest.keys() {
         let from = root.join(path);
         if from.is_file() {
@@ -161,14 +192,30 @@ fn copy_folder(src: &Path, manifest: &Manifest, into: &Path) -> Result<()> {
 }
 
 fn describe_missing(missing: &[String]) -> String {
-    let labels = missing.iter().filter(|p| p.starts_with("test/1st_manual") || p.starts_with("test/2nd_manual")).count();
+    let labels = missing
+        .iter()
+        .filter(|p| p.starts_with("test/1st_manual") || p.starts_with("test/2nd_manual"))
+        .count();
     let mut s = format!("{} file(s) missing", missing.len());
     if labels > 0 {
-        s.push_str(&format!(" ({labels} of them test annotations, which are distributed separately)"));
+        s.push_str(&format!(
+            " ({labels} of them test annotations, which are distributed separately)"
+        ));
     }
-    let others: Vec<&String> = missing.iter().filter(|p| !(p.starts_with("test/1st_manual") || p.starts_with("test/2nd_manual"))).collect();
+    let others: Vec<&String> = missing
+        .iter()
+        .filter(|p| !(p.starts_with("test/1st_manual") || p.starts_with("test/2nd_manual")))
+        .collect();
     if !others.is_empty() {
-        s.push_str(&format!("; not test annotations: {}", others.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+        s.push_str(&format!(
+            "; not test annotations: {}",
+            others
+                .iter()
+                .take(5)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     s
 }
@@ -178,17 +225,36 @@ pub fn install(src: &Path, dest: &Path, manifest: &Manifest) -> Result<String> {
     if dest.is_dir() {
         let r = verify(dest, manifest)?;
         if r.wrong.is_empty() && !r.ok.is_empty() {
-            let mut msg = format!("{} already present and verified: {} of {} files", dest.display(), r.ok.len(), manifest.len());
+            let mut msg = format!(
+                "{} already present and verified: {} of {} files",
+                dest.display(),
+                r.ok.len(),
+                manifest.len()
+            );
             if !r.missing.is_empty() {
                 msg.push_str(&format!("; {}", describe_missing(&r.missing)));
             }
             return Ok(msg);
         }
-        bail!("{} exists but does not match the manifest ({} wrong, {} verified); move it away first", dest.display(), r.wrong.len(), r.ok.len());
+        bail!(
+            "{} exists but does not match the manifest ({} wrong, {} verified); move it away first",
+            dest.display(),
+            r.wrong.len(),
+            r.ok.len()
+        );
     }
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(".{}.tmp-{}", dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        dest.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let result = (|| -> Result<String> {
@@ -202,10 +268,17 @@ pub fn install(src: &Path, dest: &Path, manifest: &Manifest) -> Result<String> {
             bail!("{p}: sha256 {got} does not match the manifest's {want}; nothing installed");
         }
         if r.ok.is_empty() {
-            bail!("{}: none of the manifest's files found; nothing installed", src.display());
+            bail!(
+                "{}: none of the manifest's files found; nothing installed",
+                src.display()
+            );
         }
         std::fs::rename(&tmp, dest).with_context(|| format!("moving into {}", dest.display()))?;
-        let mut msg = format!("installed {} verified files into {}", r.ok.len(), dest.display());
+        let mut msg = format!(
+            "installed {} verified files into {}",
+            r.ok.len(),
+            dest.display()
+        );
         if !r.missing.is_empty() {
             msg.push_str(&format!("; {}", describe_missing(&r.missing)));
         }
@@ -237,14 +310,23 @@ pub fn download(url: &str, part: &Path, retries: usize) -> Result<()> {
             }
         };
         let resumed = resp.status() == 206;
-        let total: Option<u64> = resp.header("Content-Length").and_then(|v| v.parse().ok()).map(|n: u64| if resumed { n + have } else { n });
+        let total: Option<u64> = resp
+            .header("Content-Length")
+            .and_then(|v| v.parse().ok())
+            .map(|n: u64| if resumed { n + have } else { n });
         let mut file = if resumed {
             std::fs::OpenOptions::new().append(true).open(part)?
         } else {
             std::fs::File::create(part)?
         };
         let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
-        bar.set_style(indicatif::ProgressStyle::with_template("download [{bar:30}] {bytes}/{total_bytes} ({eta})").expect("valid template").progress_chars("=> "));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "download [{bar:30}] {bytes}/{total_bytes} ({eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
         bar.set_position(if resumed { have } else { 0 });
         let mut reader = resp.into_reader();
         let mut buf = vec![0u8; 1 << 16];
@@ -267,8 +349,15 @@ pub fn download(url: &str, part: &Path, retries: usize) -> Result<()> {
             (Ok(()), Some(t)) if now == t => return Ok(()),
             (Ok(()), None) => return Ok(()),
             (res, _) => {
-                last_err = Some(anyhow::anyhow!("{url}: connection ended after {now} bytes{}", res.err().map(|e| format!(" ({e})")).unwrap_or_default()));
-                eprintln!("download interrupted at {now} bytes; resuming (attempt {} of {})", attempt + 1, retries);
+                last_err = Some(anyhow::anyhow!(
+                    "{url}: connection ended after {now} bytes{}",
+                    res.err().map(|e| format!(" ({e})")).unwrap_or_default()
+                ));
+                eprintln!(
+                    "download interrupted at {now} bytes; resuming (attempt {} of {})",
+                    attempt + 1,
+                    retries
+                );
             }
         }
     }
@@ -276,8 +365,14 @@ pub fn download(url: &str, part: &Path, retries: usize) -> Result<()> {
 }
 
 /// The whole command.
-pub fn run(from: Option<PathBuf>, url: Option<String>, dest: PathBuf, manifest: PathBuf) -> Result<()> {
-    let text = std::fs::read_to_string(&manifest).with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
+pub fn run(
+    from: Option<PathBuf>,
+    url: Option<String>,
+    dest: PathBuf,
+    manifest: PathBuf,
+) -> Result<()> {
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
     let m = parse_manifest(&text)?;
     let src = match (from, url) {
         (Some(_), Some(_)) => bail!("give --from or --url, not both"),
@@ -288,7 +383,10 @@ pub fn run(from: Option<PathBuf>, url: Option<String>, dest: PathBuf, manifest: 
             p
         }
         (None, Some(u)) => {
-            let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let parent = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             std::fs::create_dir_all(parent)?;
             let part = parent.join(".DRIVE.download.part");
             download(&u, &part, 5)?;
@@ -327,18 +425,37 @@ mod tests {
     /// file is absent, like DRIVE's withheld test labels).
     fn archive(dir: &Path, tamper: bool, evil: bool) -> (PathBuf, Manifest) {
         let files: Vec<(&str, Vec<u8>)> = vec![
-            ("training/images/21_training.tif", (0..5000u32).map(|i| (i * 7 % 251) as u8).collect()),
-            ("training/1st_manual/21_manual1.gif", b"GIF89a-label".to_vec()),
+            (
+                "training/images/21_training.tif",
+                (0..5000u32).map(|i| (i * 7 % 251) as u8).collect(),
+            ),
+            (
+                "training/1st_manual/21_manual1.gif",
+                b"GIF89a-label".to_vec(),
+            ),
             ("training/mask/21_training_mask.gif", vec![255u8; 3000]),
         ];
         let mut m = Manifest::new();
         for (p, b) in &files {
-            m.insert(p.to_string(), Entry { sha256: hash(b), size: Some(b.len() as u64) });
+            m.insert(
+                p.to_string(),
+                Entry {
+                    sha256: hash(b),
+                    size: Some(b.len() as u64),
+                },
+            );
         }
-        m.insert("test/1st_manual/01_manual1.gif".into(), Entry { sha256: "0".repeat(64), size: None });
+        m.insert(
+            "test/1st_manual/01_manual1.gif".into(),
+            Entry {
+                sha256: "0".repeat(64),
+                size: None,
+            },
+        );
         let path = dir.join("DRIVE.zip");
         let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
         for (p, b) in &files {
             z.start_file(format!("DRIVE/{p}"), opts).unwrap();
             let mut data = b.clone();
@@ -366,7 +483,8 @@ mod tests {
         std::thread::spawn(move || {
             for (k, stream) in l.incoming().take(max_conn).enumerate() {
                 let Ok(mut s) = stream else { continue };
-                s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .ok();
                 let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
                 let mut start = 0usize;
                 loop {
@@ -383,10 +501,17 @@ mod tests {
                 let head = if start > 0 {
                     format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nConnection: close\r\n\r\n", rest.len(), start, body.len() - 1, body.len())
                 } else {
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", rest.len())
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        rest.len()
+                    )
                 };
                 let _ = s.write_all(head.as_bytes());
-                let send = if drop_first && k == 0 { &rest[..rest.len() / 2] } else { rest };
+                let send = if drop_first && k == 0 {
+                    &rest[..rest.len() / 2]
+                } else {
+                    rest
+                };
                 let _ = s.write_all(send);
                 let _ = s.flush();
             }
@@ -404,7 +529,10 @@ mod tests {
         let dest = d.join("DRIVE");
         let msg = install(&part, &dest, &m).unwrap();
         assert!(msg.contains("installed 3 verified files"), "{msg}");
-        assert!(msg.contains("1 file(s) missing (1 of them test annotations"), "{msg}");
+        assert!(
+            msg.contains("1 file(s) missing (1 of them test annotations"),
+            "{msg}"
+        );
         assert!(dest.join("training/images/21_training.tif").is_file());
         let again = install(&part, &dest, &m).unwrap();
         assert!(again.contains("already present and verified"), "{again}");
@@ -420,9 +548,18 @@ mod tests {
         let dest = d.join("DRIVE");
         let err = install(&part, &dest, &m).unwrap_err().to_string();
         let want = &m["training/mask/21_training_mask.gif"].sha256;
-        assert!(err.contains("21_training_mask.gif") && err.contains(want.as_str()) && err.contains("nothing installed"), "{err}");
+        assert!(
+            err.contains("21_training_mask.gif")
+                && err.contains(want.as_str())
+                && err.contains("nothing installed"),
+            "{err}"
+        );
         assert!(!dest.exists());
-        assert!(std::fs::read_dir(&d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
+        assert!(std::fs::read_dir(&d).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".tmp-")));
     }
 
     #[test]
@@ -433,7 +570,10 @@ mod tests {
         let (url, ranged) = serve(body.clone(), 4, true);
         let part = d.join("dl.part");
         download(&url, &part, 3).unwrap();
-        assert!(ranged.load(Ordering::SeqCst) >= 1, "no Range request was made");
+        assert!(
+            ranged.load(Ordering::SeqCst) >= 1,
+            "no Range request was made"
+        );
         assert_eq!(std::fs::read(&part).unwrap(), body);
         install(&part, &d.join("DRIVE"), &m).unwrap();
     }
@@ -442,7 +582,9 @@ mod tests {
     fn zip_slip_is_refused_and_folders_install_too() {
         let d = tmp("slip");
         let (zip_path, m) = archive(&d, false, true);
-        let err = install(&zip_path, &d.join("DRIVE"), &m).unwrap_err().to_string();
+        let err = install(&zip_path, &d.join("DRIVE"), &m)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("outside the destination"), "{err}");
         assert!(!d.join("evil.txt").exists() && !d.join("DRIVE").exists());
         // from an unpacked folder
@@ -455,7 +597,11 @@ mod tests {
 
     #[test]
     fn the_shipped_manifest_lists_all_140_files() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/DRIVE.manifest")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../datasets/DRIVE.manifest"
+        ))
+        .unwrap();
         let m = parse_manifest(&text).unwrap();
         assert_eq!(m.len(), 140);
         assert_eq!(m.values().filter(|e| e.size.is_none()).count(), 40);
@@ -464,18 +610,29 @@ mod tests {
 
     #[test]
     fn the_real_drive_archive_installs_when_shared_is_present() {
-        let zip = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/datasets/DRIVE-training.zip"));
+        let zip = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/datasets/DRIVE-training.zip"
+        ));
         if !zip.is_file() {
             if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/stderr") {
                 let _ = writeln!(f, "SKIP: ../shared/datasets/DRIVE-training.zip not found; real archive not installed");
             }
             return;
         }
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/DRIVE.manifest")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../datasets/DRIVE.manifest"
+        ))
+        .unwrap();
         let m = parse_manifest(&text).unwrap();
         let d = tmp("real");
         let msg = install(&zip, &d.join("DRIVE"), &m).unwrap();
-        assert!(msg.contains("installed 100 verified files") && msg.contains("40 file(s) missing (40 of them test annotations"), "{msg}");
+        assert!(
+            msg.contains("installed 100 verified files")
+                && msg.contains("40 file(s) missing (40 of them test annotations"),
+            "{msg}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -95,8 +95,25 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.task {
         Task::CheckLayers => layers::run(),
-        Task::FetchDrive { from, url, dest, manifest } => fetch::run(from, url, dest, manifest),
-        Task::Bench { model, base, in_channels, batch, size, mode, reps, warmup, rounds, peer, peer_script } => {
+        Task::FetchDrive {
+            from,
+            url,
+            dest,
+            manifest,
+        } => fetch::run(from, url, dest, manifest),
+        Task::Bench {
+            model,
+            base,
+            in_channels,
+            batch,
+            size,
+            mode,
+            reps,
+            warmup,
+            rounds,
+            peer,
+            peer_script,
+        } => {
             let cases = match model {
                 None => bench::default_cases(),
                 Some(m) => {
@@ -104,18 +121,59 @@ fn main() {
                         Some(x) => vec![x],
                         None => vec!["train".into(), "infer".into()],
                     };
-                    modes.into_iter().map(|mode| bench::Case { model: m.clone(), base: base.unwrap_or(16), in_channels, mode, batch, size }).collect()
+                    modes
+                        .into_iter()
+                        .map(|mode| bench::Case {
+                            model: m.clone(),
+                            base: base.unwrap_or(16),
+                            in_channels,
+                            mode,
+                            batch,
+                            size,
+                        })
+                        .collect()
                 }
             };
             if peer.is_some() && !peer_script.is_file() {
-                eprintln!("error: peer script {} not found (pass --peer-script)", peer_script.display());
+                eprintln!(
+                    "error: peer script {} not found (pass --peer-script)",
+                    peer_script.display()
+                );
                 std::process::exit(1);
             }
-            bench::run(&bench::BenchOptions { cases, reps, warmup, rounds, peer, peer_script }).map(|_| ())
+            bench::run(&bench::BenchOptions {
+                cases,
+                reps,
+                warmup,
+                rounds,
+                peer,
+                peer_script,
+            })
+            .map(|_| ())
         }
-        Task::BenchOne { model, base, in_channels, mode, batch, size, height: _, width: _, reps, warmup } => {
-            bench::run_one(&bench::Case { model, base, in_channels, mode, batch, size }, reps, warmup)
-        }
+        Task::BenchOne {
+            model,
+            base,
+            in_channels,
+            mode,
+            batch,
+            size,
+            height: _,
+            width: _,
+            reps,
+            warmup,
+        } => bench::run_one(
+            &bench::Case {
+                model,
+                base,
+                in_channels,
+                mode,
+                batch,
+                size,
+            },
+            reps,
+            warmup,
+        ),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -10,14 +10,40 @@ fn xtask() -> Command {
 }
 
 fn json_lines(out: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(out).lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
 fn bench_reports_seg_alone_and_ratios_against_a_peer() {
-    let args = ["bench", "--model", "unet", "--base", "2", "--in-channels", "1", "--mode", "train", "--batch", "2", "--size", "32", "--reps", "2", "--warmup", "0"];
+    let args = [
+        "bench",
+        "--model",
+        "unet",
+        "--base",
+        "2",
+        "--in-channels",
+        "1",
+        "--mode",
+        "train",
+        "--batch",
+        "2",
+        "--size",
+        "32",
+        "--reps",
+        "2",
+        "--warmup",
+        "0",
+    ];
     let out = xtask().args(args).args(["--rounds", "1"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows = json_lines(&out.stdout);
     assert_eq!(rows.len(), 1);
     let r = &rows[0];
@@ -30,13 +56,32 @@ fn bench_reports_seg_alone_and_ratios_against_a_peer() {
     let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("peer.sh");
-    std::fs::write(&script, "echo '{\"impl\": \"pytorch\", \"ms_median\": 1000.0, \"peak_rss_mib\": 123.0}'\n").unwrap();
-    let out = xtask().args(args).args(["--rounds", "2", "--peer", "sh", "--peer-script"]).arg(&script).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &script,
+        "echo '{\"impl\": \"pytorch\", \"ms_median\": 1000.0, \"peak_rss_mib\": 123.0}'\n",
+    )
+    .unwrap();
+    let out = xtask()
+        .args(args)
+        .args(["--rounds", "2", "--peer", "sh", "--peer-script"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = &json_lines(&out.stdout)[0];
-    let (seg, ratio) = (r["seg_ms_median"].as_f64().unwrap(), r["ratio"].as_f64().unwrap());
+    let (seg, ratio) = (
+        r["seg_ms_median"].as_f64().unwrap(),
+        r["ratio"].as_f64().unwrap(),
+    );
     assert_eq!(r["peer_ms_median"].as_f64(), Some(1000.0));
     assert_eq!(r["peer_peak_rss_mib"].as_f64(), Some(123.0));
-    assert!(ratio > 0.0 && (ratio - seg / 1000.0).abs() < seg / 1000.0 * 0.5, "{ratio} vs {seg}");
+    assert!(
+        ratio > 0.0 && (ratio - seg / 1000.0).abs() < seg / 1000.0 * 0.5,
+        "{ratio} vs {seg}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

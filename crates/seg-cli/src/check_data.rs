@@ -26,21 +26,41 @@ struct Case {
 pub fn run(a: CheckDataArgs) -> Result<()> {
     let kind = match a.dataset.as_deref() {
         Some(k) => k.to_string(),
-        None if a.data.join("training/images").is_dir() || a.data.join("1st_manual").is_dir() => "drive".into(),
+        None if a.data.join("training/images").is_dir() || a.data.join("1st_manual").is_dir() => {
+            "drive".into()
+        }
         None => "folders".into(),
     };
     let mut problems: Vec<String> = Vec::new();
     let cases: Vec<Case> = if kind == "drive" {
         match drive_cases(&a.data, DriveSplit::Training) {
-            Ok(c) => c.into_iter().map(|c| Case { id: c.id, image: c.image, label: c.label, fov: c.mask }).collect(),
+            Ok(c) => c
+                .into_iter()
+                .map(|c| Case {
+                    id: c.id,
+                    image: c.image,
+                    label: c.label,
+                    fov: c.mask,
+                })
+                .collect(),
             Err(e) => bail!("{e}"),
         }
     } else {
         let (c, unpaired) = paired_cases(&a.data)?;
         for u in unpaired {
-            problems.push(format!("{}: unpaired (no matching image or mask)", u.display()));
+            problems.push(format!(
+                "{}: unpaired (no matching image or mask)",
+                u.display()
+            ));
         }
-        c.into_iter().map(|c| Case { id: c.id, image: c.image, label: c.label, fov: c.fov }).collect()
+        c.into_iter()
+            .map(|c| Case {
+                id: c.id,
+                image: c.image,
+                label: c.label,
+                fov: c.fov,
+            })
+            .collect()
     };
     let mut channels: Option<(usize, PathBuf)> = None;
     let (mut fg, mut px) = (0u64, 0u64);
@@ -55,16 +75,27 @@ pub fn run(a: CheckDataArgs) -> Result<()> {
         };
         let (h, w, ch) = (img.shape[0], img.shape[1], img.shape[2]);
         match &channels {
-            Some((n, first)) if *n != ch => problems.push(format!("{}: {ch} channel(s), but {} has {n}", c.image.display(), first.display())),
+            Some((n, first)) if *n != ch => problems.push(format!(
+                "{}: {ch} channel(s), but {} has {n}",
+                c.image.display(),
+                first.display()
+            )),
             None => channels = Some((ch, c.image.clone())),
             _ => {}
         }
         if let Some(i) = img.values.iter().position(|v| !v.is_finite()) {
-            problems.push(format!("{}: value {} at index {i} is not finite", c.image.display(), img.values[i]));
+            problems.push(format!(
+                "{}: value {} at index {i} is not finite",
+                c.image.display(),
+                img.values[i]
+            ));
         }
         let check_size = |p: &Path, hh: usize, ww: usize, problems: &mut Vec<String>| {
             if (hh, ww) != (h, w) {
-                problems.push(format!("{}: {hh}x{ww} but its image is {h}x{w}", p.display()));
+                problems.push(format!(
+                    "{}: {hh}x{ww} but its image is {h}x{w}",
+                    p.display()
+                ));
             }
         };
         match &c.label {
@@ -83,7 +114,10 @@ pub fn run(a: CheckDataArgs) -> Result<()> {
                         }
                     }
                     if distinct.len() > 2 {
-                        problems.push(format!("{}: not a binary label (more than two distinct values)", lp.display()));
+                        problems.push(format!(
+                            "{}: not a binary label (more than two distinct values)",
+                            lp.display()
+                        ));
                     }
                     if let Ok(m) = read_mask(lp) {
                         let f = m.data.iter().filter(|&&v| v != 0).count() as u64;
@@ -114,7 +148,11 @@ pub fn run(a: CheckDataArgs) -> Result<()> {
         if px > 0 { 100.0 * fg as f64 / px as f64 } else { 0.0 }
     );
     if kind == "drive" && with_fov < cases.len() {
-        problems.push(format!("{} of {} cases have no FOV mask", cases.len() - with_fov, cases.len()));
+        problems.push(format!(
+            "{} of {} cases have no FOV mask",
+            cases.len() - with_fov,
+            cases.len()
+        ));
     }
     if problems.is_empty() {
         println!("no problems found");

@@ -38,11 +38,19 @@ fn by_case(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
         bail!("{}: no such folder", dir.display());
     }
     let mut m = BTreeMap::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && seg_data::io::file_kind(p) == Some(seg_data::FileKind::Image)).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && seg_data::io::file_kind(p) == Some(seg_data::FileKind::Image))
+        .collect();
     files.sort();
     for p in files {
         if let Some(prev) = m.insert(case_id(&p), p.clone()) {
-            bail!("{} and {} have the same case ID {}", prev.display(), p.display(), case_id(&p));
+            bail!(
+                "{} and {} have the same case ID {}",
+                prev.display(),
+                p.display(),
+                case_id(&p)
+            );
         }
     }
     Ok(m)
@@ -52,8 +60,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.threshold) {
         bail!("--threshold must be in [0, 1]");
     }
-    let spacing: Vec<f64> = a.spacing.split(',').map(|s| s.trim().parse::<f64>()).collect::<Result<_, _>>().with_context(|| format!("--spacing {:?}: expected ROW,COL", a.spacing))?;
-    if spacing.len() != 2 || spacing.iter().any(|s| !(*s > 0.0)) {
+    let spacing: Vec<f64> = a
+        .spacing
+        .split(',')
+        .map(|s| s.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--spacing {:?}: expected ROW,COL", a.spacing))?;
+    if spacing.len() != 2 || spacing.iter().any(|s| s.is_nan() || *s <= 0.0) {
         bail!("--spacing needs two positive numbers ROW,COL");
     }
     let preds = by_case(&a.pred)?;
@@ -79,7 +92,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let Some(gp) = gts.get(id) else { continue };
         let pv = read_image(pp)?;
         if pv.shape[2] != 1 {
-            bail!("{}: a probability map must have one channel, found {}", pp.display(), pv.shape[2]);
+            bail!(
+                "{}: a probability map must have one channel, found {}",
+                pp.display(),
+                pv.shape[2]
+            );
         }
         let max = match pv.stored {
             seg_data::StoredType::Uint16 => 65535.0,
@@ -90,24 +107,48 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let gt = read_mask(gp)?;
         let (h, w) = (pv.shape[0], pv.shape[1]);
         if (gt.height, gt.width) != (h, w) {
-            bail!("{} is {}x{} but {} is {h}x{w}", gp.display(), gt.height, gt.width, pp.display());
+            bail!(
+                "{} is {}x{} but {} is {h}x{w}",
+                gp.display(),
+                gt.height,
+                gt.width,
+                pp.display()
+            );
         }
         let fov = match fovs.as_ref().and_then(|f| f.get(id)) {
             Some(fp) => {
                 let m = read_mask(fp)?;
                 if (m.height, m.width) != (h, w) {
-                    bail!("{} is {}x{} but {} is {h}x{w}", fp.display(), m.height, m.width, pp.display());
+                    bail!(
+                        "{} is {}x{} but {} is {h}x{w}",
+                        fp.display(),
+                        m.height,
+                        m.width,
+                        pp.display()
+                    );
                 }
                 Some(m.data)
             }
             None => {
                 if fovs.is_some() {
-                    unpaired.push(format!("{} (no FOV mask; all pixels counted)", pp.display()));
+                    unpaired.push(format!(
+                        "{} (no FOV mask; all pixels counted)",
+                        pp.display()
+                    ));
                 }
                 None
             }
         };
-        images.push(image_metrics(id, &prob, &gt.data, fov.as_deref(), h, w, a.threshold, [spacing[0], spacing[1]]));
+        images.push(image_metrics(
+            id,
+            &prob,
+            &gt.data,
+            fov.as_deref(),
+            h,
+            w,
+            a.threshold,
+            [spacing[0], spacing[1]],
+        ));
         let (p, g) = metrics::in_fov(&prob, &gt.data, fov.as_deref());
         all_p.extend(p);
         all_g.extend(g);
@@ -118,7 +159,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if images.is_empty() {
         bail!("no prediction/ground-truth pairs (case IDs: the file stem up to its first '_')");
     }
-    let summary = summarise(a.threshold, images, metrics::auc_roc(&all_p, &all_g), metrics::average_precision(&all_p, &all_g));
+    let summary = summarise(
+        a.threshold,
+        images,
+        metrics::auc_roc(&all_p, &all_g),
+        metrics::average_precision(&all_p, &all_g),
+    );
     let mut report = serde_json::to_value(&summary)?;
     report["unpaired"] = serde_json::json!(unpaired);
     let text = serde_json::to_string_pretty(&report)?;
@@ -134,7 +180,20 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let sc = m.scores;
             s.push_str(&format!(
                 "{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{}\n",
-                m.id, m.counts.tp, m.counts.fp, m.counts.fn_, m.counts.tn, sc.dice, sc.iou, sc.sensitivity, sc.specificity, sc.precision, sc.accuracy, o(m.auc_roc), o(m.average_precision), o(m.hd95)
+                m.id,
+                m.counts.tp,
+                m.counts.fp,
+                m.counts.fn_,
+                m.counts.tn,
+                sc.dice,
+                sc.iou,
+                sc.sensitivity,
+                sc.specificity,
+                sc.precision,
+                sc.accuracy,
+                o(m.auc_roc),
+                o(m.average_precision),
+                o(m.hd95)
             ));
         }
         seg_data::io::atomic_write(c, s.as_bytes())?;

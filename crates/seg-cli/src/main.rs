@@ -30,16 +30,24 @@ enum Command {
     )]
     Info(info::InfoArgs),
     /// Train a network (on the built-in synthetic vessel set when no data is given).
-    #[command(after_help = "Examples:\n  seg-cli train --model resunet\n  seg-cli train --model unet --data datasets/DRIVE --epochs 40 --out runs/drive\n  seg-cli train --resume --out runs/drive\n  seg-cli train --config my_run.toml")]
-    Train(train::TrainArgs),
+    #[command(
+        after_help = "Examples:\n  seg-cli train --model resunet\n  seg-cli train --model unet --data datasets/DRIVE --epochs 40 --out runs/drive\n  seg-cli train --resume --out runs/drive\n  seg-cli train --config my_run.toml"
+    )]
+    Train(Box<train::TrainArgs>),
     /// Predict probability maps and masks with a trained model bundle.
-    #[command(after_help = "Examples:\n  seg-cli predict --checkpoint runs/drive/best.safetensors --input DRIVE/test/images --fov DRIVE/test/mask --output out/\n  seg-cli predict --checkpoint best.safetensors --input scan.nii.gz --output out/ --tta")]
+    #[command(
+        after_help = "Examples:\n  seg-cli predict --checkpoint runs/drive/best.safetensors --input DRIVE/test/images --fov DRIVE/test/mask --output out/\n  seg-cli predict --checkpoint best.safetensors --input scan.nii.gz --output out/ --tta"
+    )]
     Predict(predict::PredictArgs),
     /// Evaluate probability maps against ground truth (Dice, IoU, AUC, AP, HD95, ...).
-    #[command(after_help = "Examples:\n  seg-cli eval --pred out/ --gt DRIVE/training/1st_manual --fov DRIVE/training/mask --json report.json --csv report.csv\n  seg-cli eval --pred out/ --gt labels/ --json -")]
+    #[command(
+        after_help = "Examples:\n  seg-cli eval --pred out/ --gt DRIVE/training/1st_manual --fov DRIVE/training/mask --json report.json --csv report.csv\n  seg-cli eval --pred out/ --gt labels/ --json -"
+    )]
     Eval(eval::EvalArgs),
     /// Check a dataset before a long run and list every problem.
-    #[command(after_help = "Examples:\n  seg-cli check-data --data datasets/DRIVE\n  seg-cli check-data --data my_dataset   # images/ + masks/ [+ fov/]")]
+    #[command(
+        after_help = "Examples:\n  seg-cli check-data --data datasets/DRIVE\n  seg-cli check-data --data my_dataset   # images/ + masks/ [+ fov/]"
+    )]
     CheckData(check_data::CheckDataArgs),
     /// Describe a medical image file or a DICOM series folder.
     #[command(
@@ -60,7 +68,7 @@ fn main() {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Inspect(a) => inspect::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Predict(a) => predict::run(a),
         Command::Eval(a) => eval::run(a),
         Command::CheckData(a) => check_data::run(a),

@@ -47,7 +47,10 @@ fn inputs(p: &Path) -> Result<Vec<PathBuf>> {
     if !p.is_dir() {
         bail!("{}: no such file or folder", p.display());
     }
-    let mut v: Vec<PathBuf> = std::fs::read_dir(p)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && file_kind(p).is_some()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(p)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && file_kind(p).is_some())
+        .collect();
     v.sort();
     if v.is_empty() {
         bail!("{}: no image, NIfTI or DICOM files", p.display());
@@ -56,9 +59,15 @@ fn inputs(p: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn stem(p: &Path) -> String {
-    let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let n = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let n = n.strip_suffix(".gz").unwrap_or(&n).to_string();
-    Path::new(&n).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(n)
+    Path::new(&n)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or(n)
 }
 
 pub fn run(a: PredictArgs) -> Result<()> {
@@ -80,19 +89,35 @@ pub fn run(a: PredictArgs) -> Result<()> {
     }
     let model = net.inference_model()?;
     let in_ch = net.config().in_channels();
-    std::fs::create_dir_all(a.output.join("masks")).with_context(|| format!("cannot create {}", a.output.display()))?;
+    std::fs::create_dir_all(a.output.join("masks"))
+        .with_context(|| format!("cannot create {}", a.output.display()))?;
     let fovs: HashMap<String, PathBuf> = match &a.fov {
         Some(d) => inputs(d)?.into_iter().map(|p| (case_id(&p), p)).collect(),
         None => HashMap::new(),
     };
     // a folder of DICOM files is one series
-    let series = a.input.is_dir() && inputs(&a.input)?.iter().all(|p| file_kind(p) == Some(FileKind::Dicom));
-    let files = if series { vec![a.input.clone()] } else { inputs(&a.input)? };
+    let series = a.input.is_dir()
+        && inputs(&a.input)?
+            .iter()
+            .all(|p| file_kind(p) == Some(FileKind::Dicom));
+    let files = if series {
+        vec![a.input.clone()]
+    } else {
+        inputs(&a.input)?
+    };
     let bar = ProgressBar::new(files.len() as u64);
-    bar.set_style(ProgressStyle::with_template("predict [{bar:30}] {pos}/{len} {msg} ({elapsed})").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("predict [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     for path in &files {
         bar.set_message(stem(path));
-        let vol = if path.is_dir() { dicom::read_series(path, None)? } else { read_any(path)? };
+        let vol = if path.is_dir() {
+            dicom::read_series(path, None)?
+        } else {
+            read_any(path)?
+        };
         let name = stem(path);
         if vol.format == Format::Image {
             let (h, w) = (vol.shape[0], vol.shape[1]);
@@ -100,54 +125,105 @@ pub fn run(a: PredictArgs) -> Result<()> {
                 Some(p) => {
                     let m = read_mask(p)?;
                     if (m.height, m.width) != (h, w) {
-                        bail!("{}: FOV {}x{} does not match the image {h}x{w}", p.display(), m.height, m.width);
+                        bail!(
+                            "{}: FOV {}x{} does not match the image {h}x{w}",
+                            p.display(),
+                            m.height,
+                            m.width
+                        );
                     }
                     Some(m.data)
                 }
                 None => None,
             };
-            let (img, c) = info.preprocess.apply_image(&vol, fov.as_deref()).with_context(|| format!("preprocessing {}", path.display()))?;
+            let (img, c) = info
+                .preprocess
+                .apply_image(&vol, fov.as_deref())
+                .with_context(|| format!("preprocessing {}", path.display()))?;
             if c != in_ch {
-                bail!("{}: {c} channel(s) after preprocessing, the model expects {in_ch}", path.display());
+                bail!(
+                    "{}: {c} channel(s) after preprocessing, the model expects {in_ch}",
+                    path.display()
+                );
             }
             let (probs, oc) = predict(&model, &img, c, h, w, &sw, &device)?;
-            let mut p: Vec<f32> = if oc == 1 { probs } else { probs[h * w..2 * h * w].to_vec() };
+            let mut p: Vec<f32> = if oc == 1 {
+                probs
+            } else {
+                probs[h * w..2 * h * w].to_vec()
+            };
             if let Some(f) = &fov {
-                p.iter_mut().zip(f).for_each(|(v, &m)| if m == 0 { *v = 0.0 });
+                p.iter_mut().zip(f).for_each(|(v, &m)| {
+                    if m == 0 {
+                        *v = 0.0
+                    }
+                });
             }
             write_probability_png(&a.output.join(format!("{name}.png")), h, w, &p)?;
-            let mask = Mask { height: h, width: w, data: p.iter().map(|&v| (v >= threshold) as u8).collect() };
+            let mask = Mask {
+                height: h,
+                width: w,
+                data: p.iter().map(|&v| (v >= threshold) as u8).collect(),
+            };
             write_mask_png(&a.output.join("masks").join(format!("{name}.png")), &mask)?;
         } else {
-            predict_volume(&vol, &model, in_ch, &info, &sw, threshold, &device, &a.output, &name)?;
+            predict_volume(
+                &vol, &model, in_ch, &info, &sw, threshold, &device, &a.output, &name,
+            )?;
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    eprintln!("wrote {} prediction(s) to {} (threshold {threshold:.3})", files.len(), a.output.display());
+    eprintln!(
+        "wrote {} prediction(s) to {} (threshold {threshold:.3})",
+        files.len(),
+        a.output.display()
+    );
     Ok(())
 }
 
 /// A volume slice by slice (NIfTI: along z; DICOM: along frames/slices),
 /// written as NIfTI with the input's affine (DICOM's LPS turned into RAS).
 #[allow(clippy::too_many_arguments)]
-fn predict_volume(vol: &Volume, model: &seg_models::Model, in_ch: usize, info: &seg_train::checkpoint::BundleInfo, sw: &seg_train::infer::SlidingWindow, threshold: f32, device: &seg_core::Device, out: &Path, name: &str) -> Result<()> {
+fn predict_volume(
+    vol: &Volume,
+    model: &seg_models::Model,
+    in_ch: usize,
+    info: &seg_train::checkpoint::BundleInfo,
+    sw: &seg_train::infer::SlidingWindow,
+    threshold: f32,
+    device: &seg_core::Device,
+    out: &Path,
+    name: &str,
+) -> Result<()> {
     let plan = &info.preprocess;
     let invert = vol.photometric.as_deref() == Some("MONOCHROME1");
-    let unit = Volume { values: plan.to_unit(&vol.values, vol.stored, vol.format, invert)?, ..vol.clone() };
+    let unit = Volume {
+        values: plan.to_unit(&vol.values, vol.stored, vol.format, invert)?,
+        ..vol.clone()
+    };
     let (axis, dims, affine) = match vol.format {
         Format::Nifti => {
             if vol.shape.len() != 3 {
-                bail!("{name}: only 3D NIfTI volumes are predicted (shape {:?})", vol.shape);
+                bail!(
+                    "{name}: only 3D NIfTI volumes are predicted (shape {:?})",
+                    vol.shape
+                );
             }
-            (2, vol.shape.clone(), vol.affine.unwrap_or_else(|| diag(&vol.spacing)))
+            (
+                2,
+                vol.shape.clone(),
+                vol.affine.unwrap_or_else(|| diag(&vol.spacing)),
+            )
         }
         _ => {
             if vol.shape[3] != 1 {
                 bail!("{name}: colour DICOM volumes are not supported");
             }
             let (f, r, c) = (vol.shape[0], vol.shape[1], vol.shape[2]);
-            let mut a = vol.affine.unwrap_or_else(|| diag(&[vol.spacing[1], vol.spacing[0], 1.0]));
+            let mut a = vol
+                .affine
+                .unwrap_or_else(|| diag(&[vol.spacing[1], vol.spacing[0], 1.0]));
             for row in a.iter_mut().take(2) {
                 for v in row.iter_mut() {
                     *v = -*v;
@@ -168,19 +244,39 @@ fn predict_volume(vol: &Volume, model: &seg_models::Model, in_ch: usize, info: &
                 hwc[p * ch + c] = vals[c * h * w + p];
             }
         }
-        let plan_all = seg_data::Preprocess { channels: seg_data::intensity::ChannelChoice::All, ..plan.clone() };
+        let plan_all = seg_data::Preprocess {
+            channels: seg_data::intensity::ChannelChoice::All,
+            ..plan.clone()
+        };
         let (img, c) = plan_all.apply_unit(&hwc, h, w, ch, None)?;
         let (probs, oc) = predict(model, &img, c, h, w, sw, device)?;
-        slices.push(if oc == 1 { probs } else { probs[h * w..2 * h * w].to_vec() });
+        slices.push(if oc == 1 {
+            probs
+        } else {
+            probs[h * w..2 * h * w].to_vec()
+        });
     }
     let probs = slicing::assemble(&unit, axis, &slices)?;
-    let mask: Vec<f32> = probs.iter().map(|&p| (p >= threshold) as u8 as f32).collect();
+    let mask: Vec<f32> = probs
+        .iter()
+        .map(|&p| (p >= threshold) as u8 as f32)
+        .collect();
     nifti::write_nifti(&out.join(format!("{name}.nii.gz")), &dims, &probs, &affine)?;
-    nifti::write_nifti(&out.join("masks").join(format!("{name}.nii.gz")), &dims, &mask, &affine)?;
+    nifti::write_nifti(
+        &out.join("masks").join(format!("{name}.nii.gz")),
+        &dims,
+        &mask,
+        &affine,
+    )?;
     Ok(())
 }
 
 fn diag(s: &[f64]) -> [[f64; 4]; 4] {
     let g = |i: usize| s.get(i).copied().unwrap_or(1.0);
-    [[g(0), 0.0, 0.0, 0.0], [0.0, g(1), 0.0, 0.0], [0.0, 0.0, g(2), 0.0], [0.0, 0.0, 0.0, 1.0]]
+    [
+        [g(0), 0.0, 0.0, 0.0],
+        [0.0, g(1), 0.0, 0.0],
+        [0.0, 0.0, g(2), 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
 }

@@ -12,7 +12,9 @@ use seg_models::{ModelConfig, MODEL_NAMES};
 use seg_train::losses::{Loss, LOSS_NAMES};
 use seg_train::optim::OptimizerKind;
 use seg_train::schedule::Schedule;
-use seg_train::trainer::{DataSource, EpochRecord, Observer, Outcome, TrainConfig, TrainState, Trainer};
+use seg_train::trainer::{
+    DataSource, EpochRecord, Observer, Outcome, TrainConfig, TrainState, Trainer,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -81,7 +83,10 @@ pub struct TrainArgs {
 }
 
 fn guess_dataset(dir: &Path) -> Result<&'static str> {
-    if dir.join("training/images").is_dir() || dir.join("DRIVE/training/images").is_dir() || dir.join("1st_manual").is_dir() {
+    if dir.join("training/images").is_dir()
+        || dir.join("DRIVE/training/images").is_dir()
+        || dir.join("1st_manual").is_dir()
+    {
         Ok("drive")
     } else if dir.join("images").is_dir() && dir.join("masks").is_dir() {
         Ok("folders")
@@ -92,11 +97,16 @@ fn guess_dataset(dir: &Path) -> Result<&'static str> {
 
 /// Turns the arguments into a complete, checked configuration.
 pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/latest"));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/latest"));
     if a.resume {
         let saved = out.join("config.json");
-        let text = std::fs::read_to_string(&saved).with_context(|| format!("--resume: cannot read {}", saved.display()))?;
-        let mut cfg: TrainConfig = serde_json::from_str(&text).with_context(|| format!("{}: not a training config", saved.display()))?;
+        let text = std::fs::read_to_string(&saved)
+            .with_context(|| format!("--resume: cannot read {}", saved.display()))?;
+        let mut cfg: TrainConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a training config", saved.display()))?;
         if let Some(e) = a.epochs {
             cfg.epochs = e;
         }
@@ -105,8 +115,10 @@ pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
     }
     let mut cfg = match &a.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}: not a valid training config", p.display()))?
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("{}: not a valid training config", p.display()))?
         }
         None => TrainConfig::default(),
     };
@@ -222,12 +234,21 @@ impl Observer for Progress {
         self.loss_n += 1;
         let bar = self.bar.get_or_insert_with(|| {
             let b = ProgressBar::new(self.steps as u64);
-            b.set_style(ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} / eta {eta})").expect("valid template").progress_chars("=> "));
+            b.set_style(
+                ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} / eta {eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
             b.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
             b
         });
         bar.set_position(step as u64);
-        bar.set_message(format!("loss {:.4} lr {lr:.1e}", self.loss_sum / self.loss_n as f64));
+        bar.set_message(format!(
+            "loss {:.4} lr {lr:.1e}",
+            self.loss_sum / self.loss_n as f64
+        ));
     }
 
     fn on_epoch(&mut self, r: &EpochRecord, improved: bool) {
@@ -269,7 +290,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 eprintln!("\nsecond interrupt: exiting without a checkpoint");
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupt: writing a checkpoint after this step (Ctrl-C again to quit at once)");
+            eprintln!(
+                "\ninterrupt: writing a checkpoint after this step (Ctrl-C again to quit at once)"
+            );
         });
     }
     let out = cfg.out_dir.clone();
@@ -278,15 +301,35 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut trainer = Trainer::new(cfg, &device, a.resume).context("preparing the run")?;
     if a.dry_run {
         let (t, v) = trainer.split_sizes();
-        println!("plan ok: {t} training and {v} validation images; wrote {} and {}", out.join("config.json").display(), out.join("split.json").display());
+        println!(
+            "plan ok: {t} training and {v} validation images; wrote {} and {}",
+            out.join("config.json").display(),
+            out.join("split.json").display()
+        );
         return Ok(());
     }
-    let mut progress = Progress { bar: None, steps, epochs, curves: out.join("curves.png"), history: Vec::new(), loss_sum: 0.0, loss_n: 0 };
+    let mut progress = Progress {
+        bar: None,
+        steps,
+        epochs,
+        curves: out.join("curves.png"),
+        history: Vec::new(),
+        loss_sum: 0.0,
+        loss_n: 0,
+    };
     let outcome = trainer.run(&mut progress, &stop)?;
     let best = trainer.state.best_dice;
     match outcome {
-        Outcome::Finished => eprintln!("done: best validation Dice {:.4}; model bundle {}", best.unwrap_or(0.0), out.join("best.safetensors").display()),
-        Outcome::EarlyStopped { epoch } => eprintln!("early stop after epoch {epoch}: best validation Dice {:.4}; model bundle {}", best.unwrap_or(0.0), out.join("best.safetensors").display()),
+        Outcome::Finished => eprintln!(
+            "done: best validation Dice {:.4}; model bundle {}",
+            best.unwrap_or(0.0),
+            out.join("best.safetensors").display()
+        ),
+        Outcome::EarlyStopped { epoch } => eprintln!(
+            "early stop after epoch {epoch}: best validation Dice {:.4}; model bundle {}",
+            best.unwrap_or(0.0),
+            out.join("best.safetensors").display()
+        ),
         Outcome::Interrupted { epoch, step } => {
             eprintln!("interrupted in epoch {} at step {step}; checkpoint written; continue with: seg-cli train --resume --out {}", epoch + 1, out.display());
             std::process::exit(130);

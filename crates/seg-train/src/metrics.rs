@@ -185,12 +185,12 @@ fn edt_1d(f: &mut [f64], s: f64) {
     }
     let src: Vec<f64> = f.to_vec();
     let mut j = 0;
-    for q in 0..n {
+    for (q, fq) in f.iter_mut().enumerate() {
         while z[j + 1] < pos(q) {
             j += 1;
         }
         let d = pos(q) - pos(v[j]);
-        f[q] = d * d + src[v[j]];
+        *fq = d * d + src[v[j]];
     }
 }
 
@@ -369,17 +369,13 @@ mod tests {
         let mask: Vec<bool> = (0..h * w).map(|i| (i * 7919) % 23 == 0).collect();
         let sp = [0.5, 1.3];
         let d = distance_to(&mask, h, w, sp);
-        for i in 0..h * w {
+        for (i, &di) in d.iter().enumerate() {
             let (y, x) = ((i / w) as f64, (i % w) as f64);
             let brute = (0..h * w)
                 .filter(|&j| mask[j])
                 .map(|j| (((j / w) as f64 - y) * sp[0]).hypot(((j % w) as f64 - x) * sp[1]))
                 .fold(f64::INFINITY, f64::min);
-            assert!(
-                (d[i] - brute).abs() < 1e-9,
-                "pixel {i}: {} vs {brute}",
-                d[i]
-            );
+            assert!((di - brute).abs() < 1e-9, "pixel {i}: {di} vs {brute}");
         }
     }
 

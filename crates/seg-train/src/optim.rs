@@ -292,11 +292,25 @@ mod tests {
     fn optimiser_state_keeps_no_autograd_history() {
         // Regression: moments built from gradients that carry history chained
         // every step's graph together (21 GB after a few DRIVE epochs).
-        let v = Var::from_tensor(&Tensor::ones(3, seg_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
-        for kind in [OptimizerKind::Adam, OptimizerKind::AdamW, OptimizerKind::Sgd] {
-            let mut o = Optimizer::new(OptimizerConfig { kind, ..Default::default() }, vec![("p".into(), v.clone())]);
+        let v = Var::from_tensor(&Tensor::ones(3, seg_core::DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        for kind in [
+            OptimizerKind::Adam,
+            OptimizerKind::AdamW,
+            OptimizerKind::Sgd,
+        ] {
+            let mut o = Optimizer::new(
+                OptimizerConfig {
+                    kind,
+                    ..Default::default()
+                },
+                vec![("p".into(), v.clone())],
+            );
             for _ in 0..3 {
-                let loss = (v.as_tensor().sqr().unwrap() * 2.0).unwrap().sum_all().unwrap();
+                let loss = (v.as_tensor().sqr().unwrap() * 2.0)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
                 o.step(&loss.backward().unwrap(), 0.01).unwrap();
             }
             for (name, t) in o.state_tensors().0 {

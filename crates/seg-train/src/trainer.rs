@@ -407,7 +407,12 @@ impl Trainer {
             "train": train.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
             "val": val.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
         });
-        seg_data::io::atomic_write(&cfg.out_dir.join("split.json"), serde_json::to_string_pretty(&split).expect("json").as_bytes())?;
+        seg_data::io::atomic_write(
+            &cfg.out_dir.join("split.json"),
+            serde_json::to_string_pretty(&split)
+                .expect("json")
+                .as_bytes(),
+        )?;
         Ok(Self {
             cfg,
             net,
