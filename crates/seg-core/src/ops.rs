@@ -17,6 +17,18 @@ pub use maxpool::{max_pool2x2, max_pool2x2_reference};
 pub use relu::{relu, relu_probe, relu_reference};
 pub use upsample::{upsample_bilinear2x, upsample_bilinear2x_reference, upsample_nearest2x};
 
+/// The f32 values of a contiguous CPU storage, or an error naming `what`.
+pub(crate) fn cpu_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{what} needs a contiguous f32 tensor"),
+    }
+}
+
 /// True when the seg CPU kernels apply to this tensor.
 fn use_cpu_kernel(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32

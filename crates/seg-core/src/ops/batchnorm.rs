@@ -23,10 +23,7 @@ struct BatchNormTrain {
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("seg batch-norm: {what} must be a contiguous f32 tensor"),
-    }
+    super::cpu_f32(s, l, &format!("seg batch-norm: {what}"))
 }
 
 /// Sums over (N, H, W) of `f(plane_of_x, plane_of_y)` per channel, in f64.

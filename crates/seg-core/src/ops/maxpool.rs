@@ -20,10 +20,7 @@ impl CustomOp1 for MaxPool2x2 {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = layout.shape().dims4()?;
-        let x = match (storage, layout.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => candle_core::bail!("seg-max-pool-2x2 needs a contiguous f32 tensor"),
-        };
+        let x = super::cpu_f32(storage, layout, self.name())?;
         let (oh, ow) = (h / 2, w / 2);
         let plane_out = oh * ow;
         let mut out = vec![0f32; n * c * plane_out];
@@ -83,10 +80,7 @@ impl CustomOp1 for MaxPoolScatter {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = match (storage, layout.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => candle_core::bail!("seg-max-pool-2x2-backward needs a contiguous f32 tensor"),
-        };
+        let g = super::cpu_f32(storage, layout, self.name())?;
         let (n, c, h, w) = self.in_shape.dims4()?;
         let plane_in = h * w;
         let plane_out = (h / 2) * (w / 2);

@@ -52,12 +52,7 @@ fn lock(m: &Mutex<Vec<usize>>) -> std::sync::MutexGuard<'_, Vec<usize>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{op} needs a contiguous f32 tensor"),
-    }
-}
+use super::cpu_f32 as contiguous;
 
 const CHUNK: usize = 1 << 14;
 

@@ -53,12 +53,7 @@ impl AxisTable {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{op} needs a contiguous f32 tensor"),
-    }
-}
+use super::cpu_f32 as contiguous_f32;
 
 struct Bilinear2x;
 
