@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use seg_core::parse_device;
-use seg_data::dataset::case_id;
+use seg_data::dataset::{case_id, file_stem as stem};
 use seg_data::io::image2d::{read_mask, write_mask_png, write_probability_png, Mask};
 use seg_data::io::{dicom, file_kind, nifti, read_any, FileKind};
 use seg_data::{slicing, Format, Volume};
@@ -56,18 +56,6 @@ fn inputs(p: &Path) -> Result<Vec<PathBuf>> {
         bail!("{}: no image, NIfTI or DICOM files", p.display());
     }
     Ok(v)
-}
-
-fn stem(p: &Path) -> String {
-    let n = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let n = n.strip_suffix(".gz").unwrap_or(&n).to_string();
-    Path::new(&n)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or(n)
 }
 
 pub fn run(a: PredictArgs) -> Result<()> {

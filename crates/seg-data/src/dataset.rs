@@ -33,18 +33,24 @@ pub struct DriveCase {
     pub mask: Option<PathBuf>,
 }
 
-/// The case ID of a file: its stem up to the first `_` (DRIVE's `21_training`
-/// → `21`), else the whole stem.
-pub fn case_id(path: &Path) -> String {
+/// A file's stem, ignoring a `.gz` suffix (`scan.nii.gz` → `scan`,
+/// `21_training.tif` → `21_training`).
+pub fn file_stem(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let stem = name.strip_suffix(".gz").unwrap_or(&name);
-    let stem = Path::new(stem)
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    Path::new(name)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The case ID of a file: its stem up to the first `_` (DRIVE's `21_training`
+/// → `21`), else the whole stem.
+pub fn case_id(path: &Path) -> String {
+    let stem = file_stem(path);
     match stem.split_once('_') {
         Some((id, _)) if !id.is_empty() => id.to_string(),
         _ => stem,
@@ -204,17 +210,7 @@ pub struct PairedCase {
 /// Pairs `root/images/*` with `root/masks/*` (and optional `root/fov/*`) by
 /// file stem; returns the pairs and the files left unpaired.
 pub fn paired_cases(root: &Path) -> Result<(Vec<PairedCase>, Vec<PathBuf>)> {
-    let stem = |p: &Path| -> String {
-        let n = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let n = n.strip_suffix(".gz").unwrap_or(&n).to_string();
-        Path::new(&n)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
+    let stem = |p: &Path| file_stem(p);
     let list = |sub: &str| -> Result<BTreeMap<String, PathBuf>> {
         let d = root.join(sub);
         if !d.is_dir() {
