@@ -156,7 +156,7 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    let med = times[times.len() / 2];
+    let med = median(times.clone());
     let pixels: usize = shape[0] * shape[2] * shape[3];
     println!(
         "{}",
@@ -193,9 +193,15 @@ fn run_json(mut cmd: Command, what: &str) -> Result<Value> {
     serde_json::from_str(line).with_context(|| format!("{what}: bad JSON"))
 }
 
+/// The median (the mean of the two middle values for an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 /// Settings of `cargo xtask bench`.
@@ -277,4 +283,33 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
         );
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+    }
+
+    #[test]
+    fn default_set_covers_the_issue() {
+        let c = default_cases();
+        assert_eq!(c.len(), 15);
+        for base in [16, 32, 64] {
+            assert_eq!(
+                c.iter()
+                    .filter(|c| c.model == "unet" && c.base == base)
+                    .count(),
+                3
+            );
+        }
+        for m in ["resunet", "attention_unet", "unetpp"] {
+            assert_eq!(c.iter().filter(|c| c.model == m).count(), 2);
+        }
+    }
 }

@@ -126,9 +126,11 @@ fn drive_relative(p: &Path) -> PathBuf {
         .unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Unpacks the manifest's files from a zip into `into` (refusing entries that
-/// escape it or exceed their manifest size).
-fn unpack_zip(zip_path: &Path, manifest: &Manifest, into: &Path) -> Result<()> {
+/// Unpacks the manifest's files from the zip at `zip_path` into `into`
+/// (entries not in the manifest are ignored). Refuses entries with absolute
+/// paths or `..` (zip-slip) and any entry that claims or inflates to more
+/// than the manifest's size for it (64 MiB where it gives none).
+pub fn unpack_zip(zip_path: &Path, manifest: &Manifest, into: &Path) -> Result<()> {
     let f = std::fs::File::open(zip_path)
         .with_context(|| format!("cannot open {}", zip_path.display()))?;
     let mut z = zip::ZipArchive::new(f)

@@ -3,9 +3,7 @@
 //! - `fetch-drive`: install and verify DRIVE from a zip, folder or URL;
 //! - `bench`: train/infer timings side by side with the PyTorch peer.
 
-mod bench;
-mod fetch;
-mod layers;
+use xtask::{bench, fetch, layers};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

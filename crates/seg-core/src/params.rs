@@ -325,6 +325,37 @@ pub fn write_safetensors(
     atomic_write(path, &bytes)
 }
 
+/// The fault-injection pause of [`atomic_write`]: with
+/// `SEG_FAULT_PAUSE_MID_WRITE_MS=<ms>` set (and, if set, the file name
+/// containing `SEG_FAULT_PAUSE_MATCH`), each write stops for that long after
+/// writing half of the file, so that tests can kill the process mid-write.
+fn fault_pause_ms(name: &str) -> Option<u64> {
+    let ms = std::env::var("SEG_FAULT_PAUSE_MID_WRITE_MS")
+        .ok()?
+        .parse()
+        .ok()?;
+    match std::env::var("SEG_FAULT_PAUSE_MATCH") {
+        Ok(m) if !name.contains(&m) => None,
+        _ => Some(ms),
+    }
+}
+
+/// Removes the temporary files that killed writers of [`atomic_write`] left
+/// in `dir` (`.<name>.tmp-<pid>`); returns how many.
+pub fn remove_stale_temp_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let own = format!(".tmp-{}", std::process::id());
+    rd.flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with('.') && n.contains(".tmp-") && !n.ends_with(&own)
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a
 /// rename, so that `path` is either the old file or the complete new one.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -344,7 +375,16 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        if let Some(ms) = fault_pause_ms(&name) {
+            // fault injection for the kill tests: stop halfway through
+            let half = bytes.len() / 2;
+            f.write_all(&bytes[..half])?;
+            f.flush()?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            f.write_all(&bytes[half..])?;
+        } else {
+            f.write_all(bytes)?;
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();

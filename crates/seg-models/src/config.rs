@@ -156,6 +156,16 @@ impl ModelConfig {
         if self.base() < min_base {
             return bad(format!("base must be at least {min_base}"));
         }
+        // bounds that keep the weights' size finite and sane (base 1024 is
+        // already a 7.9-billion-parameter U-Net)
+        if self.base() > 1024 || self.in_channels() > 4096 || self.out_channels() > 4096 {
+            return bad(format!(
+                "base ≤ 1024 and channel counts ≤ 4096 (got base {}, in {}, out {})",
+                self.base(),
+                self.in_channels(),
+                self.out_channels()
+            ));
+        }
         if let NormKind::Group { groups: 0 } = self.norm() {
             return bad("group norm needs at least 1 group".into());
         }

@@ -64,12 +64,19 @@ impl OptimizerKind {
     }
 }
 
+/// Per-parameter optimiser state.
+enum Slot {
+    /// Adam's first and second moments, stacked on a new first axis.
+    Moments(Tensor),
+    /// SGD's momentum buffer.
+    Momentum(Tensor),
+}
+
 /// An optimiser over named parameters.
 pub struct Optimizer {
     pub config: OptimizerConfig,
     params: Vec<(String, Var)>,
-    /// Per parameter: first moment / momentum buffer, second moment.
-    state: BTreeMap<String, (Option<Tensor>, Option<Tensor>)>,
+    state: BTreeMap<String, Slot>,
     steps: u64,
 }
 
@@ -94,7 +101,7 @@ impl Optimizer {
         let mut total = 0.0f64;
         for (_, v) in &self.params {
             if let Some(g) = grads.get(v.as_tensor()) {
-                total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                total += seg_core::ops::sum_squares(g)?;
             }
         }
         Ok(total.sqrt())
@@ -114,57 +121,52 @@ impl Optimizer {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            // Detached: gradients can carry autograd history, and moments
-            // built from them would chain every step's graph together.
-            let p = var.as_tensor().detach();
-            let g = g.detach();
-            let mut g = if clip != 1.0 { (g * clip)? } else { g };
-            let entry = self.state.entry(name.clone()).or_insert((None, None));
-            let new_p = match c.kind {
+            match c.kind {
                 OptimizerKind::Adam | OptimizerKind::AdamW => {
-                    if c.kind == OptimizerKind::Adam && c.weight_decay != 0.0 {
-                        g = (g + (&p * c.weight_decay)?)?;
+                    let mut moments = match self.state.remove(name) {
+                        Some(Slot::Moments(t)) => Some(t),
+                        _ => None,
+                    };
+                    let h = seg_core::ops::AdamStep {
+                        lr,
+                        beta1: c.beta1,
+                        beta2: c.beta2,
+                        eps: c.eps,
+                        weight_decay: c.weight_decay,
+                        decoupled: c.kind == OptimizerKind::AdamW,
+                        step: t,
+                        grad_scale: clip,
+                    };
+                    seg_core::ops::adam_step(var, g, &mut moments, &h)?;
+                    if let Some(m) = moments {
+                        self.state.insert(name.clone(), Slot::Moments(m));
                     }
-                    let p = if c.kind == OptimizerKind::AdamW && c.weight_decay != 0.0 {
-                        (&p * (1.0 - lr * c.weight_decay))?
-                    } else {
-                        p
-                    };
-                    let m = match &entry.0 {
-                        Some(m) => ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?,
-                        None => (&g * (1.0 - c.beta1))?,
-                    };
-                    let v = match &entry.1 {
-                        Some(v) => ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?,
-                        None => (g.sqr()? * (1.0 - c.beta2))?,
-                    };
-                    let bc1 = 1.0 - c.beta1.powi(t);
-                    let bc2 = 1.0 - c.beta2.powi(t);
-                    let denom = ((v.sqrt()? / bc2.sqrt())? + c.eps)?;
-                    let upd = ((&m / denom)? * (lr / bc1))?;
-                    *entry = (Some(m.detach()), Some(v.detach()));
-                    (p - upd)?
                 }
                 OptimizerKind::Sgd => {
+                    // Detached: gradients can carry autograd history, and
+                    // buffers built from them would chain every step's graph.
+                    let p = var.as_tensor().detach();
+                    let g = g.detach();
+                    let mut g = if clip != 1.0 { (g * clip)? } else { g };
                     if c.weight_decay != 0.0 {
                         g = (g + (&p * c.weight_decay)?)?;
                     }
                     if c.momentum != 0.0 {
-                        let buf = match &entry.0 {
-                            Some(b) => ((b * c.momentum)? + &g)?,
-                            None => g.clone(),
+                        let buf = match self.state.get(name) {
+                            Some(Slot::Momentum(b)) => ((b * c.momentum)? + &g)?,
+                            _ => g.clone(),
                         };
                         g = if c.nesterov {
                             (g + (&buf * c.momentum)?)?
                         } else {
                             buf.clone()
                         };
-                        entry.0 = Some(buf.detach());
+                        self.state
+                            .insert(name.clone(), Slot::Momentum(buf.detach()));
                     }
-                    (p - (g * lr)?)?
+                    var.set(&(p - (g * lr)?)?.detach())?;
                 }
-            };
-            var.set(&new_p.detach())?;
+            }
         }
         Ok(norm)
     }
@@ -172,12 +174,15 @@ impl Optimizer {
     /// The state as named tensors (`m.<param>`, `v.<param>`) and the step count.
     pub fn state_tensors(&self) -> (Vec<(String, Tensor)>, u64) {
         let mut out = Vec::new();
-        for (name, (m, v)) in &self.state {
-            if let Some(m) = m {
-                out.push((format!("m.{name}"), m.clone()));
-            }
-            if let Some(v) = v {
-                out.push((format!("v.{name}"), v.clone()));
+        for (name, slot) in &self.state {
+            match slot {
+                Slot::Moments(t) => {
+                    if let (Ok(m), Ok(v)) = (t.get(0), t.get(1)) {
+                        out.push((format!("m.{name}"), m));
+                        out.push((format!("v.{name}"), v));
+                    }
+                }
+                Slot::Momentum(b) => out.push((format!("m.{name}"), b.clone())),
             }
         }
         (out, self.steps)
@@ -202,10 +207,17 @@ impl Optimizer {
                     None => Ok(None),
                 }
             };
-            let (m, v) = (get("m")?, get("v")?);
-            if m.is_some() || v.is_some() {
-                self.state.insert(name.clone(), (m, v));
-            }
+            let slot = match (get("m")?, get("v")?) {
+                (Some(m), Some(v)) => Slot::Moments(Tensor::stack(&[m, v], 0)?),
+                (Some(m), None) => Slot::Momentum(m),
+                (None, Some(_)) => {
+                    return Err(Error::Invalid(format!(
+                        "optimiser state has v.{name} without m.{name}"
+                    )))
+                }
+                (None, None) => continue,
+            };
+            self.state.insert(name.clone(), slot);
         }
         self.steps = steps;
         Ok(())

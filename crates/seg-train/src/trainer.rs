@@ -62,6 +62,92 @@ pub struct TrainConfig {
     pub out_dir: PathBuf,
 }
 
+impl TrainConfig {
+    /// Checks every setting for a value training cannot use (zero sizes,
+    /// non-finite or out-of-range rates, sizes past sane limits), naming the
+    /// setting. Loading data is not part of it.
+    pub fn validate(&self) -> Result<()> {
+        fn bad(msg: String) -> Result<()> {
+            Err(Error::Invalid(msg))
+        }
+        /// Upper bound on any size in pixels or count (keeps products far from overflow).
+        const MAX: usize = 1 << 16;
+        self.model.validate()?;
+        for (name, v) in [
+            ("epochs", self.epochs),
+            ("steps_per_epoch", self.steps_per_epoch),
+            ("batch", self.batch),
+            ("sampler.size", self.sampler.size),
+            ("sliding_window.roi", self.sliding_window.roi),
+            ("sliding_window.batch", self.sliding_window.batch),
+        ] {
+            if v == 0 || v > MAX {
+                return bad(format!("{name} must be between 1 and {MAX}, got {v}"));
+            }
+        }
+        let o = &self.optimizer;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return bad(format!(
+                "optimizer.lr must be a positive number, got {}",
+                o.lr
+            ));
+        }
+        for (name, v) in [
+            ("beta1", o.beta1),
+            ("beta2", o.beta2),
+            ("momentum", o.momentum),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(format!("optimizer.{name} must be in [0, 1), got {v}"));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return bad(format!(
+                "optimizer.eps must be a positive number, got {}",
+                o.eps
+            ));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return bad(format!(
+                "optimizer.weight_decay must be ≥ 0, got {}",
+                o.weight_decay
+            ));
+        }
+        if let Some(c) = o.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!(
+                    "optimizer.clip_grad_norm must be a positive number, got {c}"
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sampler.foreground_ratio) {
+            return bad(format!(
+                "sampler.foreground_ratio must be in [0, 1], got {}",
+                self.sampler.foreground_ratio
+            ));
+        }
+        if !(0.0..1.0).contains(&self.sliding_window.overlap) {
+            return bad(format!(
+                "sliding_window.overlap must be in [0, 1), got {}",
+                self.sliding_window.overlap
+            ));
+        }
+        if let DataSource::Synthetic(s) = &self.data {
+            if s.count == 0 || s.count > 10_000 || s.size < 8 || s.size > 4096 {
+                return bad(format!(
+                    "synthetic data needs 1–10000 images of 8–4096 pixels, got {} of {}",
+                    s.count, s.size
+                ));
+            }
+            if !(s.noise.is_finite() && s.noise >= 0.0) {
+                return bad(format!("synthetic noise must be ≥ 0, got {}", s.noise));
+            }
+        }
+        self.schedule.validate()?;
+        Ok(())
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -336,12 +422,7 @@ impl Trainer {
     /// Prepares a run: loads the data, builds the network (fresh, or from the
     /// run folder's last state when `resume`), and the optimiser.
     pub fn new(cfg: TrainConfig, device: &Device, resume: bool) -> Result<Self> {
-        cfg.model.validate()?;
-        if cfg.batch == 0 || cfg.steps_per_epoch == 0 || cfg.epochs == 0 {
-            return Err(Error::Invalid(
-                "epochs, steps per epoch and batch must be at least 1".into(),
-            ));
-        }
+        cfg.validate()?;
         let (train, val) = load_data(&cfg)?;
         let channels = train[0].channels;
         if channels != cfg.model.in_channels() {
@@ -363,6 +444,13 @@ impl Trainer {
             )));
         }
         std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
+        let stale = seg_core::params::remove_stale_temp_files(&cfg.out_dir);
+        if stale > 0 {
+            tracing::warn!(
+                "removed {stale} unfinished temporary file(s) a killed run left in {}",
+                cfg.out_dir.display()
+            );
+        }
         let paths = RunPaths::new(&cfg.out_dir);
         let net = Network::new(&cfg.model, device, cfg.seed)?;
         let mut opt = Optimizer::new(cfg.optimizer.clone(), net.params().trainable());

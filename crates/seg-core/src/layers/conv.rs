@@ -54,15 +54,14 @@ pub fn conv2d(
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if self.weight.dims()[2] == 1 && self.padding == 0 {
-            pointwise(x, &self.weight)?
-        } else {
-            x.conv2d(&self.weight, self.padding, 1, 1, 1)?
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
+        if self.weight.dims()[2] == 1 && self.padding == 0 && !x.device().is_cpu() {
+            let y = pointwise(x, &self.weight)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+                None => Ok(y),
+            };
         }
+        crate::ops::conv2d(x, &self.weight, self.bias.as_ref(), self.padding)
     }
 }
 
@@ -93,8 +92,7 @@ pub fn conv_transpose2x2(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv_transpose2d(&self.weight, 0, 0, 2, 1)?;
-        y.broadcast_add(&self.bias.reshape((1, self.bias.dim(0)?, 1, 1))?)
+        crate::ops::conv_transpose2x2(x, &self.weight, &self.bias)
     }
 }
 

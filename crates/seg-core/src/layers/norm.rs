@@ -51,10 +51,6 @@ pub fn batch_norm2d(c: usize, vb: VarBuilder) -> Result<BatchNorm2d> {
     })
 }
 
-fn per_channel(t: &Tensor) -> Result<Tensor> {
-    t.reshape((1, t.dim(0)?, 1, 1))
-}
-
 impl ModuleT for BatchNorm2d {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
@@ -78,11 +74,11 @@ impl ModuleT for BatchNorm2d {
             return Ok(y);
         }
         // detached: inference builds no autograd graph through the buffers
-        let mean = per_channel(&self.running_mean.as_tensor().detach())?;
-        let var = per_channel(&self.running_var.as_tensor().detach())?;
-        let scale = ((var + self.eps)?.sqrt()?.recip()? * per_channel(&self.weight)?)?;
-        let shift = (per_channel(&self.bias)? - (&mean * &scale)?)?;
-        x.broadcast_mul(&scale)?.broadcast_add(&shift)
+        let mean = self.running_mean.as_tensor().detach();
+        let var = self.running_var.as_tensor().detach();
+        let scale = ((var + self.eps)?.sqrt()?.recip()? * &self.weight)?;
+        let shift = (&self.bias - (&mean * &scale)?)?;
+        crate::ops::channel_affine(x, &scale, &shift)
     }
 }
 

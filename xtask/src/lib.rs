@@ -1,0 +1,6 @@
+//! The workspace tasks as a library (the `xtask` binary's commands, and the
+//! fetch-drive zip reader that `fuzz/` exercises).
+
+pub mod bench;
+pub mod fetch;
+pub mod layers;
