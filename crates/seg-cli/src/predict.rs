@@ -101,64 +101,68 @@ pub fn run(a: PredictArgs) -> Result<()> {
     );
     for path in &files {
         bar.set_message(stem(path));
-        let vol = if path.is_dir() {
-            dicom::read_series(path, None)?
-        } else {
-            read_any(path)?
-        };
-        let name = stem(path);
-        if vol.format == Format::Image {
-            let (h, w) = (vol.shape[0], vol.shape[1]);
-            let fov = match fovs.get(&case_id(path)) {
-                Some(p) => {
-                    let m = read_mask(p)?;
-                    if (m.height, m.width) != (h, w) {
-                        bail!(
-                            "{}: FOV {}x{} does not match the image {h}x{w}",
-                            p.display(),
-                            m.height,
-                            m.width
-                        );
-                    }
-                    Some(m.data)
-                }
-                None => None,
-            };
-            let (img, c) = info
-                .preprocess
-                .apply_image(&vol, fov.as_deref())
-                .with_context(|| format!("preprocessing {}", path.display()))?;
-            if c != in_ch {
-                bail!(
-                    "{}: {c} channel(s) after preprocessing, the model expects {in_ch}",
-                    path.display()
-                );
-            }
-            let (probs, oc) = predict(&model, &img, c, h, w, &sw, &device)?;
-            let mut p: Vec<f32> = if oc == 1 {
-                probs
+        (|| -> Result<()> {
+            let vol = if path.is_dir() {
+                dicom::read_series(path, None)?
             } else {
-                probs[h * w..2 * h * w].to_vec()
+                read_any(path)?
             };
-            if let Some(f) = &fov {
-                p.iter_mut().zip(f).for_each(|(v, &m)| {
-                    if m == 0 {
-                        *v = 0.0
+            let name = stem(path);
+            if vol.format == Format::Image {
+                let (h, w) = (vol.shape[0], vol.shape[1]);
+                let fov = match fovs.get(&case_id(path)) {
+                    Some(p) => {
+                        let m = read_mask(p)?;
+                        if (m.height, m.width) != (h, w) {
+                            bail!(
+                                "{}: FOV {}x{} does not match the image {h}x{w}",
+                                p.display(),
+                                m.height,
+                                m.width
+                            );
+                        }
+                        Some(m.data)
                     }
-                });
+                    None => None,
+                };
+                let (img, c) = info
+                    .preprocess
+                    .apply_image(&vol, fov.as_deref())
+                    .with_context(|| format!("preprocessing {}", path.display()))?;
+                if c != in_ch {
+                    bail!(
+                        "{}: {c} channel(s) after preprocessing, the model expects {in_ch}",
+                        path.display()
+                    );
+                }
+                let (probs, oc) = predict(&model, &img, c, h, w, &sw, &device)?;
+                let mut p: Vec<f32> = if oc == 1 {
+                    probs
+                } else {
+                    probs[h * w..2 * h * w].to_vec()
+                };
+                if let Some(f) = &fov {
+                    p.iter_mut().zip(f).for_each(|(v, &m)| {
+                        if m == 0 {
+                            *v = 0.0
+                        }
+                    });
+                }
+                write_probability_png(&a.output.join(format!("{name}.png")), h, w, &p)?;
+                let mask = Mask {
+                    height: h,
+                    width: w,
+                    data: p.iter().map(|&v| (v >= threshold) as u8).collect(),
+                };
+                write_mask_png(&a.output.join("masks").join(format!("{name}.png")), &mask)?;
+            } else {
+                predict_volume(
+                    &vol, &model, in_ch, &info, &sw, threshold, &device, &a.output, &name,
+                )?;
             }
-            write_probability_png(&a.output.join(format!("{name}.png")), h, w, &p)?;
-            let mask = Mask {
-                height: h,
-                width: w,
-                data: p.iter().map(|&v| (v >= threshold) as u8).collect(),
-            };
-            write_mask_png(&a.output.join("masks").join(format!("{name}.png")), &mask)?;
-        } else {
-            predict_volume(
-                &vol, &model, in_ch, &info, &sw, threshold, &device, &a.output, &name,
-            )?;
-        }
+            Ok(())
+        })()
+        .with_context(|| path.display().to_string())?;
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TRAIN_ARGS: &[&str] = &[
-    "train", "--model", "unet", "--base", "2", "--epochs", "6", "--steps", "12", "--batch", "2",
+    "train", "--model", "unet", "--base", "4", "--epochs", "6", "--steps", "40", "--batch", "4",
     "--patch", "32", "--val", "1",
 ];
 
@@ -117,7 +117,7 @@ fn sigkill_at_random_points_and_mid_write_then_resume_matches_an_uninterrupted_r
         s = s
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let frac = 0.15 + 0.5 * ((s >> 33) as f64 / (1u64 << 31) as f64);
+        let frac = 0.1 + 0.3 * ((s >> 33) as f64 / (1u64 << 31) as f64);
         let mut child = start(&data, &run);
         std::thread::sleep(full.mul_f64(frac));
         if child.try_wait().unwrap().is_none() {
@@ -126,7 +126,10 @@ fn sigkill_at_random_points_and_mid_write_then_resume_matches_an_uninterrupted_r
         }
         check_loads(&run);
     }
-    assert!(kills >= 2, "the run finished before it could be killed");
+    assert!(
+        kills >= 2,
+        "the run finished before it could be killed ({kills} kills; uninterrupted run {full:?})"
+    );
 
     // killed halfway through writing a checkpoint
     let mut child = train(&data, &run, run.join("last.state.safetensors").is_file())
