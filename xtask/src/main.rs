@@ -5,6 +5,10 @@
 
 use xtask::{bench, fetch, layers};
 
+/// The same allocator as seg-cli, so that `bench` measures what users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 

@@ -13,6 +13,12 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the tensor code allocates and frees many activation-sized
+/// buffers per training step; the system allocator returns them to the OS
+/// and page-faults them back in each time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Medical image segmentation with the U-Net family: U-Net, ResUNet,
 /// Attention U-Net and UNet++, on CPU or GPU.
 #[derive(Parser, Debug)]

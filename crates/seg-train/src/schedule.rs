@@ -58,7 +58,7 @@ impl Schedule {
                 Ok(())
             }
             Self::ReduceOnPlateau { factor, min_lr, .. } => {
-                if !(factor > 0.0 && factor < 1.0) || !(min_lr.is_finite() && min_lr >= 0.0) {
+                if !(factor > 0.0 && factor < 1.0 && min_lr.is_finite() && min_lr >= 0.0) {
                     return bad(format!(
                         "reduce-on-plateau needs 0 < factor < 1 and min_lr ≥ 0 (got {factor}, {min_lr})"
                     ));

@@ -195,10 +195,7 @@ pub fn sum_squares(x: &Tensor) -> Result<f64> {
             return Ok(parts.iter().sum());
         }
     }
-    Ok(x.to_dtype(DType::F64)?
-        .sqr()?
-        .sum_all()?
-        .to_scalar::<f64>()?)
+    x.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()
 }
 
 #[cfg(test)]

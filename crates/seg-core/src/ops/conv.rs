@@ -2,19 +2,23 @@
 //! (any padding up to k − 1) and the 2×2 stride-2 transposed convolution,
 //! each a custom op with its own backward pass.
 //!
-//! The convolution works on chunks of output pixels, numbered across the
-//! whole batch (image-major), so a chunk may span images and deep, small
-//! layers still give the matrix multiply wide blocks. For each chunk it
-//! gathers the k·k·C input values of every pixel into a column matrix
-//! (`im2col`, row by row with `memcpy`-sized copies) and multiplies the
-//! (O × k·k·C) weight matrix by it with the `gemm` crate; chunks run in
-//! parallel on rayon. The backward pass needs no scatter:
+//! The convolution works through the batch's output pixels (numbered across
+//! the whole batch, image-major) in chunks: part of one image, or a run of
+//! whole small images so that deep, small layers still give the matrix
+//! multiply wide blocks. For each chunk it gathers the k·k·C input values of
+//! every pixel into a column matrix (`im2col`, row by row with
+//! `memcpy`-sized copies, rows in parallel) and multiplies the (O × k·k·C)
+//! weight matrix by it with the `gemm` crate, which runs on all rayon
+//! threads; a chunk inside one image is written straight into the NCHW
+//! output. The backward pass needs no scatter:
 //! - the input gradient is a forward convolution of the output gradient with
 //!   the kernel flipped in space and its channel axes swapped, padding
 //!   k − 1 − p;
-//! - the weight gradient is one long product over all N·H·W pixels,
-//!   dW = dY · colsᵀ (each parallel task sums its chunks, then the tasks'
-//!   sums are added), computed in the same pass as the bias gradient.
+//! - the weight gradient is one long product accumulated over all N·H·W
+//!   pixels, dW += dY · colsᵀ, chunk after chunk.
+//!
+//! Every output element is one dot product computed by one thread in a fixed
+//! order, so results do not depend on thread scheduling.
 //!
 //! The transposed 2×2/2 convolution is a product (4·O × C) · (C × pixels)
 //! followed by a pixel shuffle into the doubled image; its backward is the
@@ -25,24 +29,40 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-/// Floats of the column matrix a chunk aims for (4 MiB).
-const COLS_FLOATS: usize = 1 << 20;
+/// Floats a chunk's column matrix (and its output tile) aims for (16 MiB;
+/// small in unit tests, so that they split images into several chunks).
+const CHUNK_FLOATS: usize = if cfg!(test) { 1 << 12 } else { 1 << 22 };
 
-/// Fewest pixels in a chunk when there is enough work (narrower products
-/// waste the packing of the weight matrix).
+/// Fewest pixels in a chunk (narrower products waste the packing of the
+/// weight matrix).
 const MIN_CHUNK: usize = 256;
 
 /// A raw pointer the parallel tasks write through, each to its own disjoint
 /// set of elements.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
-// SAFETY: every user writes only to elements no other task touches (the
-// output pixels of its own chunk), and the buffer outlives the parallel loop.
+// SAFETY: every user writes only to elements no other task touches, and the
+// buffer outlives the parallel loop.
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the whole wrapper,
+    /// which is `Sync`, rather than its raw-pointer field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
 /// `dst (m×n, row stride dst_rs) (+)= lhs (m×k) · rhs (k×n)`, with general
-/// strides (row stride, column stride) for each operand.
+/// (row stride, column stride) for each operand; on all threads if `par`.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     m: usize,
@@ -55,7 +75,7 @@ fn matmul(
     lhs_strides: (usize, usize),
     rhs: &[f32],
     rhs_strides: (usize, usize),
-    par: Parallelism,
+    par: bool,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -97,7 +117,7 @@ fn matmul(
             false,
             false,
             false,
-            par,
+            if par { threads() } else { Parallelism::None },
         )
     }
 }
@@ -152,16 +172,36 @@ impl Geom {
     }
 }
 
-/// Chunks `[start, end)` of `total` pixels, sized for a column matrix of
-/// `rows` rows and so that every thread gets work.
-fn chunks(total: usize, rows: usize) -> Vec<(usize, usize)> {
-    let threads = rayon::current_num_threads().max(1);
-    let by_cache = (COLS_FLOATS / rows.max(1)).max(MIN_CHUNK);
-    let by_balance = total.div_ceil(2 * threads).max(64);
-    let len = by_cache.min(by_balance).max(1);
-    (0..total.div_ceil(len))
-        .map(|i| (i * len, ((i + 1) * len).min(total)))
-        .collect()
+/// Chunks `[start, end)` of `n` images of `hw` pixels each, for a column
+/// matrix of `rows` rows and an output tile of `out_rows` rows: equal parts
+/// of one image, or runs of whole images.
+fn chunks(n: usize, hw: usize, rows: usize, out_rows: usize) -> Vec<(usize, usize)> {
+    let target = (CHUNK_FLOATS / rows.max(out_rows).max(1)).max(MIN_CHUNK);
+    let mut v = Vec::new();
+    if hw == 0 || n == 0 {
+        return v;
+    }
+    if hw >= target {
+        let parts = hw.div_ceil(target);
+        let len = hw.div_ceil(parts);
+        for img in 0..n {
+            let mut s = 0;
+            while s < hw {
+                let e = (s + len).min(hw);
+                v.push((img * hw + s, img * hw + e));
+                s = e;
+            }
+        }
+    } else {
+        let per = (target / hw).max(1);
+        let mut i = 0;
+        while i < n {
+            let e = (i + per).min(n);
+            v.push((i * hw, e * hw));
+            i = e;
+        }
+    }
+    v
 }
 
 /// Walks the output pixels `[start, end)` as row segments:
@@ -184,98 +224,118 @@ fn segments(
 }
 
 /// Fills `cols` (kk × len, row-major) with the input values the output
-/// pixels `[start, start + len)` see.
-fn im2col(x: &[f32], g: &Geom, start: usize, len: usize, cols: &mut [f32]) {
-    let (k, p) = (g.k as isize, g.p as isize);
-    segments(g, start, start + len, |off, img, oy, ox, seg| {
-        for ci in 0..g.c {
-            let plane = &x[(img * g.c + ci) * g.h * g.w..][..g.h * g.w];
-            for ky in 0..k {
-                let iy = oy as isize + ky - p;
-                for kx in 0..k {
-                    let r = ((ci as isize * k + ky) * k + kx) as usize;
-                    let dst = &mut cols[r * len + off..r * len + off + seg];
-                    if iy < 0 || iy >= g.h as isize {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let row = &plane[iy as usize * g.w..][..g.w];
-                    // input column of dst[j] is ox + j + shift
-                    let first = ox as isize + kx - p;
-                    let lo = (-first).clamp(0, seg as isize) as usize;
-                    let hi = (g.w as isize - first).clamp(lo as isize, seg as isize) as usize;
-                    dst[..lo].fill(0.0);
-                    if hi > lo {
-                        let a = (first + lo as isize) as usize;
-                        dst[lo..hi].copy_from_slice(&row[a..a + hi - lo]);
-                    }
-                    dst[hi..].fill(0.0);
-                }
+/// pixels `[start, start + len)` see; rows in parallel.
+fn im2col(x: &[f32], g: &Geom, start: usize, len: usize, cols: &mut [f32], par: bool) {
+    let p = g.p as isize;
+    let fill_row = |(r, dst_row): (usize, &mut [f32])| {
+        let ci = r / (g.k * g.k);
+        let (ky, kx) = (((r / g.k) % g.k) as isize, (r % g.k) as isize);
+        segments(g, start, start + len, |off, img, oy, ox, seg| {
+            let dst = &mut dst_row[off..off + seg];
+            let iy = oy as isize + ky - p;
+            if iy < 0 || iy >= g.h as isize {
+                dst.fill(0.0);
+                return;
             }
-        }
-    });
+            let row = &x[((img * g.c + ci) * g.h + iy as usize) * g.w..][..g.w];
+            // input column of dst[j] is first + j
+            let first = ox as isize + kx - p;
+            let lo = (-first).clamp(0, seg as isize) as usize;
+            let hi = (g.w as isize - first).clamp(lo as isize, seg as isize) as usize;
+            dst[..lo].fill(0.0);
+            if hi > lo {
+                let a = (first + lo as isize) as usize;
+                dst[lo..hi].copy_from_slice(&row[a..a + hi - lo]);
+            }
+            dst[hi..].fill(0.0);
+        });
+    };
+    let rows = cols[..g.kk() * len].chunks_mut(len.max(1));
+    if par {
+        rows.collect::<Vec<_>>()
+            .into_par_iter()
+            .enumerate()
+            .for_each(fill_row);
+    } else {
+        rows.enumerate().for_each(fill_row);
+    }
 }
 
-/// Stride-1 convolution of NCHW `x` with the (O × kk) weight matrix `wt`,
-/// plus an optional bias: returns NCHW (n, o, ho, wo).
-fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Geom) -> Vec<f32> {
-    let (hw, kk, o) = (g.out_pixels(), g.kk(), g.o);
-    let mut out = vec![0f32; g.n * o * hw];
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    chunks(g.n * hw, kk).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(cols, tile): &mut (Vec<f32>, Vec<f32>), (start, end)| {
-            let len = end - start;
-            cols.resize(kk * len, 0.0);
-            tile.resize(o * len, 0.0);
-            im2col(x, g, start, len, cols);
-            matmul(
-                o,
-                len,
-                kk,
-                tile,
-                len,
-                false,
-                wt,
-                (kk, 1),
-                cols,
-                (len, 1),
-                Parallelism::None,
-            );
-            let out_ptr = out_ptr;
-            segments(g, start, end, |off, img, oy, ox, seg| {
-                let pix = oy * g.wo + ox;
-                for oc in 0..o {
-                    let b = bias.map_or(0.0, |b| b[oc]);
-                    let src = &tile[oc * len + off..][..seg];
-                    // SAFETY: these `seg` outputs belong to this chunk alone,
-                    // and lie inside `out` ((img, oc, pix..pix+seg) < n·o·hw).
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            out_ptr.0.add((img * o + oc) * hw + pix),
-                            seg,
-                        )
-                    };
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d = s + b;
-                    }
-                }
-            });
-        },
-    );
-    out
+/// Copies channel rows of whole images `[start, end)` (a multiple of `hw`)
+/// between an NCHW tensor with `ch` channels and a (ch × len) tile.
+fn tile_to_nchw(tile: &[f32], out: &mut [f32], ch: usize, hw: usize, start: usize, end: usize) {
+    let len = end - start;
+    let img0 = start / hw;
+    let region = &mut out[img0 * ch * hw..(end / hw) * ch * hw];
+    region
+        .par_chunks_mut(hw)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let (i, c) = (plane / ch, plane % ch);
+            dst.copy_from_slice(&tile[c * len + i * hw..][..hw]);
+        });
 }
 
-/// Runs `step` over the chunks in a fixed number of contiguous groups (four
+fn nchw_to_tile(src: &[f32], tile: &mut [f32], ch: usize, hw: usize, start: usize, end: usize) {
+    let len = end - start;
+    let img0 = start / hw;
+    tile[..ch * len]
+        .par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(c, row)| {
+            for (i, dst) in row.chunks_mut(hw).enumerate() {
+                dst.copy_from_slice(&src[((img0 + i) * ch + c) * hw..][..hw]);
+            }
+        });
+}
+
+/// Where a chunk's channel rows are in an NCHW tensor of `ch` channels:
+/// `Some(offset)` (rows `hw` apart) when the chunk lies inside one image.
+fn in_one_image(start: usize, end: usize, ch: usize, hw: usize) -> Option<usize> {
+    let (img, pix) = (start / hw, start % hw);
+    (end <= (img + 1) * hw).then_some(img * ch * hw + pix)
+}
+
+/// Floats of a column matrix that stays in one core's L2 cache (1 MiB;
+/// small in unit tests, so that they take this path too).
+const L2_FLOATS: usize = if cfg!(test) { 1 << 11 } else { 1 << 18 };
+
+/// Fewest pixels per chunk in the parallel-chunks mode.
+const MIN_PAR_CHUNK: usize = if cfg!(test) { 16 } else { 128 };
+
+/// Chunks of `total` batch-wide pixels for the parallel-chunks mode (each
+/// task works on one chunk with a single-threaded product, its column matrix
+/// in cache), or `None` when the layer has too few pixels for its width and
+/// is better served by a few big chunks and multithreaded products.
+fn parallel_chunks(total: usize, rows: usize) -> Option<Vec<(usize, usize)>> {
+    let threads = rayon::current_num_threads();
+    if threads < 2 {
+        return None;
+    }
+    let mut len = L2_FLOATS / rows.max(1);
+    if total < 4 * threads * len {
+        len = len.min(total / (2 * threads));
+    }
+    if len < MIN_PAR_CHUNK {
+        return None;
+    }
+    Some(
+        (0..total.div_ceil(len))
+            .map(|i| (i * len, ((i + 1) * len).min(total)))
+            .collect(),
+    )
+}
+
+/// Runs `step` over the chunks in a fixed number of contiguous groups (two
 /// per thread), the groups in parallel and each group's chunks in order, and
-/// returns each group's state in group order. Sums built this way do not
-/// depend on thread scheduling, and the partial sums' memory stays bounded.
+/// returns each group's state in group order: sums built this way do not
+/// depend on thread scheduling, and their memory stays bounded.
 fn grouped<T: Send>(
     chunks: &[(usize, usize)],
     init: impl Fn() -> T + Sync,
     step: impl Fn(&mut T, (usize, usize)) + Sync,
 ) -> Vec<T> {
-    let groups = (4 * rayon::current_num_threads().max(1))
+    let groups = (2 * rayon::current_num_threads().max(1))
         .min(chunks.len())
         .max(1);
     let per = chunks.len().div_ceil(groups).max(1);
@@ -291,40 +351,83 @@ fn grouped<T: Send>(
         .collect()
 }
 
-/// Adds up per-group partial sums in group order (so that results do not
-/// depend on thread scheduling), parallel over the elements.
-fn sum_in_order(
-    parts: Vec<(Vec<f32>, Vec<f64>)>,
-    len: usize,
-    len64: usize,
-) -> (Vec<f32>, Vec<f64>) {
+/// The element-wise sum of equal-length vectors, added in their order.
+fn sum_in_order(parts: &[Vec<f32>], len: usize) -> Vec<f32> {
     let mut a = vec![0f32; len];
     a.par_chunks_mut(4096).enumerate().for_each(|(i, dst)| {
-        for (w, _) in &parts {
-            for (d, s) in dst.iter_mut().zip(&w[i * 4096..]) {
+        for p in parts {
+            for (d, s) in dst.iter_mut().zip(&p[i * 4096..]) {
                 *d += s;
             }
         }
     });
-    let mut b = vec![0f64; len64];
-    for (_, p) in &parts {
-        b.iter_mut().zip(p).for_each(|(d, s)| *d += s);
-    }
-    (a, b)
+    a
 }
 
-/// Weight and bias gradients: returns (dW as O × kk, dB of length O).
-fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> (Vec<f32>, Vec<f64>) {
+/// [`conv_forward`] in the parallel-chunks mode.
+fn conv_forward_par(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    g: &Geom,
+    chunks: Vec<(usize, usize)>,
+) -> Vec<f32> {
     let (hw, kk, o) = (g.out_pixels(), g.kk(), g.o);
-    type State = (Vec<f32>, Vec<f64>, Vec<f32>, Vec<f32>);
-    let parts: Vec<State> = grouped(
-        &chunks(g.n * hw, kk),
-        || (vec![0f32; o * kk], vec![0f64; o], Vec::new(), Vec::new()),
-        |(dw, db, cols, tile): &mut State, (start, end)| {
+    let mut out = vec![0f32; g.n * o * hw];
+    let out_len = out.len();
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    chunks.into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(cols, tile): &mut (Vec<f32>, Vec<f32>), (start, end)| {
             let len = end - start;
             cols.resize(kk * len, 0.0);
             tile.resize(o * len, 0.0);
-            im2col(x, g, start, len, cols);
+            im2col(x, g, start, len, cols, false);
+            matmul(
+                o,
+                len,
+                kk,
+                tile,
+                len,
+                false,
+                wt,
+                (kk, 1),
+                cols,
+                (len, 1),
+                false,
+            );
+            segments(g, start, end, |off, img, oy, ox, seg| {
+                let pix = oy * g.wo + ox;
+                for oc in 0..o {
+                    let b = bias.map_or(0.0, |b| b[oc]);
+                    let src = &tile[oc * len + off..][..seg];
+                    let at = (img * o + oc) * hw + pix;
+                    assert!(at + seg <= out_len);
+                    // SAFETY: in bounds (checked); these outputs belong to
+                    // this chunk alone.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(at), seg) };
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d = s + b;
+                    }
+                }
+            });
+        },
+    );
+    out
+}
+
+/// The weight gradient in the parallel-chunks mode (O × kk).
+fn conv_weight_grad_par(x: &[f32], dy: &[f32], g: &Geom, chunks: &[(usize, usize)]) -> Vec<f32> {
+    let (hw, kk, o) = (g.out_pixels(), g.kk(), g.o);
+    type State = (Vec<f32>, Vec<f32>, Vec<f32>);
+    let parts: Vec<State> = grouped(
+        chunks,
+        || (vec![0f32; o * kk], Vec::new(), Vec::new()),
+        |(dw, cols, tile): &mut State, (start, end)| {
+            let len = end - start;
+            cols.resize(kk * len, 0.0);
+            tile.resize(o * len, 0.0);
+            im2col(x, g, start, len, cols, false);
             segments(g, start, end, |off, img, oy, ox, seg| {
                 let pix = oy * g.wo + ox;
                 for oc in 0..o {
@@ -332,12 +435,6 @@ fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> (Vec<f32>, Vec<f64>) {
                         .copy_from_slice(&dy[(img * o + oc) * hw + pix..][..seg]);
                 }
             });
-            for (oc, acc) in db.iter_mut().enumerate() {
-                *acc += tile[oc * len..(oc + 1) * len]
-                    .iter()
-                    .map(|&v| v as f64)
-                    .sum::<f64>();
-            }
             // dW (o × kk) += tile (o × len) · colsᵀ (len × kk)
             matmul(
                 o,
@@ -350,12 +447,139 @@ fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> (Vec<f32>, Vec<f64>) {
                 (len, 1),
                 cols,
                 (1, len),
-                Parallelism::None,
+                false,
             );
         },
     );
-    let parts = parts.into_iter().map(|(dw, db, ..)| (dw, db)).collect();
-    sum_in_order(parts, o * kk, o)
+    let parts: Vec<Vec<f32>> = parts.into_iter().map(|(dw, ..)| dw).collect();
+    sum_in_order(&parts, o * kk)
+}
+
+/// Stride-1 convolution of NCHW `x` with the (O × kk) weight matrix `wt`,
+/// plus an optional bias: returns NCHW (n, o, ho, wo).
+fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Geom) -> Vec<f32> {
+    let (hw, kk, o) = (g.out_pixels(), g.kk(), g.o);
+    if let Some(chunks) = parallel_chunks(g.n * hw, kk) {
+        return conv_forward_par(x, wt, bias, g, chunks);
+    }
+    let mut out = vec![0f32; g.n * o * hw];
+    let (mut cols, mut tile) = (Vec::new(), Vec::new());
+    for (start, end) in chunks(g.n, hw, kk, o) {
+        let len = end - start;
+        cols.resize(kk * len, 0.0);
+        im2col(x, g, start, len, &mut cols, true);
+        match in_one_image(start, end, o, hw) {
+            Some(off) => {
+                let dst = &mut out[off..];
+                matmul(
+                    o,
+                    len,
+                    kk,
+                    dst,
+                    hw,
+                    false,
+                    wt,
+                    (kk, 1),
+                    &cols,
+                    (len, 1),
+                    true,
+                );
+            }
+            None => {
+                tile.resize(o * len, 0.0);
+                matmul(
+                    o,
+                    len,
+                    kk,
+                    &mut tile,
+                    len,
+                    false,
+                    wt,
+                    (kk, 1),
+                    &cols,
+                    (len, 1),
+                    true,
+                );
+                tile_to_nchw(&tile, &mut out, o, hw, start, end);
+            }
+        }
+    }
+    if let Some(b) = bias {
+        out.par_chunks_mut(hw.max(1))
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let v = b[plane % o];
+                dst.iter_mut().for_each(|d| *d += v);
+            });
+    }
+    out
+}
+
+/// Per-channel sums of an NCHW tensor, in f64 (the bias gradient).
+fn channel_sums(dy: &[f32], n: usize, ch: usize, hw: usize) -> Vec<f64> {
+    (0..ch)
+        .into_par_iter()
+        .map(|c| {
+            (0..n)
+                .map(|i| {
+                    dy[(i * ch + c) * hw..][..hw]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .sum::<f64>()
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// Weight and bias gradients: returns (dW as O × kk, dB of length O).
+fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> (Vec<f32>, Vec<f64>) {
+    let (hw, kk, o) = (g.out_pixels(), g.kk(), g.o);
+    if let Some(chunks) = parallel_chunks(g.n * hw, kk) {
+        let dw = conv_weight_grad_par(x, dy, g, &chunks);
+        return (dw, channel_sums(dy, g.n, o, hw));
+    }
+    let mut dw = vec![0f32; o * kk];
+    let (mut cols, mut tile) = (Vec::new(), Vec::new());
+    for (start, end) in chunks(g.n, hw, kk, o) {
+        let len = end - start;
+        cols.resize(kk * len, 0.0);
+        im2col(x, g, start, len, &mut cols, true);
+        // dW (o × kk) += dY (o × len) · colsᵀ (len × kk)
+        match in_one_image(start, end, o, hw) {
+            Some(off) => matmul(
+                o,
+                kk,
+                len,
+                &mut dw,
+                kk,
+                true,
+                &dy[off..],
+                (hw, 1),
+                &cols,
+                (1, len),
+                true,
+            ),
+            None => {
+                tile.resize(o * len, 0.0);
+                nchw_to_tile(dy, &mut tile, o, hw, start, end);
+                matmul(
+                    o,
+                    kk,
+                    len,
+                    &mut dw,
+                    kk,
+                    true,
+                    &tile,
+                    (len, 1),
+                    &cols,
+                    (1, len),
+                    true,
+                );
+            }
+        }
+    }
+    (dw, channel_sums(dy, g.n, o, hw))
 }
 
 /// The kernel of the input gradient: flipped in space with the channel axes
@@ -637,156 +861,176 @@ impl UpGeom {
         Ok(Self { n, c, h, w, o })
     }
 
-    fn chunks(&self) -> Vec<(usize, usize)> {
-        chunks(self.n * self.h * self.w, self.c.max(4 * self.o))
+    fn hw(&self) -> usize {
+        self.h * self.w
     }
 
-    /// Copies the input pixels `[start, end)` (batch-wide numbering) of the
-    /// NCHW tensor `src` with `ch` channels into `tile` (ch × len).
-    fn gather(&self, src: &[f32], ch: usize, start: usize, end: usize, tile: &mut Vec<f32>) {
-        let (hw, len) = (self.h * self.w, end - start);
-        tile.resize(ch * len, 0.0);
-        let mut pos = start;
-        while pos < end {
-            let (img, pix) = (pos / hw, pos % hw);
-            let seg = (hw - pix).min(end - pos);
-            for c in 0..ch {
-                tile[c * len + pos - start..][..seg]
-                    .copy_from_slice(&src[(img * ch + c) * hw + pix..][..seg]);
-            }
-            pos += seg;
-        }
+    fn chunks(&self) -> Vec<(usize, usize)> {
+        chunks(self.n, self.hw(), self.c, 4 * self.o)
+    }
+
+    /// Visits every output pixel of the chunk `[start, end)` of input
+    /// pixels, one parallel task per (image, channel) plane:
+    /// `f(row_of_z_matrix_times_len_plus_j, index_in_doubled_image, channel)`.
+    /// Row `oc·4 + a·2 + b` of the (4·O × len) matrix holds output pixel
+    /// (2y + a, 2x + b) of channel `oc` for input pixel `start + j`.
+    fn each_pixel(&self, start: usize, end: usize, f: impl Fn(usize, usize, usize) + Sync) {
+        let (hw, len) = (self.hw(), end - start);
+        let (w2, h2) = (2 * self.w, 2 * self.h);
+        let (first, last) = (start / hw, (end - 1) / hw);
+        (first..=last)
+            .flat_map(|i| (0..self.o).map(move |oc| (i, oc)))
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(|(i, oc)| {
+                for pos in start.max(i * hw)..end.min((i + 1) * hw) {
+                    let (pix, j) = (pos - i * hw, pos - start);
+                    let (y, x) = (pix / self.w, pix % self.w);
+                    let base = (i * self.o + oc) * h2 * w2 + 2 * y * w2 + 2 * x;
+                    for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        f((oc * 4 + a * 2 + b) * len + j, base + a * w2 + b, oc);
+                    }
+                }
+            });
+    }
+
+    /// Matrix → doubled image (adding the bias).
+    fn scatter(&self, z: &[f32], img: &mut [f32], start: usize, end: usize, bias: &[f32]) {
+        let il = img.len();
+        let ip = SharedMut(img.as_mut_ptr());
+        self.each_pixel(start, end, |zi, ii, oc| {
+            assert!(ii < il);
+            // SAFETY: in bounds (checked); each image element is written by
+            // the one task of its (image, channel) plane.
+            unsafe { *ip.ptr().add(ii) = z[zi] + bias[oc] };
+        });
+    }
+
+    /// Doubled image → matrix.
+    fn gather(&self, img: &[f32], z: &mut [f32], start: usize, end: usize) {
+        let zl = z.len();
+        let zp = SharedMut(z.as_mut_ptr());
+        self.each_pixel(start, end, |zi, ii, _| {
+            assert!(zi < zl);
+            // SAFETY: in bounds (checked); each matrix element belongs to
+            // one (image, channel) plane, visited by one task.
+            unsafe { *zp.ptr().add(zi) = img[ii] };
+        });
     }
 }
 
 fn up_forward(x: &[f32], wt: &[f32], bias: &[f32], g: &UpGeom) -> Vec<f32> {
-    let (hw, o4) = (g.h * g.w, 4 * g.o);
-    let (h2, w2) = (2 * g.h, 2 * g.w);
-    let mut out = vec![0f32; g.n * g.o * h2 * w2];
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    g.chunks().into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(xt, z): &mut (Vec<f32>, Vec<f32>), (start, end)| {
-            let len = end - start;
-            g.gather(x, g.c, start, end, xt);
-            z.resize(o4 * len, 0.0);
-            // z (4O × len) = Wᵀ (4O × C) · x (C × len); W is (C × 4O) row-major
-            matmul(
+    let (hw, o4, c) = (g.hw(), 4 * g.o, g.c);
+    let mut out = vec![0f32; g.n * g.o * hw * 4];
+    let (mut xt, mut z) = (Vec::new(), Vec::new());
+    for (start, end) in g.chunks() {
+        let len = end - start;
+        z.resize(o4 * len, 0.0);
+        // z (4O × len) = Wᵀ (4O × C) · x (C × len); W is (C × 4O) row-major
+        match in_one_image(start, end, c, hw) {
+            Some(off) => matmul(
                 o4,
                 len,
-                g.c,
-                z,
+                c,
+                &mut z,
                 len,
                 false,
                 wt,
                 (1, o4),
-                xt,
-                (len, 1),
-                Parallelism::None,
-            );
-            let out_ptr = out_ptr;
-            for (j, pos) in (start..end).enumerate() {
-                let (img, pix) = (pos / hw, pos % hw);
-                let (y, x) = (pix / g.w, pix % g.w);
-                for oc in 0..g.o {
-                    let base = (img * g.o + oc) * h2 * w2 + 2 * y * w2 + 2 * x;
-                    for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                        let v = z[(oc * 4 + a * 2 + b) * len + j] + bias[oc];
-                        // SAFETY: output pixel (2y+a, 2x+b) of input pixel
-                        // `pos` is written by this chunk only, and is in range.
-                        unsafe { *out_ptr.0.add(base + a * w2 + b) = v };
-                    }
-                }
+                &x[off..],
+                (hw, 1),
+                true,
+            ),
+            None => {
+                xt.resize(c * len, 0.0);
+                nchw_to_tile(x, &mut xt, c, hw, start, end);
+                matmul(
+                    o4,
+                    len,
+                    c,
+                    &mut z,
+                    len,
+                    false,
+                    wt,
+                    (1, o4),
+                    &xt,
+                    (len, 1),
+                    true,
+                );
             }
-        },
-    );
+        }
+        g.scatter(&z, &mut out, start, end, bias);
+    }
     out
 }
 
 /// (dx, [dW flattened, dB]) of the transposed convolution.
 fn up_backward(x: &[f32], wt: &[f32], dy: &[f32], g: &UpGeom) -> (Vec<f32>, Vec<f32>) {
-    let (hw, o4, c) = (g.h * g.w, 4 * g.o, g.c);
-    let (h2, w2) = (2 * g.h, 2 * g.w);
+    let (hw, o4, c) = (g.hw(), 4 * g.o, g.c);
     let mut dx = vec![0f32; g.n * c * hw];
-    let dx_ptr = SharedMut(dx.as_mut_ptr());
-    type State = (Vec<f32>, Vec<f64>, Vec<f32>, Vec<f32>, Vec<f32>);
-    let parts: Vec<State> = grouped(
-        &g.chunks(),
-        || {
-            (
-                vec![0f32; c * o4],
-                vec![0f64; g.o],
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-            )
-        },
-        |(dw, db, xt, dz, dxt): &mut State, (start, end)| {
-            let len = end - start;
-            g.gather(x, c, start, end, xt);
-            dz.resize(o4 * len, 0.0);
-            for (j, pos) in (start..end).enumerate() {
-                let (img, pix) = (pos / hw, pos % hw);
-                let (y, xx) = (pix / g.w, pix % g.w);
-                for (oc, acc) in db.iter_mut().enumerate() {
-                    let base = (img * g.o + oc) * h2 * w2 + 2 * y * w2 + 2 * xx;
-                    for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                        let v = dy[base + a * w2 + b];
-                        dz[(oc * 4 + a * 2 + b) * len + j] = v;
-                        *acc += v as f64;
-                    }
-                }
+    let mut dw = vec![0f32; c * o4];
+    let (mut xt, mut dz, mut dxt) = (Vec::new(), Vec::new(), Vec::new());
+    for (start, end) in g.chunks() {
+        let len = end - start;
+        dz.resize(o4 * len, 0.0);
+        g.gather(dy, &mut dz, start, end);
+        let xs: (&[f32], (usize, usize)) = match in_one_image(start, end, c, hw) {
+            Some(off) => {
+                // dx (C × len) = W (C × 4O) · dz (4O × len), straight into dx
+                matmul(
+                    c,
+                    len,
+                    o4,
+                    &mut dx[off..],
+                    hw,
+                    false,
+                    wt,
+                    (o4, 1),
+                    &dz,
+                    (len, 1),
+                    true,
+                );
+                (&x[off..], (hw, 1))
             }
-            // dx (C × len) = W (C × 4O) · dz (4O × len)
-            dxt.resize(c * len, 0.0);
-            matmul(
-                c,
-                len,
-                o4,
-                dxt,
-                len,
-                false,
-                wt,
-                (o4, 1),
-                dz,
-                (len, 1),
-                Parallelism::None,
-            );
-            let dx_ptr = dx_ptr;
-            let mut pos = start;
-            while pos < end {
-                let (img, pix) = (pos / hw, pos % hw);
-                let seg = (hw - pix).min(end - pos);
-                for ci in 0..c {
-                    // SAFETY: these input pixels belong to this chunk alone.
-                    let d = unsafe {
-                        std::slice::from_raw_parts_mut(dx_ptr.0.add((img * c + ci) * hw + pix), seg)
-                    };
-                    d.copy_from_slice(&dxt[ci * len + pos - start..][..seg]);
-                }
-                pos += seg;
+            None => {
+                dxt.resize(c * len, 0.0);
+                matmul(
+                    c,
+                    len,
+                    o4,
+                    &mut dxt,
+                    len,
+                    false,
+                    wt,
+                    (o4, 1),
+                    &dz,
+                    (len, 1),
+                    true,
+                );
+                tile_to_nchw(&dxt, &mut dx, c, hw, start, end);
+                xt.resize(c * len, 0.0);
+                nchw_to_tile(x, &mut xt, c, hw, start, end);
+                (&xt, (len, 1))
             }
-            // dW (C × 4O) += x (C × len) · dzᵀ (len × 4O)
-            matmul(
-                c,
-                o4,
-                len,
-                dw,
-                o4,
-                true,
-                xt,
-                (len, 1),
-                dz,
-                (1, len),
-                Parallelism::None,
-            );
-        },
-    );
-    let parts = parts.into_iter().map(|(dw, db, ..)| (dw, db)).collect();
-    let (dw, db) = sum_in_order(parts, c * o4, g.o);
-    let mut flat = dw;
-    flat.extend(db.iter().map(|&v| v as f32));
-    (dx, flat)
+        };
+        // dW (C × 4O) += x (C × len) · dzᵀ (len × 4O)
+        matmul(
+            c,
+            o4,
+            len,
+            &mut dw,
+            o4,
+            true,
+            xs.0,
+            xs.1,
+            &dz,
+            (1, len),
+            true,
+        );
+    }
+    let db = channel_sums(dy, g.n, g.o, 4 * hw);
+    dw.extend(db.iter().map(|&v| v as f32));
+    (dx, dw)
 }
 
 struct ConvTranspose2x2Op;
@@ -976,6 +1220,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn chunks_split_big_images_and_group_small_ones() {
+        let c = chunks(2, 1000, 27, 16);
+        assert_eq!(c.len(), 8);
+        assert!(c
+            .iter()
+            .all(|&(s, e)| in_one_image(s, e, 1, 1000).is_some()));
+        assert_eq!(c.first(), Some(&(0, 250)));
+        assert_eq!(c.last(), Some(&(1750, 2000)));
+        assert_eq!(chunks(5, 15, 27, 16), vec![(0, 75)]);
+        assert_eq!(
+            chunks(40, 15, 27, 16),
+            vec![(0, 255), (255, 510), (510, 600)]
+        );
+        assert!(chunks(0, 15, 27, 16).is_empty());
     }
 
     #[test]
