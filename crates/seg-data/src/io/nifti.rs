@@ -27,6 +27,9 @@ pub struct NiftiInfo {
     pub sform_affine: [[f64; 4]; 4],
 }
 
+/// Largest accepted `vox_offset` (header + extensions), bytes: 64 MiB.
+const MAX_VOX_OFFSET: u32 = 64 << 20;
+
 /// Reads the first four bytes of the (possibly gzipped) file: sizeof_hdr.
 fn sniff_header_size(path: &Path) -> Result<i32> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -209,6 +212,16 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
     }
     let dims: Vec<usize> = header.dim[1..=ndim].iter().map(|&d| d as usize).collect();
     check_size(path, "volume", &dims)?;
+    // the bytes between the header and the voxels (extensions) are read, and
+    // held, before the voxels: bound them too (a gzip bomb could fill them)
+    let vox = header.vox_offset;
+    if !vox.is_finite() || vox < 0.0 || vox as f64 > MAX_VOX_OFFSET as f64 {
+        return Err(Error::decode(
+            path,
+            FORMAT,
+            format!("vox_offset {vox} is outside 0..={MAX_VOX_OFFSET} bytes"),
+        ));
+    }
     let datatype = header
         .data_type()
         .map_err(|e| Error::decode(path, FORMAT, e))?;
@@ -367,6 +380,36 @@ pub fn write_nifti(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_or_invalid_vox_offset_is_refused_before_reading() {
+        let d = std::env::temp_dir().join(format!("seg-nifti-vox-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("v.nii");
+        write_nifti(
+            &p,
+            &[2, 2, 1],
+            &[1.0, 2.0, 3.0, 4.0],
+            &[
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+        )
+        .unwrap();
+        let good = std::fs::read(&p).unwrap();
+        // vox_offset is the float32 at byte 108; extensions flagged at 348
+        for bad in [1e12f32, f32::NAN, -4.0] {
+            let mut b = good.clone();
+            b[108..112].copy_from_slice(&bad.to_le_bytes());
+            b[348] = 1;
+            std::fs::write(&p, &b).unwrap();
+            let e = read_nifti(&p).unwrap_err().to_string();
+            assert!(e.contains("vox_offset") && e.contains("v.nii"), "{e}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn write_read_round_trip_keeps_values_shape_and_affine() {
