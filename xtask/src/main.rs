@@ -9,6 +9,19 @@ use xtask::{bench, fetch, layers};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Tells mimalloc to keep freed memory mapped (unless `MIMALLOC_PURGE_DELAY`
+/// says otherwise): a training step frees and re-allocates the same
+/// activation-sized buffers every step, and memory returned to the OS comes
+/// back through page faults that zero every page again.
+fn keep_freed_memory() {
+    // mimalloc.h: `mi_option_purge_delay` (15 in v2 and v3); -1 = never purge
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's global options; no other effect
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+    }
+}
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -94,6 +107,7 @@ enum Task {
 }
 
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result: Result<()> = match cli.task {
         Task::CheckLayers => layers::run(),

@@ -19,6 +19,19 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Tells mimalloc to keep freed memory mapped (unless `MIMALLOC_PURGE_DELAY`
+/// says otherwise): a training step frees and re-allocates the same
+/// activation-sized buffers every step, and memory returned to the OS comes
+/// back through page faults that zero every page again.
+fn keep_freed_memory() {
+    // mimalloc.h: `mi_option_purge_delay` (15 in v2 and v3); -1 = never purge
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's global options; no other effect
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+    }
+}
+
 /// Medical image segmentation with the U-Net family: U-Net, ResUNet,
 /// Attention U-Net and UNet++, on CPU or GPU.
 #[derive(Parser, Debug)]
@@ -63,6 +76,7 @@ enum Command {
 }
 
 fn main() {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEG_LOG")
