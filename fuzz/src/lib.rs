@@ -4,13 +4,35 @@
 
 use std::path::PathBuf;
 
+/// Once per process: a 2^25-element limit (`SEG_MAX_ELEMENTS`), so that a
+/// header within the limit cannot by itself exceed libFuzzer's memory limit
+/// (the default 2^31 is for real machines), and a panic hook that reports
+/// without aborting. libfuzzer-sys's own hook aborts on every panic, even
+/// one that seg catches on purpose (a third-party decoder that panics on
+/// corrupt data is turned into a decode error); [`with_file`] aborts instead
+/// when a panic escapes the reader, which is what counts as a crash.
+fn init() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("SEG_MAX_ELEMENTS", (1u64 << 25).to_string());
+        std::panic::set_hook(Box::new(|info| eprintln!("panic (caught?): {info}")));
+    });
+}
+
 /// Writes `data` to a temporary file named `input.<ext>` in this process's
-/// own folder and runs `f` on its path.
+/// own folder and runs `f` on its path; a panic escaping `f` aborts (a crash).
 pub fn with_file<R>(data: &[u8], ext: &str, f: impl FnOnce(&std::path::Path) -> R) -> R {
+    init();
     let dir = scratch_dir();
     let path = dir.join(format!("input.{ext}"));
     std::fs::write(&path, data).expect("write the fuzz input");
-    f(&path)
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&path))) {
+        Ok(r) => r,
+        Err(_) => {
+            eprintln!("a panic escaped the reader");
+            std::process::abort()
+        }
+    }
 }
 
 /// A folder for this process (under the system temp dir), created once.

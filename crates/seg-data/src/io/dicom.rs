@@ -91,6 +91,26 @@ fn pixel_spacing(obj: &DefaultDicomObject) -> Vec<f64> {
     }
 }
 
+/// Runs a third-party pixel-data decoder, turning a panic inside it into a
+/// decode error naming the file. Some decoders index past the end of a
+/// corrupt stream (dicom-transfer-syntax-registry 0.10.1's RLE decoder on a
+/// truncated segment, found by fuzzing: docs/reliability.md) instead of
+/// returning an error.
+fn guard_decoder<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        Error::decode(
+            path,
+            FORMAT,
+            format!("the pixel data is corrupt (the decoder failed: {what})"),
+        )
+    })
+}
+
 /// Reads one DICOM file: shape `[frames, rows, cols, samples]`, values after
 /// the modality LUT, raw statistics of the stored values as decoded.
 pub fn read_dicom(path: &Path) -> Result<Volume> {
@@ -124,7 +144,7 @@ fn read_object(path: &Path, obj: &DefaultDicomObject) -> Result<Volume> {
         ));
     }
     check_size(path, "pixel data", &[frames.max(1), rows, cols, spp.max(1)])?;
-    let decoded = obj.decode_pixel_data().map_err(|e| {
+    let decoded = guard_decoder(path, || obj.decode_pixel_data())?.map_err(|e| {
         Error::decode(
             path,
             FORMAT,
@@ -136,7 +156,8 @@ fn read_object(path: &Path, obj: &DefaultDicomObject) -> Result<Volume> {
     let spp = decoded.samples_per_pixel() as usize;
     let expected = rows * cols * frames * spp;
     let raw_opts = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
-    let mut raw: Vec<f64> = decoded.to_vec_with_options(&raw_opts).map_err(|e| {
+    let mut raw: Vec<f64> = guard_decoder(path, || decoded.to_vec_with_options(&raw_opts))?
+        .map_err(|e| {
         Error::decode(
             path,
             FORMAT,

@@ -226,6 +226,20 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
         .data_type()
         .map_err(|e| Error::decode(path, FORMAT, e))?;
     let stored = stored_type(path, datatype)?;
+    // the nifti crate sizes its voxel buffer from `bitpix`, not from the
+    // datatype: a crafted bitpix would make a legal voxel count ask for a
+    // huge allocation (found by fuzzing), so the two must agree
+    if header.bitpix as usize != datatype.size_of() * 8 {
+        return Err(Error::decode(
+            path,
+            FORMAT,
+            format!(
+                "bitpix is {}, but datatype {datatype:?} has {} bits per voxel",
+                header.bitpix,
+                datatype.size_of() * 8
+            ),
+        ));
+    }
     let obj = ReaderOptions::new().read_file(path).map_err(|e| match e {
         nifti::NiftiError::IncompatibleLength(got, want) => Error::decode(
             path,
@@ -408,6 +422,47 @@ mod tests {
             let e = read_nifti(&p).unwrap_err().to_string();
             assert!(e.contains("vox_offset") && e.contains("v.nii"), "{e}");
         }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Fuzzing regression: a header whose voxel count is within the limit
+    /// but whose bitpix claims 1152 bytes per voxel made the nifti crate ask
+    /// for a 1.35 TB buffer (libFuzzer: allocation-size-too-big).
+    #[test]
+    fn bitpix_that_disagrees_with_the_datatype_is_refused_before_reading() {
+        let d = std::env::temp_dir().join(format!("seg-nifti-bitpix-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("b.nii");
+        write_nifti(
+            &p,
+            &[2, 2, 1],
+            &[1.0, 2.0, 3.0, 4.0],
+            &[
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+        )
+        .unwrap();
+        let good = std::fs::read(&p).unwrap();
+        assert!(read_nifti(&p).is_ok());
+        // dim[1..=3] (bytes 42..48) made large but within the element limit,
+        // bitpix (bytes 72..74) 9216 for a float32 datatype
+        let mut b = good.clone();
+        b[42..44].copy_from_slice(&1280u16.to_le_bytes());
+        b[44..46].copy_from_slice(&1792u16.to_le_bytes());
+        b[46..48].copy_from_slice(&256u16.to_le_bytes());
+        b[72..74].copy_from_slice(&9216u16.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = read_nifti(&p).unwrap_err().to_string();
+        assert!(e.contains("bitpix is 9216") && e.contains("b.nii"), "{e}");
+        // a smaller mismatch is refused too (16 bits for float32)
+        let mut b = good;
+        b[72..74].copy_from_slice(&16u16.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = read_nifti(&p).unwrap_err().to_string();
+        assert!(e.contains("bitpix is 16"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -282,3 +282,29 @@ fn nifti_files_match_nibabel() {
     }
     assert!(checked >= 7, "checked {checked}");
 }
+
+/// Fuzzing regression (docs/reliability.md): MR_small_RLE.dcm with 3,636
+/// bytes cut out of its RLE pixel data made dicom-transfer-syntax-registry's
+/// RLE decoder index past a short segment and panic. The input is rebuilt
+/// here from the shared file (nothing derived from it is committed): the
+/// first 2,931 and the last 1,223 bytes.
+#[test]
+fn truncated_rle_segment_is_a_decode_error_not_a_panic() {
+    let src = shared_or_skip!("medical/dicom/MR_small_RLE.dcm");
+    let bytes = std::fs::read(&src).unwrap();
+    assert_eq!(bytes.len(), 7790, "MR_small_RLE.dcm changed");
+    let mut cut = bytes[..2931].to_vec();
+    cut.extend_from_slice(&bytes[bytes.len() - 1223..]);
+    let dir = std::env::temp_dir().join(format!("seg-rle-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("rle_cut.dcm");
+    std::fs::write(&path, &cut).unwrap();
+    let err = dicom::read_dicom(&path).expect_err("a corrupt RLE stream must not decode");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(matches!(err, Error::Decode { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("rle_cut.dcm") && msg.contains("pixel data"),
+        "{msg}"
+    );
+}
