@@ -3,9 +3,9 @@
 
 use crate::{check_input, Recorder};
 use seg_core::candle::Result;
-use seg_core::layers::{conv2d, norm2d, Conv2d, Norm2d, NormKind};
+use seg_core::layers::{conv2d, conv_norm_act, norm2d, Conv2d, Norm2d, NormKind};
 use seg_core::ops::{cat_channels, max_pool2x2, pad_like, relu, sigmoid, upsample_nearest2x};
-use seg_core::{Module, ModuleT, Tensor, VarBuilder};
+use seg_core::{Module, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 /// Attention U-Net configuration. Defaults: 3 → 1 channels, base 64.
@@ -57,7 +57,11 @@ impl ConvNorm {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.norm.forward_t(&self.conv.forward(x)?, train)
+        conv_norm_act(&self.conv, &self.norm, false, x, train)
+    }
+
+    fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        conv_norm_act(&self.conv, &self.norm, true, x, train)
     }
 }
 
@@ -77,8 +81,8 @@ impl ConvBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = relu(&self.a.forward_t(x, train)?)?;
-        relu(&self.b.forward_t(&x, train)?)
+        let x = self.a.forward_relu(x, train)?;
+        self.b.forward_relu(&x, train)
     }
 }
 
@@ -177,7 +181,7 @@ impl AttentionUNet {
         skips.pop();
         for (level, lvl) in self.levels.iter().zip([4, 3, 2, 1]) {
             let skip = skips.pop().expect("one skip per level");
-            let g = relu(&level.up.forward_t(&upsample_nearest2x(&d)?, train)?)?;
+            let g = level.up.forward_relu(&upsample_nearest2x(&d)?, train)?;
             let g = pad_like(&g, &skip)?;
             rec(&format!("up{lvl}"), &g);
             let s = level.att.forward_t(&g, &skip, train)?;

@@ -5,12 +5,12 @@
 use crate::{check_input, Recorder};
 use seg_core::candle::Result;
 use seg_core::layers::{
-    conv2d, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
+    conv2d, conv_norm_act, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
 };
 use seg_core::ops::{
     cat_channels, channel_max, channel_mean, max_pool2x2, pad_like, relu, sigmoid,
 };
-use seg_core::{Module, ModuleT, Tensor, VarBuilder};
+use seg_core::{Module, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 /// ResUNet configuration. Defaults: 1 → 1 channels, base 64.
@@ -68,10 +68,10 @@ impl ResidualBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
-        let out = self.bn2.forward_t(&self.conv2.forward(&out)?, train)?;
+        let out = conv_norm_act(&self.conv1, &self.bn1, true, x, train)?;
+        let out = conv_norm_act(&self.conv2, &self.bn2, false, &out, train)?;
         let short = match &self.shortcut {
-            Some((c, n)) => n.forward_t(&c.forward(x)?, train)?,
+            Some((c, n)) => conv_norm_act(c, n, false, x, train)?,
             None => x.clone(),
         };
         relu(&(out + short)?)

@@ -4,10 +4,10 @@
 use crate::{check_input, Recorder};
 use seg_core::candle::Result;
 use seg_core::layers::{
-    conv2d, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
+    conv2d, conv_norm_act, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
 };
-use seg_core::ops::{cat_channels, max_pool2x2, pad_like, relu, upsample_bilinear2x};
-use seg_core::{Module, ModuleT, Tensor, VarBuilder};
+use seg_core::ops::{cat_channels, max_pool2x2, pad_like, upsample_bilinear2x};
+use seg_core::{Module, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 /// U-Net configuration. Defaults: 3 → 1 channels, base 64, transposed convolutions.
@@ -60,8 +60,8 @@ impl DoubleConv {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = relu(&self.n1.forward_t(&self.c1.forward(x)?, train)?)?;
-        relu(&self.n2.forward_t(&self.c2.forward(&x)?, train)?)
+        let x = conv_norm_act(&self.c1, &self.n1, true, x, train)?;
+        conv_norm_act(&self.c2, &self.n2, true, &x, train)
     }
 }
 

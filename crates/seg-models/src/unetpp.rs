@@ -5,9 +5,9 @@
 
 use crate::{check_input, Recorder};
 use seg_core::candle::Result;
-use seg_core::layers::{conv2d, norm2d, Conv2d, Norm2d, NormKind};
-use seg_core::ops::{cat_channels, max_pool2x2, pad_like, relu, upsample_bilinear2x};
-use seg_core::{Module, ModuleT, Tensor, VarBuilder};
+use seg_core::layers::{conv2d, conv_norm_act, norm2d, Conv2d, Norm2d, NormKind};
+use seg_core::ops::{cat_channels, max_pool2x2, pad_like, upsample_bilinear2x};
+use seg_core::{Module, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -59,8 +59,8 @@ impl VggBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
-        relu(&self.bn2.forward_t(&self.conv2.forward(&x)?, train)?)
+        let x = conv_norm_act(&self.conv1, &self.bn1, true, x, train)?;
+        conv_norm_act(&self.conv2, &self.bn2, true, &x, train)
     }
 }
 

@@ -197,6 +197,20 @@ fn check_fixture(path: &Path) -> Result<String, String> {
     let mut errors = Vec::new();
     let out_eval = net.forward_t(input, false).map_err(|e| e.to_string())?;
     errors.extend(close("out_eval", &out_eval, get("out_eval")?, 1e-4, 1e-4).err());
+    // the inference model (detached weights) takes the fused eval path:
+    // BatchNorm folded into the convolutions, ReLU in the kernel's output
+    let infer = net.inference_model().map_err(|e| e.to_string())?;
+    let out_infer = infer.forward_t(input, false).map_err(|e| e.to_string())?;
+    errors.extend(
+        close(
+            "out_eval (inference model)",
+            &out_infer,
+            get("out_eval")?,
+            1e-4,
+            1e-4,
+        )
+        .err(),
+    );
 
     let (out_train, loss, ambiguous) = train_pass(&[])?;
     errors.extend(close("out_train", &out_train, get("out_train")?, 1e-4, 1e-4).err());

@@ -1,7 +1,8 @@
 //! 2D convolution (square kernel, stride 1, "same" padding for odd kernels)
 //! and the 2×2 stride-2 transposed convolution used for learned upsampling.
 
-use candle_core::{Module, Result, Tensor};
+use super::Norm2d;
+use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// PyTorch's default initialisation (kaiming-uniform with a = √5, which is
@@ -65,6 +66,48 @@ impl Module for Conv2d {
     }
 }
 
+/// `conv → norm → ReLU (if relu)`, the block every network chains.
+///
+/// In eval mode with BatchNorm, on the CPU, when neither the input nor any
+/// weight tracks a gradient (an inference model:
+/// `seg_models::Network::inference_model`), the norm is folded into the
+/// convolution (weights `w·s`, bias `b·s + t`, with `s`, `t` the eval scale
+/// and shift) and the ReLU applied as the kernel writes its output: one pass
+/// over the activations instead of three. Otherwise the three layers run as
+/// written, with their backward passes.
+pub fn conv_norm_act(
+    conv: &Conv2d,
+    norm: &Norm2d,
+    relu: bool,
+    x: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
+    if let (false, Norm2d::Batch(bn)) = (train, norm) {
+        let fusable = x.device().is_cpu()
+            && x.dtype() == candle_core::DType::F32
+            && !x.track_op()
+            && !conv.weight.track_op()
+            && !conv.bias.as_ref().is_some_and(|b| b.track_op())
+            && !bn.tracks_gradients();
+        if fusable {
+            let (scale, shift) = bn.eval_scale_shift()?;
+            let o = conv.out_channels();
+            let w = conv.weight.broadcast_mul(&scale.reshape((o, 1, 1, 1))?)?;
+            let b = match &conv.bias {
+                Some(b) => ((b * &scale)? + &shift)?,
+                None => shift,
+            };
+            return crate::ops::conv2d_relu_inference(x, &w, Some(&b), conv.padding, relu);
+        }
+    }
+    let y = norm.forward_t(&conv.forward(x)?, train)?;
+    if relu {
+        crate::ops::relu(&y)
+    } else {
+        Ok(y)
+    }
+}
+
 /// A 1×1 convolution as a matrix product: (Cout,Cin) · (N,Cin,HW).
 fn pointwise(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, cin, h, wd) = x.dims4()?;
@@ -102,6 +145,81 @@ mod tests {
     use crate::ops::test_util::*;
     use crate::ParamStore;
     use candle_core::{DType, Device, Var};
+
+    /// The fused eval path (BatchNorm folded into the convolution, ReLU in
+    /// the kernel's output) against the three layers run as written, on odd
+    /// shapes, with and without conv bias and ReLU, with non-trivial
+    /// running statistics.
+    #[test]
+    fn fused_eval_conv_norm_relu_matches_the_layers() {
+        for (bias, relu, k, cin, cout) in [
+            (false, true, 3, 5, 7),
+            (true, false, 1, 4, 3),
+            (true, true, 3, 2, 9),
+        ] {
+            let store = ParamStore::new(7);
+            let vb = store.var_builder(DType::F32, &Device::Cpu);
+            let conv = conv2d(cin, cout, k, k / 2, bias, vb.pp("c")).unwrap();
+            let norm =
+                super::super::norm2d(super::super::NormKind::Batch, cout, vb.pp("n")).unwrap();
+            // running statistics and affine parameters away from 0/1
+            for (name, seed, a, b) in [
+                ("n.running_mean", 1, 0.5, 0.1),
+                ("n.running_var", 2, 0.4, 1.0),
+                ("n.weight", 3, 0.5, 1.0),
+                ("n.bias", 4, 0.3, 0.0),
+            ] {
+                let v = rand_tensor(&[cout], seed).affine(a, b).unwrap();
+                store.get(name).unwrap().set(&v).unwrap();
+            }
+            let x = rand_tensor(&[2, cin, 7, 5], 9);
+            // the layers as written: weights are variables (tracked), so no fusion
+            let want = {
+                let y = norm.forward_t(&conv.forward(&x).unwrap(), false).unwrap();
+                if relu {
+                    crate::ops::relu(&y).unwrap()
+                } else {
+                    y
+                }
+            };
+            let composed = conv_norm_act(&conv, &norm, relu, &x, false).unwrap();
+            assert!(max_abs_diff(&composed, &want) == 0.0);
+            // detached copies of every weight: the fused path
+            let detached = |n: &str| store.get(n).unwrap().as_tensor().detach();
+            let dconv = Conv2d {
+                weight: detached("c.weight"),
+                bias: bias.then(|| detached("c.bias")),
+                padding: k / 2,
+            };
+            let vbd = candle_nn::VarBuilder::from_tensors(
+                ["weight", "bias", "running_mean", "running_var"]
+                    .iter()
+                    .map(|s| (s.to_string(), detached(&format!("n.{s}"))))
+                    .chain([(
+                        "num_batches_tracked".to_string(),
+                        Tensor::zeros((), DType::I64, &Device::Cpu).unwrap(),
+                    )])
+                    .collect(),
+                DType::F32,
+                &Device::Cpu,
+            );
+            let dnorm = super::super::norm2d(super::super::NormKind::Batch, cout, vbd).unwrap();
+            let fused = conv_norm_act(&dconv, &dnorm, relu, &x, false).unwrap();
+            assert!(!fused.track_op());
+            let d = max_abs_diff(&fused, &want);
+            assert!(d < 1e-5, "bias {bias} relu {relu} k {k}: {d}");
+            if relu {
+                let min = fused
+                    .flatten_all()
+                    .unwrap()
+                    .min(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(min >= 0.0);
+            }
+        }
+    }
 
     #[test]
     fn pointwise_equals_general_conv_forward_and_backward() {

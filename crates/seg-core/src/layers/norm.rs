@@ -73,12 +73,26 @@ impl ModuleT for BatchNorm2d {
             self.num_batches_tracked.set(&nb)?;
             return Ok(y);
         }
-        // detached: inference builds no autograd graph through the buffers
+        let (scale, shift) = self.eval_scale_shift()?;
+        crate::ops::channel_affine(x, &scale, &shift)
+    }
+}
+
+impl BatchNorm2d {
+    /// The eval-mode map as `y = x·scale + shift` per channel:
+    /// `scale = weight / √(running_var + eps)`, `shift = bias − running_mean·scale`
+    /// (the running statistics detached: no autograd graph through them).
+    pub fn eval_scale_shift(&self) -> Result<(Tensor, Tensor)> {
         let mean = self.running_mean.as_tensor().detach();
         let var = self.running_var.as_tensor().detach();
         let scale = ((var + self.eps)?.sqrt()?.recip()? * &self.weight)?;
         let shift = (&self.bias - (&mean * &scale)?)?;
-        crate::ops::channel_affine(x, &scale, &shift)
+        Ok((scale, shift))
+    }
+
+    /// True when the affine weight or bias tracks a gradient.
+    pub fn tracks_gradients(&self) -> bool {
+        self.weight.track_op() || self.bias.track_op()
     }
 }
 

@@ -369,6 +369,7 @@ fn conv_forward_par(
     x: &[f32],
     wt: &[f32],
     bias: Option<&[f32]>,
+    relu: bool,
     g: &Geom,
     chunks: Vec<(usize, usize)>,
 ) -> Vec<f32> {
@@ -407,7 +408,7 @@ fn conv_forward_par(
                     // this chunk alone.
                     let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(at), seg) };
                     for (d, s) in dst.iter_mut().zip(src) {
-                        *d = s + b;
+                        *d = activate(s + b, relu);
                     }
                 }
             });
@@ -455,12 +456,22 @@ fn conv_weight_grad_par(x: &[f32], dy: &[f32], g: &Geom, chunks: &[(usize, usize
     sum_in_order(&parts, o * kk)
 }
 
+/// `v`, or `max(v, 0)` when `relu` (NaN stays NaN, as in PyTorch).
+#[inline(always)]
+fn activate(v: f32, relu: bool) -> f32 {
+    if relu && v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// Stride-1 convolution of NCHW `x` with the (O × kk) weight matrix `wt`,
-/// plus an optional bias: returns NCHW (n, o, ho, wo).
-fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Geom) -> Vec<f32> {
+/// plus an optional bias, then an optional ReLU: returns NCHW (n, o, ho, wo).
+fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, relu: bool, g: &Geom) -> Vec<f32> {
     let (hw, kk, o) = (g.out_pixels(), g.kk(), g.o);
     if let Some(chunks) = parallel_chunks(g.n * hw, kk) {
-        return conv_forward_par(x, wt, bias, g, chunks);
+        return conv_forward_par(x, wt, bias, relu, g, chunks);
     }
     let mut out = vec![0f32; g.n * o * hw];
     let (mut cols, mut tile) = (Vec::new(), Vec::new());
@@ -504,12 +515,12 @@ fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Geom) -> Vec<f3
             }
         }
     }
-    if let Some(b) = bias {
+    if bias.is_some() || relu {
         out.par_chunks_mut(hw.max(1))
             .enumerate()
             .for_each(|(plane, dst)| {
-                let v = b[plane % o];
-                dst.iter_mut().for_each(|d| *d += v);
+                let v = bias.map_or(0.0, |b| b[plane % o]);
+                dst.iter_mut().for_each(|d| *d = activate(*d + v, relu));
             });
     }
     out
@@ -613,16 +624,18 @@ fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
         ho: g.h,
         wo: g.w,
     };
-    conv_forward(dy, &flipped_kernel(wt, g), None, &back)
+    conv_forward(dy, &flipped_kernel(wt, g), None, false, &back)
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     cpu_f32(s, l, &format!("seg conv2d: {what}"))
 }
 
-/// The forward op: `x` (N,C,H,W) * `w` (O,C,k,k) [+ `b` (O)].
+/// The forward op: `x` (N,C,H,W) * `w` (O,C,k,k) [+ `b` (O)], then ReLU if
+/// `relu` (only without backward: see [`conv2d_relu_inference`]).
 struct Conv2dOp {
     padding: usize,
+    relu: bool,
 }
 
 impl Conv2dOp {
@@ -644,7 +657,7 @@ impl Conv2dOp {
             }
             None => None,
         };
-        let y = conv_forward(xs, ws, bs, &g);
+        let y = conv_forward(xs, ws, bs, self.relu, &g);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
     }
 
@@ -815,7 +828,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: usize) -> 
         };
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let op = Conv2dOp { padding };
+    let op = Conv2dOp {
+        padding,
+        relu: false,
+    };
     match bias {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
         None => x.apply_op2(&w, op),
@@ -833,6 +849,31 @@ pub fn conv2d_reference(
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
         None => Ok(y),
+    }
+}
+
+/// [`conv2d`] followed by an optional ReLU, for inference: on the CPU, when
+/// no operand tracks a gradient, the ReLU is applied as the kernel writes
+/// its output (one pass over the activations instead of two). Otherwise it
+/// is the composed `conv2d` then [`super::relu`], with their backward.
+pub fn conv2d_relu_inference(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    relu: bool,
+) -> Result<Tensor> {
+    let k = w.dim(2)?;
+    let tracked = x.track_op() || w.track_op() || bias.is_some_and(|b| b.track_op());
+    if tracked || !super::use_cpu_kernel(x) || padding >= k.max(1) || w.dim(3)? != k {
+        let y = conv2d(x, w, bias, padding)?;
+        return if relu { super::relu(&y) } else { Ok(y) };
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let op = Conv2dOp { padding, relu };
+    match bias {
+        Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(&w, &op),
     }
 }
 

@@ -158,12 +158,12 @@ fn read_object(path: &Path, obj: &DefaultDicomObject) -> Result<Volume> {
     let raw_opts = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
     let mut raw: Vec<f64> = guard_decoder(path, || decoded.to_vec_with_options(&raw_opts))?
         .map_err(|e| {
-        Error::decode(
-            path,
-            FORMAT,
-            format!("cannot convert the pixel data: {}", flatten(&e)),
-        )
-    })?;
+            Error::decode(
+                path,
+                FORMAT,
+                format!("cannot convert the pixel data: {}", flatten(&e)),
+            )
+        })?;
     if raw.len() != expected {
         return Err(Error::decode(
             path,
