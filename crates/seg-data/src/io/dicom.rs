@@ -22,10 +22,37 @@ fn open(path: &Path) -> Result<DefaultDicomObject> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         ));
     }
-    OpenFileOptions::new()
-        .open_file(path)
+    // no value can be longer than the file (or, deflated, than the file
+    // inflated at DEFLATE's maximum ratio): the parser reserves a value's
+    // declared length before reading it, so the bound keeps a few crafted
+    // header bytes from costing gigabytes (found by fuzzing)
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let bound = if is_deflated(path) {
+        size.saturating_mul(1032)
+    } else {
+        size
+    };
+    dicom_parser::with_max_value_length(bound, || OpenFileOptions::new().open_file(path))
         .map_err(|e| Error::decode(path, FORMAT, flatten(&e)))
 }
+
+/// Whether the file's meta group names the deflated transfer syntax
+/// (1.2.840.10008.1.2.1.99). The meta group comes first and is small, so
+/// the first 64 KiB hold it.
+fn is_deflated(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .is_ok()
+        && head
+            .windows(DEFLATED_TS.len())
+            .any(|w| w == DEFLATED_TS.as_bytes())
+}
+
+const DEFLATED_TS: &str = "1.2.840.10008.1.2.1.99";
 
 /// One line from an error and its sources.
 fn flatten(e: &dyn std::error::Error) -> String {

@@ -308,3 +308,42 @@ fn truncated_rle_segment_is_a_decode_error_not_a_panic() {
         "{msg}"
     );
 }
+
+/// Fuzzing regression (docs/reliability.md): an element whose header
+/// declares a value of nearly 4 GiB in a small file made dicom-parser
+/// reserve and zero that much before its read failed. Made here from the
+/// real CT_small.dcm: a 16-byte private OB element is appended and its
+/// length field rewritten to 0xFFFF_FFF0.
+#[test]
+fn declared_value_longer_than_the_file_is_refused_before_allocation() {
+    use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+    let src = shared_or_skip!("medical/dicom/CT_small.dcm");
+    let dir = std::env::temp_dir().join(format!("seg-dcm-len-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("long_value.dcm");
+    let mut obj = dicom_object::open_file(&src).unwrap();
+    let marker = *b"seg-fuzz-marker!";
+    obj.put(DataElement::new(
+        Tag(0x7FE1, 0x0010),
+        VR::OB,
+        PrimitiveValue::from(marker.to_vec()),
+    ));
+    obj.write_to_file(&path).unwrap();
+    // the file as written reads
+    assert!(dicom::read_dicom(&path).is_ok());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .rposition(|w| w == marker)
+        .expect("marker written");
+    bytes[at - 4..at].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let err = dicom::read_dicom(&path).expect_err("a value longer than the file");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(matches!(err, Error::Decode { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("long_value.dcm") && msg.contains("4294967280 bytes declared"),
+        "{msg}"
+    );
+}
