@@ -395,24 +395,25 @@ pub fn write_nifti(
 mod tests {
     use super::*;
 
+    /// Writes a 2×2×1 float32 volume with an identity affine to `p` and
+    /// returns the file's bytes.
+    fn tiny_file(p: &Path) -> Vec<u8> {
+        let eye = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        write_nifti(p, &[2, 2, 1], &[1.0, 2.0, 3.0, 4.0], &eye).unwrap();
+        std::fs::read(p).unwrap()
+    }
+
     #[test]
     fn huge_or_invalid_vox_offset_is_refused_before_reading() {
         let d = std::env::temp_dir().join(format!("seg-nifti-vox-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         let p = d.join("v.nii");
-        write_nifti(
-            &p,
-            &[2, 2, 1],
-            &[1.0, 2.0, 3.0, 4.0],
-            &[
-                [1.0, 0.0, 0.0, 0.0],
-                [0.0, 1.0, 0.0, 0.0],
-                [0.0, 0.0, 1.0, 0.0],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
-        )
-        .unwrap();
-        let good = std::fs::read(&p).unwrap();
+        let good = tiny_file(&p);
         // vox_offset is the float32 at byte 108; extensions flagged at 348
         for bad in [1e12f32, f32::NAN, -4.0] {
             let mut b = good.clone();
@@ -433,19 +434,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!("seg-nifti-bitpix-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         let p = d.join("b.nii");
-        write_nifti(
-            &p,
-            &[2, 2, 1],
-            &[1.0, 2.0, 3.0, 4.0],
-            &[
-                [1.0, 0.0, 0.0, 0.0],
-                [0.0, 1.0, 0.0, 0.0],
-                [0.0, 0.0, 1.0, 0.0],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
-        )
-        .unwrap();
-        let good = std::fs::read(&p).unwrap();
+        let good = tiny_file(&p);
         assert!(read_nifti(&p).is_ok());
         // dim[1..=3] (bytes 42..48) made large but within the element limit,
         // bitpix (bytes 72..74) 9216 for a float32 datatype
