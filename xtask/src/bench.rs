@@ -216,6 +216,13 @@ pub struct BenchOptions {
 
 /// Runs the benchmark; returns one JSON object per configuration.
 pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
+    if cfg!(debug_assertions) {
+        // `cargo xtask` builds with --release (.cargo/config.toml); a dev
+        // build runs seg's kernels at opt-level 1, about 2× slower
+        eprintln!(
+            "warning: this xtask is an unoptimised (dev) build: its seg timings are not representative; use `cargo xtask bench` (a release build)"
+        );
+    }
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     for case in &o.cases {
