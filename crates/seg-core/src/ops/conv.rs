@@ -819,8 +819,7 @@ impl CustomOp2 for WeightGrad {
 /// an optional bias, as PyTorch's `F.conv2d(x, w, b, padding=padding)`.
 /// CPU f32 tensors use seg's GEMM kernel; other devices use candle's.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: usize) -> Result<Tensor> {
-    let k = w.dim(2)?;
-    if !super::use_cpu_kernel(x) || padding >= k.max(1) || w.dim(3)? != k {
+    if !cpu_kernel_applies(x, w, padding)? {
         let y = x.conv2d(w, padding, 1, 1, 1)?;
         return match bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
@@ -852,6 +851,13 @@ pub fn conv2d_reference(
     }
 }
 
+/// Whether seg's CPU kernel computes this convolution: a CPU f32 input, a
+/// square kernel and padding below its size.
+fn cpu_kernel_applies(x: &Tensor, w: &Tensor, padding: usize) -> Result<bool> {
+    let k = w.dim(2)?;
+    Ok(super::use_cpu_kernel(x) && padding < k.max(1) && w.dim(3)? == k)
+}
+
 /// [`conv2d`] followed by an optional ReLU, for inference: on the CPU, when
 /// no operand tracks a gradient, the ReLU is applied as the kernel writes
 /// its output (one pass over the activations instead of two). Otherwise it
@@ -863,9 +869,8 @@ pub fn conv2d_relu_inference(
     padding: usize,
     relu: bool,
 ) -> Result<Tensor> {
-    let k = w.dim(2)?;
     let tracked = x.track_op() || w.track_op() || bias.is_some_and(|b| b.track_op());
-    if tracked || !super::use_cpu_kernel(x) || padding >= k.max(1) || w.dim(3)? != k {
+    if tracked || !cpu_kernel_applies(x, w, padding)? {
         let y = conv2d(x, w, bias, padding)?;
         return if relu { super::relu(&y) } else { Ok(y) };
     }
