@@ -2,5 +2,6 @@
 //! fetch-drive zip reader that `fuzz/` exercises).
 
 pub mod bench;
+pub mod convprof;
 pub mod fetch;
 pub mod layers;

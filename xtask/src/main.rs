@@ -65,6 +65,22 @@ enum Task {
         #[arg(long, default_value = "../shared/bench/torch_peer.py")]
         peer_script: std::path::PathBuf,
     },
+    /// Time each 3×3 convolution of a U-Net on its own (a profiling aid).
+    #[command(hide = true)]
+    ConvLayers {
+        #[arg(long, default_value_t = 32)]
+        base: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Only this layer (0-based).
+        #[arg(long)]
+        layer: Option<usize>,
+        /// Run the layer's forward + weight gradient this many times, untimed.
+        #[arg(long)]
+        repeat: Option<usize>,
+    },
     /// One seg measurement as a JSON line (spawned by `bench`).
     #[command(hide = true)]
     BenchOne {
@@ -166,6 +182,16 @@ fn main() {
                 peer_script,
             })
             .map(|_| ())
+        }
+        Task::ConvLayers {
+            base,
+            batch,
+            size,
+            layer,
+            repeat,
+        } => {
+            xtask::convprof::run(base, batch, size, layer, repeat);
+            Ok(())
         }
         Task::BenchOne {
             model,

@@ -370,7 +370,7 @@ mod tests {
     /// A sample whose image encodes its label: image = 10 × label + channel.
     fn coded(h: usize, w: usize) -> Sample {
         let label: Vec<u8> = (0..h * w)
-            .map(|i| ((i / w + 2 * (i % w)) % 5 == 0) as u8)
+            .map(|i| (i / w + 2 * (i % w)).is_multiple_of(5) as u8)
             .collect();
         let mut image = Vec::new();
         for c in 0..2 {

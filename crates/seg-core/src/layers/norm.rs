@@ -106,7 +106,7 @@ pub struct GroupNorm {
 pub fn group_count(c: usize, groups: usize) -> usize {
     (1..=groups.clamp(1, c.max(1)))
         .rev()
-        .find(|g| c % g == 0)
+        .find(|g| c.is_multiple_of(*g))
         .unwrap_or(1)
 }
 

@@ -24,6 +24,8 @@
 //! followed by a pixel shuffle into the doubled image; its backward is the
 //! reverse shuffle and two products.
 
+mod direct;
+
 use super::cpu_f32;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
@@ -468,7 +470,25 @@ fn activate(v: f32, relu: bool) -> f32 {
 
 /// Stride-1 convolution of NCHW `x` with the (O × kk) weight matrix `wt`,
 /// plus an optional bias, then an optional ReLU: returns NCHW (n, o, ho, wo).
+/// The direct kernel where the CPU has it and the geometry suits it, the
+/// GEMM path otherwise.
 fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, relu: bool, g: &Geom) -> Vec<f32> {
+    if direct::suits(g) {
+        if let Some(y) = direct::conv_forward(x, wt, bias, relu, g) {
+            return y;
+        }
+    }
+    conv_forward_gemm(x, wt, bias, relu, g)
+}
+
+/// [`conv_forward`] through a column matrix and the `gemm` crate.
+fn conv_forward_gemm(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &Geom,
+) -> Vec<f32> {
     let (hw, kk, o) = (g.out_pixels(), g.kk(), g.o);
     if let Some(chunks) = parallel_chunks(g.n * hw, kk) {
         return conv_forward_par(x, wt, bias, relu, g, chunks);
@@ -532,23 +552,41 @@ fn channel_sums(dy: &[f32], n: usize, ch: usize, hw: usize) -> Vec<f64> {
         .into_par_iter()
         .map(|c| {
             (0..n)
-                .map(|i| {
-                    dy[(i * ch + c) * hw..][..hw]
-                        .iter()
-                        .map(|&v| v as f64)
-                        .sum::<f64>()
-                })
+                .map(|i| sum_f64(&dy[(i * ch + c) * hw..][..hw]))
                 .sum()
         })
         .collect()
 }
 
+/// The f64 sum of `v`, in eight interleaved partial sums (so that it
+/// vectorises; a fixed order, so the result does not vary between runs).
+fn sum_f64(v: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|&x| x as f64).sum::<f64>()
+}
+
 /// Weight and bias gradients: returns (dW as O × kk, dB of length O).
-fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> (Vec<f32>, Vec<f64>) {
+fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
+    if direct::suits_weight_grad(g) {
+        if let Some(dw) = direct::conv_weight_grad(x, dy, g) {
+            return dw;
+        }
+    }
+    conv_weight_grad_gemm(x, dy, g)
+}
+
+/// [`conv_weight_grad`] through column matrices and the `gemm` crate.
+fn conv_weight_grad_gemm(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let (hw, kk, o) = (g.out_pixels(), g.kk(), g.o);
     if let Some(chunks) = parallel_chunks(g.n * hw, kk) {
-        let dw = conv_weight_grad_par(x, dy, g, &chunks);
-        return (dw, channel_sums(dy, g.n, o, hw));
+        return conv_weight_grad_par(x, dy, g, &chunks);
     }
     let mut dw = vec![0f32; o * kk];
     let (mut cols, mut tile) = (Vec::new(), Vec::new());
@@ -590,7 +628,7 @@ fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> (Vec<f32>, Vec<f64>) {
             }
         }
     }
-    (dw, channel_sums(dy, g.n, o, hw))
+    dw
 }
 
 /// The kernel of the input gradient: flipped in space with the channel axes
@@ -668,7 +706,8 @@ impl Conv2dOp {
         x: &Tensor,
         w: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+        bias: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = if x.track_op() {
             Some(grad.apply_op2_no_bwd(
@@ -685,12 +724,17 @@ impl Conv2dOp {
             &x.contiguous()?,
             &WeightGrad {
                 padding: self.padding,
+                bias,
                 w_dims: w.dims().to_vec(),
             },
         )?;
         let (o, numel) = (w.dim(0)?, w.elem_count());
         let dw = flat.narrow(0, 0, numel)?.reshape(w.dims())?;
-        let db = flat.narrow(0, numel, o)?;
+        let db = if bias {
+            Some(flat.narrow(0, numel, o)?)
+        } else {
+            None
+        };
         Ok((dx, dw, db))
     }
 }
@@ -717,7 +761,7 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.backward(x, w, grad)?;
+        let (dx, dw, _) = self.backward(x, w, grad, false)?;
         Ok((dx, Some(dw)))
     }
 }
@@ -747,8 +791,8 @@ impl CustomOp3 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = self.backward(x, w, grad)?;
-        Ok((dx, Some(dw), Some(db)))
+        let (dx, dw, db) = self.backward(x, w, grad, true)?;
+        Ok((dx, Some(dw), db))
     }
 }
 
@@ -785,6 +829,8 @@ impl CustomOp2 for InputGrad {
 /// Weight-and-bias gradient op: (dy, x) → [dW flattened, dB].
 struct WeightGrad {
     padding: usize,
+    /// Whether to append the bias gradient.
+    bias: bool,
     w_dims: Vec<usize>,
 }
 
@@ -807,9 +853,12 @@ impl CustomOp2 for WeightGrad {
                 l1.dims()
             )
         }
-        let (mut dw, db) =
-            conv_weight_grad(slice(s2, l2, "input")?, slice(s1, l1, "gradient")?, &g);
-        dw.extend(db.iter().map(|&v| v as f32));
+        let dy = slice(s1, l1, "gradient")?;
+        let mut dw = conv_weight_grad(slice(s2, l2, "input")?, dy, &g);
+        if self.bias {
+            let db = channel_sums(dy, g.n, g.o, g.out_pixels());
+            dw.extend(db.iter().map(|&v| v as f32));
+        }
         let len = dw.len();
         Ok((CpuStorage::F32(dw), Shape::from(len)))
     }
@@ -1190,6 +1239,7 @@ pub fn conv_transpose2x2_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::f32_data;
     use crate::ops::test_util::*;
     use candle_core::Var;
 
@@ -1266,6 +1316,83 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn direct_kernels_match_candle_on_odd_shapes() {
+        if !direct::available() {
+            eprintln!("skip: this CPU has no AVX-512, the direct kernels are not used");
+            return;
+        }
+        // (n, c, h, w, o, k, p, bias): rows of 16, 31, 47 and 61 columns
+        // (masked tails, 1–3 vectors per tile), channel counts that leave
+        // partial blocks, kernels 1, 3 and 5 with every padding
+        for &(n, c, h, w, o, k, p, bias) in &[
+            (2, 8, 5, 16, 8, 3, 1, true),
+            (1, 9, 4, 31, 19, 3, 1, false),
+            (2, 3, 3, 47, 10, 3, 0, true),
+            (1, 11, 6, 61, 9, 3, 2, true),
+            (1, 10, 3, 45, 8, 5, 2, false),
+            (2, 8, 2, 31, 13, 1, 0, true),
+        ] {
+            let (ho, wo) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
+            let g = Geom::new(&[n, c, h, w], &[o, c, k, k], p).unwrap();
+            assert!(direct::suits(&g), "{g:?} should take the direct path");
+            assert_eq!(direct::suits_weight_grad(&g), k == 3, "{g:?}");
+            let back = Geom::new(&[n, o, ho, wo], &[c, o, k, k], k - 1 - p).unwrap();
+            assert_eq!(direct::suits(&back), c >= 8, "{back:?}");
+            let x = rand_tensor(&[n, c, h, w], 11);
+            let wt = rand_tensor(&[o, c, k, k], 12);
+            let b = rand_tensor(&[o], 13);
+            if bias {
+                check(
+                    &[x, wt, b],
+                    |t| conv2d(&t[0], &t[1], Some(&t[2]), p).unwrap(),
+                    |t| conv2d_reference(&t[0], &t[1], Some(&t[2]), p).unwrap(),
+                    1e-5,
+                );
+            } else {
+                check(
+                    &[x, wt],
+                    |t| conv2d(&t[0], &t[1], None, p).unwrap(),
+                    |t| conv2d_reference(&t[0], &t[1], None, p).unwrap(),
+                    1e-5,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn direct_forward_applies_bias_and_relu_like_the_layers() {
+        if !direct::available() {
+            eprintln!("skip: this CPU has no AVX-512, the direct kernels are not used");
+            return;
+        }
+        let g = Geom::new(&[2, 4, 5, 31], &[12, 4, 3, 3], 1).unwrap();
+        assert!(direct::suits(&g));
+        let (x, wt, b) = (
+            rand_tensor(&[2, 4, 5, 31], 21),
+            rand_tensor(&[12, 4, 3, 3], 22),
+            rand_tensor(&[12], 23),
+        );
+        let mut xs = f32_data(&x).unwrap();
+        xs[7] = f32::NAN;
+        let x = Tensor::from_vec(xs, x.dims(), x.device()).unwrap();
+        let got = conv2d_relu_inference(&x, &wt, Some(&b), 1, true).unwrap();
+        let want =
+            crate::ops::relu_reference(&conv2d_reference(&x, &wt, Some(&b), 1).unwrap()).unwrap();
+        let (g, w) = (f32_data(&got).unwrap(), f32_data(&want).unwrap());
+        assert_eq!(g.len(), w.len());
+        let mut nans = 0;
+        for (a, e) in g.iter().zip(&w) {
+            if e.is_nan() {
+                assert!(a.is_nan(), "NaN must propagate through the fused ReLU");
+                nans += 1;
+            } else {
+                assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{a} vs {e}");
+            }
+        }
+        assert!(nans > 0);
     }
 
     #[test]

@@ -1,0 +1,509 @@
+//! Direct stride-1 k×k convolution for CPUs with AVX-512: no column matrix.
+//!
+//! The GEMM path builds a (C·k·k × pixels) column matrix and the matrix
+//! multiply then packs it again; for layers with few output channels (16–64,
+//! the wide top of a U-Net) each column element feeds only 2·O flops, so the
+//! copies cost as much as the arithmetic, and the product itself is skinny.
+//! Here the register tile is `V` vectors of 16 consecutive output pixels of
+//! one row × [`OB`] output channels; for every input channel and tap it loads
+//! the `V` shifted input vectors straight from the (zero-padded) input row,
+//! which stays in L1/L2, broadcasts the `OB` weights and accumulates with
+//! fused multiply-adds. Row tails use masked loads and stores.
+//!
+//! Every output element is one sum over (channel, ky, kx) in that order,
+//! computed by one thread, so results do not depend on scheduling.
+
+use super::{Geom, SharedMut};
+use rayon::prelude::*;
+
+/// Output channels per register tile (the weights are packed in blocks of it).
+const OB: usize = 8;
+
+/// True when this CPU runs the direct kernel and `SEG_CONV_DIRECT=0` does
+/// not switch it off (read once; for comparisons with the GEMM path).
+pub(super) fn available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let cpu = {
+            #[cfg(target_arch = "x86_64")]
+            {
+                std::is_x86_feature_detected!("avx512f")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        };
+        cpu && std::env::var("SEG_CONV_DIRECT").map_or(true, |v| v != "0")
+    })
+}
+
+/// Whether the direct kernel is the better choice for this geometry: enough
+/// output channels to fill a tile and rows wide enough that masked lanes
+/// waste little (the GEMM path batches small images instead).
+pub(super) fn suits(g: &Geom) -> bool {
+    if g.o < OB || g.wo < 16 {
+        return false;
+    }
+    let lanes = g.wo.div_ceil(16) * 16;
+    // at least 85 % of the vector lanes do useful work
+    g.wo * 100 >= lanes * 85
+}
+
+/// Weights (O × C × k × k) packed as [o-block][c][ky][kx][OB], zero-padded
+/// past O.
+fn pack_weights(wt: &[f32], g: &Geom) -> Vec<f32> {
+    let kk = g.k * g.k;
+    let blocks = g.o.div_ceil(OB);
+    let mut p = vec![0f32; blocks * g.c * kk * OB];
+    p.par_chunks_mut(g.c * kk * OB)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            for j in 0..OB {
+                let o = b * OB + j;
+                if o >= g.o {
+                    break;
+                }
+                for ci in 0..g.c {
+                    for t in 0..kk {
+                        dst[(ci * kk + t) * OB + j] = wt[(o * g.c + ci) * kk + t];
+                    }
+                }
+            }
+        });
+    p
+}
+
+/// The input zero-padded by `p` on every side: (N·C) planes of hp × wp.
+fn pad_input<'a>(x: &'a [f32], g: &Geom) -> (std::borrow::Cow<'a, [f32]>, usize, usize) {
+    let (hp, wp) = (g.h + 2 * g.p, g.w + 2 * g.p);
+    if g.p == 0 {
+        return (std::borrow::Cow::Borrowed(x), hp, wp);
+    }
+    let mut xp = vec![0f32; g.n * g.c * hp * wp];
+    xp.par_chunks_mut(hp * wp)
+        .zip(x.par_chunks(g.h * g.w))
+        .for_each(|(dst, src)| {
+            for (y, row) in src.chunks(g.w).enumerate() {
+                let at = (y + g.p) * wp + g.p;
+                dst[at..at + g.w].copy_from_slice(row);
+            }
+        });
+    (std::borrow::Cow::Owned(xp), hp, wp)
+}
+
+/// Stride-1 convolution of NCHW `x` with the (O × C·k·k) weights `wt`, plus
+/// an optional bias, then an optional ReLU; `None` when the CPU lacks
+/// AVX-512 (the caller then takes the GEMM path).
+pub(super) fn conv_forward(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &Geom,
+) -> Option<Vec<f32>> {
+    if !available() {
+        return None;
+    }
+    let wpk = pack_weights(wt, g);
+    let (xp, hp, wp) = pad_input(x, g);
+    let mut bias_p = vec![0f32; g.o.div_ceil(OB) * OB];
+    if let Some(b) = bias {
+        bias_p[..g.o].copy_from_slice(b);
+    }
+    let plane_out = g.ho * g.wo;
+    let mut out: Vec<f32> = Vec::with_capacity(g.n * g.o * plane_out);
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    // tasks: (image, run of output rows), about 8 per thread or more
+    let rows_per = {
+        let want = 8 * rayon::current_num_threads().max(1);
+        let per_image = want.div_ceil(g.n.max(1)).max(1);
+        g.ho.div_ceil(per_image).max(1)
+    };
+    let row_tasks = g.ho.div_ceil(rows_per);
+    (0..g.n * row_tasks).into_par_iter().for_each(|t| {
+        let (img, r) = (t / row_tasks, t % row_tasks);
+        let (y0, y1) = (r * rows_per, ((r + 1) * rows_per).min(g.ho));
+        let xi = &xp[img * g.c * hp * wp..(img + 1) * g.c * hp * wp];
+        for y in y0..y1 {
+            for b in 0..g.o.div_ceil(OB) {
+                let ob_valid = (g.o - b * OB).min(OB);
+                let wb = &wpk[b * g.c * g.k * g.k * OB..(b + 1) * g.c * g.k * g.k * OB];
+                let bb = &bias_p[b * OB..(b + 1) * OB];
+                // first output element of this row, channel b·OB
+                let at = (img * g.o + b * OB) * plane_out + y * g.wo;
+                // SAFETY: the kernel writes channels b·OB .. b·OB + ob_valid of
+                // row y of image img, inside `out` (allocated for n·o·plane_out
+                // floats) and written by this task alone; it reads the padded
+                // rows y .. y + k of `xi` and the weight block `wb`, in bounds
+                // (see `row`).
+                unsafe {
+                    row(
+                        xi,
+                        hp,
+                        wp,
+                        y,
+                        wb,
+                        bb,
+                        relu,
+                        g,
+                        out_ptr.ptr().add(at),
+                        plane_out,
+                        ob_valid,
+                    );
+                }
+            }
+        }
+    });
+    // SAFETY: every element was written: each (image, row) by one task, all
+    // channels of it (the blocks cover 0..o), every column (the x-blocks
+    // cover 0..wo).
+    unsafe { out.set_len(g.n * g.o * plane_out) };
+    Some(out)
+}
+
+/// One output row for one block of output channels.
+///
+/// # Safety
+/// AVX-512F must be available; `out` must point at the row's first element
+/// of channel b·OB, valid for writes of `ob_valid` planes `plane_out` apart.
+#[allow(clippy::too_many_arguments)]
+unsafe fn row(
+    xi: &[f32],
+    hp: usize,
+    wp: usize,
+    y: usize,
+    wb: &[f32],
+    bias: &[f32],
+    relu: bool,
+    g: &Geom,
+    out: *mut f32,
+    plane_out: usize,
+    ob_valid: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: see the notes inside
+    unsafe {
+        assert!(xi.len() == g.c * hp * wp && wb.len() == g.c * g.k * g.k * OB);
+        assert!(y + g.k <= hp && g.wo + g.k - 1 <= wp && bias.len() == OB);
+        // the row's vectors in blocks of at most 3, as even as possible
+        // (64 columns: 2 + 2 rather than 3 + 1)
+        let nvec = g.wo.div_ceil(16);
+        let blocks = nvec.div_ceil(3);
+        let mut x0 = 0;
+        for blk in 0..blocks {
+            let nv = nvec / blocks + usize::from(blk < nvec % blocks);
+            let left = g.wo - x0;
+            let tail = (left - 16 * (nv - 1)).min(16);
+            let mask: u16 = if tail == 16 {
+                u16::MAX
+            } else {
+                (1u16 << tail) - 1
+            };
+            let args = Tile {
+                x: xi.as_ptr().add(y * wp + x0),
+                plane: hp * wp,
+                wp,
+                c: g.c,
+                k: g.k,
+                w: wb.as_ptr(),
+                bias: bias.as_ptr(),
+                relu,
+                mask,
+                out: out.add(x0),
+                plane_out,
+                ob_valid,
+            };
+            // SAFETY (every arm): loads reach at most column
+            // x0 + 16·(nv − 1) + tail − 1 + k − 1 < wo + k − 1 <= wp of rows
+            // y .. y + k − 1 < hp of each channel plane (masked lanes are not
+            // accessed); stores reach columns < wo of ob_valid planes.
+            match (nv, g.k) {
+                (3, 3) => avx512::tile::<3, 3>(&args),
+                (2, 3) => avx512::tile::<2, 3>(&args),
+                (1, 3) => avx512::tile::<1, 3>(&args),
+                (3, _) => avx512::tile::<3, 0>(&args),
+                (2, _) => avx512::tile::<2, 0>(&args),
+                _ => avx512::tile::<1, 0>(&args),
+            }
+            x0 += 16 * nv;
+        }
+        debug_assert!(x0 >= g.wo && x0 < g.wo + 16);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (xi, hp, wp, y, wb, bias, relu, g, out, plane_out, ob_valid);
+        unreachable!("the direct convolution needs AVX-512");
+    }
+}
+
+/// The operands of one register tile.
+struct Tile {
+    /// Input at (channel 0, row y, column x0) of the padded image.
+    x: *const f32,
+    /// Floats between input channel planes.
+    plane: usize,
+    /// Padded row length.
+    wp: usize,
+    c: usize,
+    k: usize,
+    /// Packed weights of the channel block: [c][ky][kx][OB].
+    w: *const f32,
+    /// OB biases.
+    bias: *const f32,
+    relu: bool,
+    /// Valid lanes of the last vector.
+    mask: u16,
+    /// Output at (channel b·OB, row y, column x0).
+    out: *mut f32,
+    plane_out: usize,
+    ob_valid: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Tile, OB};
+    use std::arch::x86_64::*;
+
+    /// Adds the weight-gradient products of output rows `rows` of one image
+    /// for `W` output channels (planes `ho·wo` apart at `d`) and one padded
+    /// input channel plane at `x` into the accumulators at `mem` ([j][tap][16
+    /// lanes], tap = ky·3 + kx).
+    ///
+    /// # Safety
+    /// AVX-512F available; `x` valid for rows 0 .. ho + 2 and columns
+    /// 0 .. wo + 2 of rows `wp` long; `d` for `W` planes of ho × wo; `mem`
+    /// for OW·9·16 floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn wg_tile<const W: usize>(
+        x: *const f32,
+        wp: usize,
+        d: *const f32,
+        ho: usize,
+        wo: usize,
+        rows: (usize, usize),
+        mem: *mut f32,
+    ) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 9]; W];
+            for (j, row) in acc.iter_mut().enumerate() {
+                for (t, a) in row.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(mem.add((j * 9 + t) * 16));
+                }
+            }
+            let plane = ho * wo;
+            for y in rows.0..rows.1 {
+                let mut x0 = 0;
+                while x0 < wo {
+                    let left = wo - x0;
+                    let m: u16 = if left >= 16 {
+                        u16::MAX
+                    } else {
+                        (1u16 << left) - 1
+                    };
+                    let mut dv = [_mm512_setzero_ps(); W];
+                    for (j, slot) in dv.iter_mut().enumerate() {
+                        *slot = _mm512_maskz_loadu_ps(m, d.add(j * plane + y * wo + x0));
+                    }
+                    for ky in 0..3 {
+                        let xr = x.add((y + ky) * wp + x0);
+                        for kx in 0..3 {
+                            let xv = _mm512_maskz_loadu_ps(m, xr.add(kx));
+                            for j in 0..W {
+                                acc[j][ky * 3 + kx] =
+                                    _mm512_fmadd_ps(dv[j], xv, acc[j][ky * 3 + kx]);
+                            }
+                        }
+                    }
+                    x0 += 16;
+                }
+            }
+            for (j, row) in acc.iter().enumerate() {
+                for (t, a) in row.iter().enumerate() {
+                    _mm512_storeu_ps(mem.add((j * 9 + t) * 16), *a);
+                }
+            }
+        }
+    }
+
+    /// `V` vectors × OB channels of one output row.
+    ///
+    /// # Safety
+    /// AVX-512F available; the pointers valid as described on [`Tile`] for
+    /// the columns and rows the tile covers.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<const V: usize, const K: usize>(t: &Tile) {
+        // SAFETY: the caller's contract
+        unsafe { tile_body::<V, K>(t) }
+    }
+
+    #[inline(always)]
+    unsafe fn tile_body<const V: usize, const K: usize>(t: &Tile) {
+        unsafe {
+            // K: the kernel size fixed at compile time (loops unrolled), or
+            // 0 for any size (read from the tile)
+            let k = if K == 0 { t.k } else { K };
+            let mut acc = [[_mm512_setzero_ps(); OB]; V];
+            for ci in 0..t.c {
+                let xc = t.x.add(ci * t.plane);
+                let wc = t.w.add(ci * k * k * OB);
+                for ky in 0..k {
+                    let xr = xc.add(ky * t.wp);
+                    let wr = wc.add(ky * k * OB);
+                    for kx in 0..k {
+                        let xs = xr.add(kx);
+                        let mut xv = [_mm512_setzero_ps(); V];
+                        for (v, slot) in xv.iter_mut().enumerate() {
+                            *slot = if v + 1 == V {
+                                _mm512_maskz_loadu_ps(t.mask, xs.add(16 * v))
+                            } else {
+                                _mm512_loadu_ps(xs.add(16 * v))
+                            };
+                        }
+                        let wk = wr.add(kx * OB);
+                        for j in 0..OB {
+                            let wj = _mm512_set1_ps(*wk.add(j));
+                            for (a, &xvv) in acc.iter_mut().zip(&xv) {
+                                a[j] = _mm512_fmadd_ps(xvv, wj, a[j]);
+                            }
+                        }
+                    }
+                }
+            }
+            let zero = _mm512_setzero_ps();
+            for j in 0..t.ob_valid {
+                let b = _mm512_set1_ps(*t.bias.add(j));
+                let o = t.out.add(j * t.plane_out);
+                for (v, a) in acc.iter().enumerate() {
+                    let mut r = _mm512_add_ps(a[j], b);
+                    if t.relu {
+                        // max(r, 0) that keeps NaN (as PyTorch's ReLU does)
+                        let neg = _mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ);
+                        r = _mm512_mask_mov_ps(r, neg, zero);
+                    }
+                    if v + 1 == V {
+                        _mm512_mask_storeu_ps(o.add(16 * v), t.mask, r);
+                    } else {
+                        _mm512_storeu_ps(o.add(16 * v), r);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Output channels per weight-gradient tile (3 × 9 taps = 27 accumulators).
+const OW: usize = 3;
+
+/// Whether the direct weight-gradient kernel takes this geometry (3×3
+/// kernels with rows wide enough for the vector lanes).
+pub(super) fn suits_weight_grad(g: &Geom) -> bool {
+    g.k == 3 && g.wo >= 16 && {
+        let lanes = g.wo.div_ceil(16) * 16;
+        g.wo * 100 >= lanes * 85
+    }
+}
+
+/// The weight gradient dW (O × C·3·3) = Σ over pixels of dy[o] · x shifted
+/// by each tap; `None` when the CPU lacks AVX-512.
+///
+/// Images are taken one after the other (each image's planes stay in the
+/// caches while every task reads them); within an image, one task per
+/// (block of [`OW`] output channels, input channel) adds the image's
+/// products into that pair's 27 vector accumulators, kept in memory between
+/// images. Each accumulator is thus summed in a fixed order (images, rows,
+/// columns), reduced across its lanes at the end: the result does not
+/// depend on scheduling.
+pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f32>> {
+    if !available() || g.k != 3 {
+        return None;
+    }
+    let (xp, hp, wp) = pad_input(x, g);
+    let plane_out = g.ho * g.wo;
+    let oblocks = g.o.div_ceil(OW);
+    let kk = g.c * 9;
+    const ACC: usize = OW * 9 * 16;
+    let mut acc = vec![0f32; oblocks * g.c * ACC];
+    // each task: a run of (block, channel) pairs, over every image in bands
+    // of rows (about 512 pixels) so that a band's rows stay in L1 while the
+    // run's pairs read them
+    let pairs = oblocks * g.c;
+    let per = pairs
+        .div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(1);
+    let band = (512 / g.wo).max(1);
+    acc.par_chunks_mut(per * ACC)
+        .enumerate()
+        .for_each(|(chunk, accs)| {
+            for img in 0..g.n {
+                let mut y0 = 0;
+                while y0 < g.ho {
+                    let y1 = (y0 + band).min(g.ho);
+                    for (i, a) in accs.chunks_mut(ACC).enumerate() {
+                        let t = chunk * per + i;
+                        let (b, ci) = (t / g.c, t % g.c);
+                        let ow = (g.o - b * OW).min(OW);
+                        let xc = &xp[(img * g.c + ci) * hp * wp..][..hp * wp];
+                        let d0 = (img * g.o + b * OW) * plane_out;
+                        let d = &dy[d0..d0 + ow * plane_out];
+                        // SAFETY: `wg_rows` checks the bounds it relies on.
+                        unsafe { wg_rows(xc, hp, wp, d, ow, g, (y0, y1), a) };
+                    }
+                    y0 = y1;
+                }
+            }
+        });
+    let mut dw = vec![0f32; g.o * kk];
+    for (t, a) in acc.chunks(ACC).enumerate() {
+        let (b, ci) = (t / g.c, t % g.c);
+        for j in 0..(g.o - b * OW).min(OW) {
+            let o = b * OW + j;
+            for tap in 0..9 {
+                let lanes = &a[(j * 9 + tap) * 16..][..16];
+                dw[o * kk + ci * 9 + tap] = lanes.iter().sum();
+            }
+        }
+    }
+    Some(dw)
+}
+
+/// Adds the products of output rows `rows` of one image, for one input
+/// channel and `ow` output channels, into the vector accumulators `acc`
+/// ([j][ky·3 + kx][16 lanes]).
+///
+/// # Safety
+/// AVX-512F must be available.
+#[allow(clippy::too_many_arguments)]
+unsafe fn wg_rows(
+    xc: &[f32],
+    hp: usize,
+    wp: usize,
+    d: &[f32],
+    ow: usize,
+    g: &Geom,
+    rows: (usize, usize),
+    acc: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(xc.len() == hp * wp && d.len() == ow * g.ho * g.wo);
+        assert!(g.ho + 2 <= hp && g.wo + 2 <= wp && (1..=OW).contains(&ow));
+        assert!(acc.len() == OW * 9 * 16 && rows.0 <= rows.1 && rows.1 <= g.ho);
+        let a = acc.as_mut_ptr();
+        // SAFETY: bounds asserted above; see `wg_tile`.
+        unsafe {
+            match ow {
+                3 if OW >= 3 => {
+                    avx512::wg_tile::<3>(xc.as_ptr(), wp, d.as_ptr(), g.ho, g.wo, rows, a)
+                }
+                2 => avx512::wg_tile::<2>(xc.as_ptr(), wp, d.as_ptr(), g.ho, g.wo, rows, a),
+                _ => avx512::wg_tile::<1>(xc.as_ptr(), wp, d.as_ptr(), g.ho, g.wo, rows, a),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (xc, hp, wp, d, ow, g, rows, acc);
+        unreachable!("the direct convolution needs AVX-512");
+    }
+}
