@@ -37,6 +37,29 @@ pub(crate) fn cpu_f32<'a>(
     }
 }
 
+/// A vector of `len` values written in parallel, chunk by chunk
+/// (`fill(chunk_index, chunk)`, chunks of `chunk` elements, the last one
+/// shorter), without first zeroing the memory: for outputs that a kernel
+/// overwrites entirely, this saves one pass over them.
+///
+/// # Safety
+/// `fill` must initialise every element of every chunk it is given.
+pub(crate) unsafe fn par_uninit<T: Send>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: the caller's `fill` initialised all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// True when the seg CPU kernels apply to this tensor.
 fn use_cpu_kernel(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32

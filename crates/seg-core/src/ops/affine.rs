@@ -3,7 +3,6 @@
 
 use super::{cpu_f32, use_cpu_kernel};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 struct ChannelAffine;
 
@@ -34,16 +33,16 @@ impl CustomOp3 for ChannelAffine {
             );
         }
         let hw = (h * w).max(1);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .for_each(|(plane, (o, i))| {
+        // SAFETY: each plane is written element by element from the plane
+        // of x of the same length.
+        let y = unsafe {
+            super::par_uninit(x.len(), hw, |plane, o| {
                 let (a, b) = (scale[plane % c], shift[plane % c]);
-                for (o, &v) in o.iter_mut().zip(i) {
-                    *o = v * a + b;
+                for (o, &v) in o.iter_mut().zip(&x[plane * hw..]) {
+                    o.write(v * a + b);
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -42,6 +42,40 @@ where
         .collect()
 }
 
+/// Lanes of the f64 partial sums below: independent accumulators, so that
+/// the sums vectorise instead of waiting on one addition chain.
+const LANES: usize = 8;
+
+/// Σ f(v) over `v` in f64, in [`LANES`] interleaved partial sums added in a
+/// fixed order (the same result on every run).
+#[inline]
+fn lanes_sum(v: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|&x| f(x)).sum::<f64>()
+}
+
+/// Σ f(a, b) over pairs of `a` and `b` (equal lengths), as [`lanes_sum`].
+#[inline]
+fn lanes_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
+            *s += f(p, q);
+        }
+    }
+    acc.iter().sum::<f64>() + ra.iter().zip(rb).map(|(&p, &q)| f(p, q)).sum::<f64>()
+}
+
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
         "seg-batch-norm-train"
@@ -64,32 +98,30 @@ impl CustomOp3 for BatchNormTrain {
         let count = (n * hw) as f64;
         // two passes over the data: mean, then centred sum of squares
         let sums = per_channel(n, c, hw, |off, _| {
-            (x[off..off + hw].iter().map(|&v| v as f64).sum(), 0.0)
+            (lanes_sum(&x[off..off + hw], |v| v as f64), 0.0)
         });
         let mean: Vec<f64> = sums.iter().map(|s| s.0 / count).collect();
         let sq = per_channel(n, c, hw, |off, ch| {
             let m = mean[ch];
             (
-                x[off..off + hw]
-                    .iter()
-                    .map(|&v| (v as f64 - m).powi(2))
-                    .sum(),
+                lanes_sum(&x[off..off + hw], |v| (v as f64 - m).powi(2)),
                 0.0,
             )
         });
         let var: Vec<f64> = sq.iter().map(|s| s.0 / count).collect();
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        let mut y = vec![0f32; x.len()];
-        if hw > 0 {
-            y.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
+        // SAFETY: each plane is written element by element from the plane
+        // of x of the same length.
+        let y = unsafe {
+            super::par_uninit(x.len(), hw, |p, out| {
                 let ch = p % c;
                 let scale = (inv[ch] * w[ch] as f64) as f32;
                 let shift = (b[ch] as f64 - mean[ch] * inv[ch] * w[ch] as f64) as f32;
                 for (o, &v) in out.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-                    *o = v * scale + shift;
+                    o.write(v * scale + shift);
                 }
-            });
-        }
+            })
+        };
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Stats {
             mean: mean.iter().map(|&v| v as f32).collect(),
             var: var.iter().map(|&v| v as f32).collect(),
@@ -153,16 +185,20 @@ impl CustomOp3 for BatchNormTrainBackward {
         // per channel: sum g and sum g * xhat
         let sums = per_channel(n, c, hw, |off, ch| {
             let (m, inv) = (mean[ch] as f64, inv_std[ch] as f64);
-            g[off..off + hw]
-                .iter()
-                .zip(&x[off..off + hw])
-                .fold((0.0, 0.0), |acc, (&gv, &xv)| {
-                    (acc.0 + gv as f64, acc.1 + gv as f64 * (xv as f64 - m) * inv)
-                })
+            let (g, x) = (&g[off..off + hw], &x[off..off + hw]);
+            // Σ g and Σ g·(x − m), the latter times inv once at the end
+            (
+                lanes_sum(g, |v| v as f64),
+                lanes_sum2(g, x, |gv, xv| gv as f64 * (xv as f64 - m)) * inv,
+            )
         });
-        let mut dx = vec![0f32; g.len()];
-        if hw > 0 {
-            dx.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
+        if x.len() != g.len() {
+            candle_core::bail!("seg batch-norm backward: gradient and input sizes differ")
+        }
+        // SAFETY: each plane is written element by element from the planes
+        // of g and x of the same length.
+        let dx = unsafe {
+            super::par_uninit(g.len(), hw, |p, out| {
                 let ch = p % c;
                 let (m, inv) = (mean[ch] as f64, inv_std[ch] as f64);
                 let k = w[ch] as f64 * inv;
@@ -171,10 +207,10 @@ impl CustomOp3 for BatchNormTrainBackward {
                 let src = p * hw..(p + 1) * hw;
                 for ((o, &gv), &xv) in out.iter_mut().zip(&g[src.clone()]).zip(&x[src]) {
                     let xhat = (xv as f64 - m) * inv;
-                    *o = (k * (gv as f64 - mg - xhat * mgx)) as f32;
+                    o.write((k * (gv as f64 - mg - xhat * mgx)) as f32);
                 }
-            });
-        }
+            })
+        };
         let dw = sums.iter().map(|s| s.1 as f32).collect();
         let db = sums.iter().map(|s| s.0 as f32).collect();
         *self.param_grads.lock().unwrap_or_else(|e| e.into_inner()) = (dw, db);

@@ -635,17 +635,19 @@ fn conv_weight_grad_gemm(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
 /// swapped, as a (C × O·k·k) matrix.
 fn flipped_kernel(wt: &[f32], g: &Geom) -> Vec<f32> {
     let (o, c, k) = (g.o, g.c, g.k);
+    let kk = k * k;
     let mut f = vec![0f32; wt.len()];
-    for oc in 0..o {
-        for ci in 0..c {
-            for ky in 0..k {
-                for kx in 0..k {
-                    f[((ci * o + oc) * k + (k - 1 - ky)) * k + (k - 1 - kx)] =
-                        wt[((oc * c + ci) * k + ky) * k + kx];
+    // one destination row (input channel ci) per task, written in order
+    f.par_chunks_mut((o * kk).max(1))
+        .enumerate()
+        .for_each(|(ci, row)| {
+            for oc in 0..o {
+                let src = &wt[(oc * c + ci) * kk..][..kk];
+                for (t, d) in row[oc * kk..][..kk].iter_mut().enumerate() {
+                    *d = src[kk - 1 - t];
                 }
             }
-        }
-    }
+        });
     f
 }
 

@@ -11,7 +11,6 @@
 
 use super::use_cpu_kernel;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::Mutex;
 
@@ -63,14 +62,14 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(storage, layout, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, i)| {
-                for (o, &v) in o.iter_mut().zip(i) {
-                    *o = v.max(0.0);
+        // SAFETY: every chunk is written element by element (same lengths).
+        let y = unsafe {
+            super::par_uninit(x.len(), CHUNK, |i, o| {
+                for (o, &v) in o.iter_mut().zip(&x[i * CHUNK..]) {
+                    o.write(v.max(0.0));
                 }
-            });
+            })
+        };
         PROBE.with(|p| {
             if let Some(state) = p.borrow_mut().as_mut() {
                 for (k, &v) in x.iter().enumerate() {
@@ -115,14 +114,18 @@ impl CustomOp2 for ReluBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let g = contiguous(s1, l1, self.name())?;
         let x = contiguous(s2, l2, self.name())?;
-        let mut dx = vec![0f32; g.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
-            .for_each(|(o, (g, x))| {
-                for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
-                    *o = if x > 0.0 { g } else { 0.0 };
+        if g.len() != x.len() {
+            candle_core::bail!("{}: gradient and input sizes differ", self.name())
+        }
+        // SAFETY: every chunk is written element by element (g, x and the
+        // output have the same length).
+        let mut dx = unsafe {
+            super::par_uninit(g.len(), CHUNK, |i, o| {
+                for ((o, &g), &x) in o.iter_mut().zip(&g[i * CHUNK..]).zip(&x[i * CHUNK..]) {
+                    o.write(if x > 0.0 { g } else { 0.0 });
                 }
-            });
+            })
+        };
         for &k in &self.flips {
             dx[k] = if x[k] > 0.0 { 0.0 } else { g[k] };
         }

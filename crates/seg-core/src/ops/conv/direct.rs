@@ -80,15 +80,24 @@ fn pad_input<'a>(x: &'a [f32], g: &Geom) -> (std::borrow::Cow<'a, [f32]>, usize,
     if g.p == 0 {
         return (std::borrow::Cow::Borrowed(x), hp, wp);
     }
-    let mut xp = vec![0f32; g.n * g.c * hp * wp];
-    xp.par_chunks_mut(hp * wp)
-        .zip(x.par_chunks(g.h * g.w))
-        .for_each(|(dst, src)| {
+    // SAFETY: every padded plane is written whole: the border rows, and
+    // each inner row's left border, copied values and right border.
+    let xp = unsafe {
+        crate::ops::par_uninit(g.n * g.c * hp * wp, hp * wp, |plane, dst| {
+            let src = &x[plane * g.h * g.w..][..g.h * g.w];
+            let zero = std::mem::MaybeUninit::new(0f32);
+            dst[..g.p * wp].fill(zero);
+            dst[(g.p + g.h) * wp..].fill(zero);
             for (y, row) in src.chunks(g.w).enumerate() {
-                let at = (y + g.p) * wp + g.p;
-                dst[at..at + g.w].copy_from_slice(row);
+                let d = &mut dst[(y + g.p) * wp..][..wp];
+                d[..g.p].fill(zero);
+                for (o, &v) in d[g.p..g.p + g.w].iter_mut().zip(row) {
+                    o.write(v);
+                }
+                d[g.p + g.w..].fill(zero);
             }
-        });
+        })
+    };
     (std::borrow::Cow::Owned(xp), hp, wp)
 }
 
