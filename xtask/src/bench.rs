@@ -114,7 +114,7 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
     let params = net.params().num_trainable();
     let shape = case.shape();
     let x = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu)?;
-    let mut step: Box<dyn FnMut() -> Result<()>> = if case.mode == "train" {
+    let mut step: Box<dyn FnMut() -> Result<()> + Send> = if case.mode == "train" {
         let y = Tensor::rand(0f32, 1.0, (shape[0], 1, shape[2], shape[3]), &Device::Cpu)?
             .ge(0.8)?
             .to_dtype(DType::F32)?;
@@ -146,6 +146,9 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
             Ok(())
         })
     };
+    // as seg-train runs its steps and forward passes: on a worker of the
+    // kernels' thread pool
+    let mut step = move || seg_core::on_worker(&mut step);
     for _ in 0..warmup {
         step()?;
     }

@@ -134,7 +134,7 @@ pub fn predict(
             if fh {
                 xi = xi.flip(&[3])?;
             }
-            let logits = model.forward_t(&xi, false)?;
+            let logits = seg_core::on_worker(|| model.forward_t(&xi, false))?;
             let mut p = if logits.dim(1)? == 1 {
                 seg_core::ops::sigmoid(&logits)?
             } else {

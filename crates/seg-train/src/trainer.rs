@@ -580,9 +580,19 @@ impl Trainer {
                 if multiclass {
                     y = Tensor::cat(&[&y.affine(-1.0, 1.0)?, &y], 1)?;
                 }
-                let logits = self.net.forward_t(&x, true)?;
-                let loss = self.cfg.loss.compute(&logits, &y)?;
-                let lv = loss.to_scalar::<f32>()?;
+                // the step runs on a worker of the kernels' thread pool
+                // (see `seg_core::on_worker`)
+                let (net, loss_kind, opt) = (&self.net, &self.cfg.loss, &mut self.opt);
+                let lv = seg_core::on_worker(|| -> Result<f32> {
+                    let logits = net.forward_t(&x, true)?;
+                    let loss = loss_kind.compute(&logits, &y)?;
+                    let lv = loss.to_scalar::<f32>()?;
+                    if lv.is_finite() {
+                        let grads = loss.backward()?;
+                        opt.step(&grads, lr)?;
+                    }
+                    Ok(lv)
+                })?;
                 if !lv.is_finite() {
                     return Err(Error::NonFiniteLoss {
                         epoch: epoch + 1,
@@ -591,8 +601,6 @@ impl Trainer {
                         checkpoint: self.paths.last.clone(),
                     });
                 }
-                let grads = loss.backward()?;
-                self.opt.step(&grads, lr)?;
                 self.state.global_step += 1;
                 self.state.step += 1;
                 self.state.loss_sum += lv as f64;

@@ -310,14 +310,22 @@ mod avx512 {
                     } else {
                         (1u16 << left) - 1
                     };
+                    let full = m == u16::MAX;
+                    let load = |p: *const f32| {
+                        if full {
+                            _mm512_loadu_ps(p)
+                        } else {
+                            _mm512_maskz_loadu_ps(m, p)
+                        }
+                    };
                     let mut dv = [_mm512_setzero_ps(); W];
                     for (j, slot) in dv.iter_mut().enumerate() {
-                        *slot = _mm512_maskz_loadu_ps(m, d.add(j * plane + y * wo + x0));
+                        *slot = load(d.add(j * plane + y * wo + x0));
                     }
                     for ky in 0..3 {
                         let xr = x.add((y + ky) * wp + x0);
                         for kx in 0..3 {
-                            let xv = _mm512_maskz_loadu_ps(m, xr.add(kx));
+                            let xv = load(xr.add(kx));
                             for j in 0..W {
                                 acc[j][ky * 3 + kx] =
                                     _mm512_fmadd_ps(dv[j], xv, acc[j][ky * 3 + kx]);
