@@ -60,6 +60,40 @@ pub(crate) unsafe fn par_uninit<T: Send>(
     v
 }
 
+/// Lanes of the f64 partial sums below: independent accumulators, so that
+/// the sums vectorise instead of waiting on one addition chain.
+const LANES: usize = 8;
+
+/// Σ f(v) over `v` in f64, in [`LANES`] interleaved partial sums added in a
+/// fixed order (the same result on every run).
+#[inline]
+pub(crate) fn lanes_sum(v: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|&x| f(x)).sum::<f64>()
+}
+
+/// Σ f(a, b) over pairs of `a` and `b` (equal lengths), as [`lanes_sum`].
+#[inline]
+pub(crate) fn lanes_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
+            *s += f(p, q);
+        }
+    }
+    acc.iter().sum::<f64>() + ra.iter().zip(rb).map(|(&p, &q)| f(p, q)).sum::<f64>()
+}
+
 /// True when the seg CPU kernels apply to this tensor.
 fn use_cpu_kernel(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32

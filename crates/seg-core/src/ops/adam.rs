@@ -190,7 +190,7 @@ pub fn sum_squares(x: &Tensor) -> Result<f64> {
             // thread scheduling
             let parts: Vec<f64> = v
                 .par_chunks(CHUNK)
-                .map(|c| c.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>())
+                .map(|c| super::lanes_sum(c, |a| (a as f64) * (a as f64)))
                 .collect();
             return Ok(parts.iter().sum());
         }

@@ -552,25 +552,12 @@ fn channel_sums(dy: &[f32], n: usize, ch: usize, hw: usize) -> Vec<f64> {
         .into_par_iter()
         .map(|c| {
             (0..n)
-                .map(|i| sum_f64(&dy[(i * ch + c) * hw..][..hw]))
+                .map(|i| super::lanes_sum(&dy[(i * ch + c) * hw..][..hw], |v| v as f64))
                 .sum()
         })
         .collect()
 }
 
-/// The f64 sum of `v`, in eight interleaved partial sums (so that it
-/// vectorises; a fixed order, so the result does not vary between runs).
-fn sum_f64(v: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = v.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += x as f64;
-        }
-    }
-    acc.iter().sum::<f64>() + rest.iter().map(|&x| x as f64).sum::<f64>()
-}
 
 /// Weight and bias gradients: returns (dW as O × kk, dB of length O).
 fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {

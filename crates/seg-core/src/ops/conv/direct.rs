@@ -274,23 +274,29 @@ mod avx512 {
     use super::{Tile, OB};
     use std::arch::x86_64::*;
 
-    /// Adds the weight-gradient products of output rows `rows` of one image
-    /// for `W` output channels (planes `ho·wo` apart at `d`) and one padded
-    /// input channel plane at `x` into the accumulators at `mem` ([j][tap][16
-    /// lanes], tap = ky·3 + kx).
+    /// A padded input channel plane, the first of the block's output
+    /// gradient planes, and the output rows to take.
+    pub(super) struct Seg {
+        pub x: *const f32,
+        pub d: *const f32,
+        pub rows: (usize, usize),
+    }
+
+    /// Adds the weight-gradient products of the segments, each for `W`
+    /// output channels (planes `ho·wo` apart at `d`) and one padded input
+    /// channel plane at `x`, into the vector accumulators at `mem` ([j][tap]
+    /// [16 lanes], tap = ky·3 + kx), held in registers through the segments.
     ///
     /// # Safety
-    /// AVX-512F available; `x` valid for rows 0 .. ho + 2 and columns
-    /// 0 .. wo + 2 of rows `wp` long; `d` for `W` planes of ho × wo; `mem`
-    /// for OW·9·16 floats.
+    /// AVX-512F available; each `x` valid for rows 0 .. ho + 2 and columns
+    /// 0 .. wo + 2 of rows `wp` long, each `d` for `W` planes of ho × wo,
+    /// rows within 0 .. ho; `mem` for OW·9·16 floats.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn wg_tile<const W: usize>(
-        x: *const f32,
+        segs: &[Seg],
         wp: usize,
-        d: *const f32,
         ho: usize,
         wo: usize,
-        rows: (usize, usize),
         mem: *mut f32,
     ) {
         unsafe {
@@ -301,38 +307,41 @@ mod avx512 {
                 }
             }
             let plane = ho * wo;
-            for y in rows.0..rows.1 {
-                let mut x0 = 0;
-                while x0 < wo {
-                    let left = wo - x0;
-                    let m: u16 = if left >= 16 {
-                        u16::MAX
-                    } else {
-                        (1u16 << left) - 1
-                    };
-                    let full = m == u16::MAX;
-                    let load = |p: *const f32| {
-                        if full {
-                            _mm512_loadu_ps(p)
+            for seg in segs {
+                let (x, d) = (seg.x, seg.d);
+                for y in seg.rows.0..seg.rows.1 {
+                    let mut x0 = 0;
+                    while x0 < wo {
+                        let left = wo - x0;
+                        let m: u16 = if left >= 16 {
+                            u16::MAX
                         } else {
-                            _mm512_maskz_loadu_ps(m, p)
+                            (1u16 << left) - 1
+                        };
+                        let full = m == u16::MAX;
+                        let load = |p: *const f32| {
+                            if full {
+                                _mm512_loadu_ps(p)
+                            } else {
+                                _mm512_maskz_loadu_ps(m, p)
+                            }
+                        };
+                        let mut dv = [_mm512_setzero_ps(); W];
+                        for (j, slot) in dv.iter_mut().enumerate() {
+                            *slot = load(d.add(j * plane + y * wo + x0));
                         }
-                    };
-                    let mut dv = [_mm512_setzero_ps(); W];
-                    for (j, slot) in dv.iter_mut().enumerate() {
-                        *slot = load(d.add(j * plane + y * wo + x0));
-                    }
-                    for ky in 0..3 {
-                        let xr = x.add((y + ky) * wp + x0);
-                        for kx in 0..3 {
-                            let xv = load(xr.add(kx));
-                            for j in 0..W {
-                                acc[j][ky * 3 + kx] =
-                                    _mm512_fmadd_ps(dv[j], xv, acc[j][ky * 3 + kx]);
+                        for ky in 0..3 {
+                            let xr = x.add((y + ky) * wp + x0);
+                            for kx in 0..3 {
+                                let xv = load(xr.add(kx));
+                                for j in 0..W {
+                                    acc[j][ky * 3 + kx] =
+                                        _mm512_fmadd_ps(dv[j], xv, acc[j][ky * 3 + kx]);
+                                }
                             }
                         }
+                        x0 += 16;
                     }
-                    x0 += 16;
                 }
             }
             for (j, row) in acc.iter().enumerate() {
@@ -424,13 +433,12 @@ pub(super) fn suits_weight_grad(g: &Geom) -> bool {
 /// The weight gradient dW (O × C·3·3) = Σ over pixels of dy[o] · x shifted
 /// by each tap; `None` when the CPU lacks AVX-512.
 ///
-/// Images are taken one after the other (each image's planes stay in the
-/// caches while every task reads them); within an image, one task per
-/// (block of [`OW`] output channels, input channel) adds the image's
-/// products into that pair's 27 vector accumulators, kept in memory between
-/// images. Each accumulator is thus summed in a fixed order (images, rows,
-/// columns), reduced across its lanes at the end: the result does not
-/// depend on scheduling.
+/// The pixels are taken in bands (rows of one image, or several small
+/// images); for each band, every (block of [`OW`] output channels, input
+/// channel) pair adds its products to its 27 vector accumulators (kept in
+/// memory between bands, in registers within one). Each pair belongs to one
+/// task, which goes through the bands in order, and the lanes are summed at
+/// the end in a fixed order: the result does not depend on scheduling.
 pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f32>> {
     if !available() || g.k != 3 {
         return None;
@@ -441,32 +449,32 @@ pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f3
     let kk = g.c * 9;
     const ACC: usize = OW * 9 * 16;
     let mut acc = vec![0f32; oblocks * g.c * ACC];
-    // each task: a run of (block, channel) pairs, over every image in bands
-    // of rows (about 512 pixels) so that a band's rows stay in L1 while the
-    // run's pairs read them
+    // each task: a run of (block, channel) pairs, over the bands in order;
+    // a band (about 2048 output pixels: rows of one image, or whole small
+    // images) stays in the caches while the run's pairs read it, and each
+    // pair's accumulators stay in registers through a band
     let pairs = oblocks * g.c;
     let per = pairs
         .div_ceil(4 * rayon::current_num_threads().max(1))
         .max(1);
-    let band = (512 / g.wo).max(1);
+    let bands = wg_bands(g, 2048);
     acc.par_chunks_mut(per * ACC)
         .enumerate()
         .for_each(|(chunk, accs)| {
-            for img in 0..g.n {
-                let mut y0 = 0;
-                while y0 < g.ho {
-                    let y1 = (y0 + band).min(g.ho);
-                    for (i, a) in accs.chunks_mut(ACC).enumerate() {
-                        let t = chunk * per + i;
-                        let (b, ci) = (t / g.c, t % g.c);
-                        let ow = (g.o - b * OW).min(OW);
+            let mut segs = Vec::new();
+            for band in &bands {
+                for (i, a) in accs.chunks_mut(ACC).enumerate() {
+                    let t = chunk * per + i;
+                    let (b, ci) = (t / g.c, t % g.c);
+                    let ow = (g.o - b * OW).min(OW);
+                    segs.clear();
+                    for &(img, y0, y1) in band {
                         let xc = &xp[(img * g.c + ci) * hp * wp..][..hp * wp];
                         let d0 = (img * g.o + b * OW) * plane_out;
-                        let d = &dy[d0..d0 + ow * plane_out];
-                        // SAFETY: `wg_rows` checks the bounds it relies on.
-                        unsafe { wg_rows(xc, hp, wp, d, ow, g, (y0, y1), a) };
+                        segs.push((xc, &dy[d0..d0 + ow * plane_out], (y0, y1)));
                     }
-                    y0 = y1;
+                    // SAFETY: `wg_band` checks the bounds it relies on.
+                    unsafe { wg_band(&segs, hp, wp, ow, g, a) };
                 }
             }
         });
@@ -484,43 +492,69 @@ pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f3
     Some(dw)
 }
 
-/// Adds the products of output rows `rows` of one image, for one input
-/// channel and `ow` output channels, into the vector accumulators `acc`
-/// ([j][ky·3 + kx][16 lanes]).
+/// Bands of the weight-gradient work: lists of (image, first row, end row)
+/// of about `target` output pixels each, in image and row order.
+fn wg_bands(g: &Geom, target: usize) -> Vec<Vec<(usize, usize, usize)>> {
+    let hw = (g.ho * g.wo).max(1);
+    let mut bands = Vec::new();
+    if hw >= target {
+        let rows = (target / g.wo.max(1)).max(1);
+        for img in 0..g.n {
+            let mut y0 = 0;
+            while y0 < g.ho {
+                let y1 = (y0 + rows).min(g.ho);
+                bands.push(vec![(img, y0, y1)]);
+                y0 = y1;
+            }
+        }
+    } else {
+        let per = (target / hw).max(1);
+        let imgs: Vec<usize> = (0..g.n).collect();
+        for run in imgs.chunks(per) {
+            bands.push(run.iter().map(|&i| (i, 0, g.ho)).collect());
+        }
+    }
+    bands
+}
+
+/// One image's share of a band: its padded input channel plane, its `ow`
+/// output-gradient planes, the output rows.
+type WgSeg<'a> = (&'a [f32], &'a [f32], (usize, usize));
+
+/// Adds the products of the band's segments, for one input channel and `ow`
+/// output channels, into the vector accumulators `acc` ([j][ky·3 + kx][16
+/// lanes]).
 ///
 /// # Safety
 /// AVX-512F must be available.
-#[allow(clippy::too_many_arguments)]
-unsafe fn wg_rows(
-    xc: &[f32],
-    hp: usize,
-    wp: usize,
-    d: &[f32],
-    ow: usize,
-    g: &Geom,
-    rows: (usize, usize),
-    acc: &mut [f32],
-) {
+unsafe fn wg_band(segs: &[WgSeg], hp: usize, wp: usize, ow: usize, g: &Geom, acc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        assert!(xc.len() == hp * wp && d.len() == ow * g.ho * g.wo);
         assert!(g.ho + 2 <= hp && g.wo + 2 <= wp && (1..=OW).contains(&ow));
-        assert!(acc.len() == OW * 9 * 16 && rows.0 <= rows.1 && rows.1 <= g.ho);
+        assert!(acc.len() == OW * 9 * 16);
+        let mut raw = Vec::with_capacity(segs.len());
+        for &(xc, d, (y0, y1)) in segs {
+            assert!(xc.len() == hp * wp && d.len() == ow * g.ho * g.wo);
+            assert!(y0 <= y1 && y1 <= g.ho);
+            raw.push(avx512::Seg {
+                x: xc.as_ptr(),
+                d: d.as_ptr(),
+                rows: (y0, y1),
+            });
+        }
         let a = acc.as_mut_ptr();
         // SAFETY: bounds asserted above; see `wg_tile`.
         unsafe {
             match ow {
-                3 if OW >= 3 => {
-                    avx512::wg_tile::<3>(xc.as_ptr(), wp, d.as_ptr(), g.ho, g.wo, rows, a)
-                }
-                2 => avx512::wg_tile::<2>(xc.as_ptr(), wp, d.as_ptr(), g.ho, g.wo, rows, a),
-                _ => avx512::wg_tile::<1>(xc.as_ptr(), wp, d.as_ptr(), g.ho, g.wo, rows, a),
+                3 if OW >= 3 => avx512::wg_tile::<3>(&raw, wp, g.ho, g.wo, a),
+                2 => avx512::wg_tile::<2>(&raw, wp, g.ho, g.wo, a),
+                _ => avx512::wg_tile::<1>(&raw, wp, g.ho, g.wo, a),
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (xc, hp, wp, d, ow, g, rows, acc);
+        let _ = (segs, hp, wp, ow, g, acc);
         unreachable!("the direct convolution needs AVX-512");
     }
 }
