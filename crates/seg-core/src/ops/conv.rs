@@ -303,7 +303,7 @@ fn in_one_image(start: usize, end: usize, ch: usize, hw: usize) -> Option<usize>
 const L2_FLOATS: usize = if cfg!(test) { 1 << 11 } else { 1 << 18 };
 
 /// Fewest pixels per chunk in the parallel-chunks mode.
-const MIN_PAR_CHUNK: usize = if cfg!(test) { 16 } else { 128 };
+const MIN_PAR_CHUNK: usize = if cfg!(test) { 16 } else { 64 };
 
 /// Chunks of `total` batch-wide pixels for the parallel-chunks mode (each
 /// task works on one chunk with a single-threaded product, its column matrix
