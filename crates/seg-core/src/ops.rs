@@ -17,11 +17,12 @@ use candle_core::{DType, Result, Tensor};
 
 pub use adam::{adam_step, sum_squares, AdamStep};
 pub use affine::channel_affine;
-pub use batchnorm::{batch_norm_train, batch_norm_train_reference};
+pub use batchnorm::{batch_norm_relu_train, batch_norm_train, batch_norm_train_reference};
 pub use conv::{
     conv2d, conv2d_reference, conv2d_relu_inference, conv_transpose2x2, conv_transpose2x2_reference,
 };
 pub use maxpool::{max_pool2x2, max_pool2x2_reference};
+pub(crate) use relu::probe_active as relu_probe_active;
 pub use relu::{relu, relu_probe, relu_reference};
 pub use upsample::{upsample_bilinear2x, upsample_bilinear2x_reference, upsample_nearest2x};
 

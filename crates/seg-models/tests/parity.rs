@@ -255,6 +255,39 @@ fn check_fixture(path: &Path) -> Result<String, String> {
             }
         }
     }
+    // The fused training kernels (BatchNorm + ReLU as one, taken when no
+    // probe records) against the probed, unfused pass from the same weights:
+    // the same outputs and the same gradients (they make the same ReLU
+    // decisions with the same arithmetic).
+    load()?;
+    let out_fused = net.forward_t(input, true).map_err(|e| e.to_string())?;
+    let loss_fused = bce_with_logits_mean(&out_fused, target).map_err(|e| e.to_string())?;
+    let grads_fused = loss_fused.backward().map_err(|e| e.to_string())?;
+    load()?;
+    let (out_plain, loss_plain, _) = train_pass(&[])?;
+    let grads_plain = loss_plain.backward().map_err(|e| e.to_string())?;
+    errors.extend(
+        close(
+            "out_train (fused kernels)",
+            &out_fused,
+            &out_plain,
+            1e-6,
+            1e-6,
+        )
+        .err(),
+    );
+    for (name, var) in net.params().trainable() {
+        match (
+            grads_fused.get(var.as_tensor()),
+            grads_plain.get(var.as_tensor()),
+        ) {
+            (Some(a), Some(b)) => errors
+                .extend(close(&format!("grad {name} (fused kernels)"), a, b, 1e-6, 1e-5).err()),
+            _ => errors.push(format!(
+                "grad {name}: missing in the fused or the unfused pass"
+            )),
+        }
+    }
     if resolved.is_none() && !grad_errors.is_empty() {
         errors.push(format!(
             "gradients differ; ReLU inputs within {RELU_BAND:e} of zero: {ambiguous:?} (branch choices of up to {MAX_FLIPS} tried: {})",

@@ -73,8 +73,10 @@ impl Module for Conv2d {
 /// `seg_models::Network::inference_model`), the norm is folded into the
 /// convolution (weights `w·s`, bias `b·s + t`, with `s`, `t` the eval scale
 /// and shift) and the ReLU applied as the kernel writes its output: one pass
-/// over the activations instead of three. Otherwise the three layers run as
-/// written, with their backward passes.
+/// over the activations instead of three. In training, BatchNorm followed by
+/// ReLU runs as one kernel (forward and backward; not while a
+/// [`crate::ops::relu_probe`] records). Otherwise the layers run as written,
+/// with their backward passes.
 pub fn conv_norm_act(
     conv: &Conv2d,
     norm: &Norm2d,
@@ -98,6 +100,12 @@ pub fn conv_norm_act(
                 None => shift,
             };
             return crate::ops::conv2d_relu_inference(x, &w, Some(&b), conv.padding, relu);
+        }
+    }
+    if let (true, true, Norm2d::Batch(bn)) = (train, relu, norm) {
+        // BatchNorm and ReLU as one kernel, unless a ReLU probe is recording
+        if !crate::ops::relu_probe_active() {
+            return bn.forward_train(&conv.forward(x)?, true);
         }
     }
     let y = norm.forward_t(&conv.forward(x)?, train)?;

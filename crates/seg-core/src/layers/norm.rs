@@ -53,15 +53,31 @@ pub fn batch_norm2d(c: usize, vb: VarBuilder) -> Result<BatchNorm2d> {
 
 impl ModuleT for BatchNorm2d {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
         if train {
+            return self.forward_train(x, false);
+        }
+        let (scale, shift) = self.eval_scale_shift()?;
+        crate::ops::channel_affine(x, &scale, &shift)
+    }
+}
+
+impl BatchNorm2d {
+    /// Training mode: normalises with the batch's statistics and updates the
+    /// running ones; then ReLU when `relu` (one fused kernel on the CPU).
+    pub fn forward_train(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        {
             let count = (n * h * w) as f64;
             if n * h * w < 2 {
                 candle_core::bail!(
                     "batch norm in training mode needs more than one value per channel (got input {n}x{c}x{h}x{w})"
                 );
             }
-            let (y, bm, bv) = crate::ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+            let (y, bm, bv) = if relu {
+                crate::ops::batch_norm_relu_train(x, &self.weight, &self.bias, self.eps)?
+            } else {
+                crate::ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?
+            };
             // running statistics (PyTorch: unbiased variance), no gradient
             let m = self.momentum;
             let bv = (bv * (count / (count - 1.0)))?;
@@ -71,14 +87,10 @@ impl ModuleT for BatchNorm2d {
             self.running_var.set(&rv)?;
             let nb = (self.num_batches_tracked.as_tensor() + 1.0)?;
             self.num_batches_tracked.set(&nb)?;
-            return Ok(y);
+            Ok(y)
         }
-        let (scale, shift) = self.eval_scale_shift()?;
-        crate::ops::channel_affine(x, &scale, &shift)
     }
-}
 
-impl BatchNorm2d {
     /// The eval-mode map as `y = x·scale + shift` per channel:
     /// `scale = weight / √(running_var + eps)`, `shift = bias − running_mean·scale`
     /// (the running statistics detached: no autograd graph through them).

@@ -15,10 +15,17 @@ struct Stats {
     /// Biased variance.
     var: Vec<f32>,
     inv_std: Vec<f32>,
+    /// The forward's per-channel `y = x·scale + shift` (before any ReLU),
+    /// as it computed them: the backward of the fused ReLU recomputes which
+    /// outputs were positive from these.
+    scale: Vec<f32>,
+    shift: Vec<f32>,
 }
 
 struct BatchNormTrain {
     eps: f64,
+    /// Apply ReLU to the output (and mask the gradient in the backward).
+    relu: bool,
     stats: Arc<Mutex<Stats>>,
 }
 
@@ -76,15 +83,25 @@ impl CustomOp3 for BatchNormTrain {
         });
         let var: Vec<f64> = sq.iter().map(|s| s.0 / count).collect();
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        let scale: Vec<f32> = (0..c).map(|ch| (inv[ch] * w[ch] as f64) as f32).collect();
+        let shift: Vec<f32> = (0..c)
+            .map(|ch| (b[ch] as f64 - mean[ch] * inv[ch] * w[ch] as f64) as f32)
+            .collect();
+        let relu = self.relu;
         // SAFETY: each plane is written element by element from the plane
         // of x of the same length.
         let y = unsafe {
             super::par_uninit(x.len(), hw, |p, out| {
-                let ch = p % c;
-                let scale = (inv[ch] * w[ch] as f64) as f32;
-                let shift = (b[ch] as f64 - mean[ch] * inv[ch] * w[ch] as f64) as f32;
-                for (o, &v) in out.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-                    o.write(v * scale + shift);
+                let (a, t) = (scale[p % c], shift[p % c]);
+                let src = &x[p * hw..(p + 1) * hw];
+                if relu {
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        o.write((v * a + t).max(0.0));
+                    }
+                } else {
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        o.write(v * a + t);
+                    }
                 }
             })
         };
@@ -92,6 +109,8 @@ impl CustomOp3 for BatchNormTrain {
             mean: mean.iter().map(|&v| v as f32).collect(),
             var: var.iter().map(|&v| v as f32).collect(),
             inv_std: inv.iter().map(|&v| v as f32).collect(),
+            scale,
+            shift,
         };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -108,6 +127,7 @@ impl CustomOp3 for BatchNormTrain {
         let wb = Arc::new(Mutex::new((Vec::new(), Vec::new())));
         let op = BatchNormTrainBackward {
             stats,
+            relu: self.relu,
             param_grads: wb.clone(),
         };
         let dx =
@@ -124,6 +144,9 @@ impl CustomOp3 for BatchNormTrain {
 /// Computes dx (its output) and, as a side result, d weight and d bias.
 struct BatchNormTrainBackward {
     stats: Stats,
+    /// The forward applied ReLU: the gradient passes only where its output
+    /// was positive (recomputed from x exactly as the forward computed it).
+    relu: bool,
     param_grads: Arc<Mutex<(Vec<f32>, Vec<f32>)>>,
 }
 
@@ -147,16 +170,38 @@ impl CustomOp3 for BatchNormTrainBackward {
         let (n, c, h, wd) = l1.shape().dims4()?;
         let hw = h * wd;
         let count = (n * hw) as f64;
-        let Stats { mean, inv_std, .. } = &self.stats;
+        let Stats {
+            mean,
+            inv_std,
+            scale,
+            shift,
+            ..
+        } = &self.stats;
+        let relu = self.relu;
+        // the gradient reaching the norm: g, or 0 where the fused ReLU's
+        // output was not positive (the forward's own arithmetic, so the same
+        // decision); the channel's scale and shift hoisted out of the loops
+        let gate = |ch: usize| {
+            let (a, t) = (scale[ch], shift[ch]);
+            move |gv: f32, xv: f32| if xv * a + t > 0.0 { gv } else { 0.0 }
+        };
         // per channel: sum g and sum g * xhat
         let sums = per_channel(n, c, hw, |off, ch| {
             let (m, inv) = (mean[ch] as f64, inv_std[ch] as f64);
             let (g, x) = (&g[off..off + hw], &x[off..off + hw]);
             // Σ g and Σ g·(x − m), the latter times inv once at the end
-            (
-                lanes_sum(g, |v| v as f64),
-                lanes_sum2(g, x, |gv, xv| gv as f64 * (xv as f64 - m)) * inv,
-            )
+            if relu {
+                let gt = gate(ch);
+                (
+                    lanes_sum2(g, x, |gv, xv| gt(gv, xv) as f64),
+                    lanes_sum2(g, x, |gv, xv| gt(gv, xv) as f64 * (xv as f64 - m)) * inv,
+                )
+            } else {
+                (
+                    lanes_sum(g, |v| v as f64),
+                    lanes_sum2(g, x, |gv, xv| gv as f64 * (xv as f64 - m)) * inv,
+                )
+            }
         });
         if x.len() != g.len() {
             candle_core::bail!("seg batch-norm backward: gradient and input sizes differ")
@@ -171,9 +216,18 @@ impl CustomOp3 for BatchNormTrainBackward {
                 let mg = sums[ch].0 / count;
                 let mgx = sums[ch].1 / count;
                 let src = p * hw..(p + 1) * hw;
-                for ((o, &gv), &xv) in out.iter_mut().zip(&g[src.clone()]).zip(&x[src]) {
-                    let xhat = (xv as f64 - m) * inv;
-                    o.write((k * (gv as f64 - mg - xhat * mgx)) as f32);
+                let (g, x) = (&g[src.clone()], &x[src]);
+                if relu {
+                    let gt = gate(ch);
+                    for ((o, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
+                        let xhat = (xv as f64 - m) * inv;
+                        o.write((k * (gt(gv, xv) as f64 - mg - xhat * mgx)) as f32);
+                    }
+                } else {
+                    for ((o, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
+                        let xhat = (xv as f64 - m) * inv;
+                        o.write((k * (gv as f64 - mg - xhat * mgx)) as f32);
+                    }
                 }
             })
         };
@@ -193,10 +247,32 @@ pub fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    batch_norm_train_act(x, weight, bias, eps, false)
+}
+
+/// [`batch_norm_train`] followed by ReLU, as one kernel on the CPU (one pass
+/// over the activations fewer each way); elsewhere the two composed.
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    batch_norm_train_act(x, weight, bias, eps, true)
+}
+
+fn batch_norm_train_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
     if use_cpu_kernel(x) && use_cpu_kernel(weight) && use_cpu_kernel(bias) {
         let stats = Arc::new(Mutex::new(Stats::default()));
         let op = BatchNormTrain {
             eps,
+            relu,
             stats: stats.clone(),
         };
         let y = x.contiguous()?.apply_op3_arc(
@@ -210,7 +286,9 @@ pub fn batch_norm_train(
         let var = Tensor::from_vec(s.var, c, x.device())?;
         Ok((y, mean, var))
     } else {
-        batch_norm_train_reference(x, weight, bias, eps)
+        let (y, mean, var) = batch_norm_train_reference(x, weight, bias, eps)?;
+        let y = if relu { super::relu(&y)? } else { y };
+        Ok((y, mean, var))
     }
 }
 
@@ -238,6 +316,7 @@ pub fn batch_norm_train_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::f32_data;
     use crate::ops::test_util::*;
     use candle_core::Var;
 
@@ -270,6 +349,25 @@ mod tests {
             for t in [x.as_tensor(), w.as_tensor(), b.as_tensor()] {
                 let d = max_abs_diff(g.get(t).unwrap(), gr.get(t).unwrap());
                 assert!(d < 1e-4, "{dims:?}: gradient differs by {d}");
+            }
+            // the fused ReLU against the norm followed by seg's ReLU
+            let (yf, mf, vf) =
+                batch_norm_relu_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+            let (yu, _, _) =
+                batch_norm_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+            let yu = crate::ops::relu(&yu).unwrap();
+            assert_eq!(
+                max_abs_diff(&yf, &yu),
+                0.0,
+                "{dims:?}: fused forward differs"
+            );
+            assert!(max_abs_diff(&mf, &mr) < 1e-5 && max_abs_diff(&vf, &vr) < 1e-5);
+            assert!(f32_data(&yf).unwrap().contains(&0.0));
+            let gf = (yf * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            let gu = (yu * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [x.as_tensor(), w.as_tensor(), b.as_tensor()] {
+                let d = max_abs_diff(gf.get(t).unwrap(), gu.get(t).unwrap());
+                assert!(d < 1e-5, "{dims:?}: fused gradient differs by {d}");
             }
         }
     }

@@ -558,7 +558,6 @@ fn channel_sums(dy: &[f32], n: usize, ch: usize, hw: usize) -> Vec<f64> {
         .collect()
 }
 
-
 /// Weight and bias gradients: returns (dW as O × kk, dB of length O).
 fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     if direct::suits_weight_grad(g) {
@@ -1323,6 +1322,12 @@ mod tests {
             (1, 11, 6, 61, 9, 3, 2, true),
             (1, 10, 3, 45, 8, 5, 2, false),
             (2, 8, 2, 31, 13, 1, 0, true),
+            // 16 channels or more: the channels-last weight gradient, with
+            // channel counts that leave partial 16-channel blocks
+            (2, 16, 5, 16, 8, 3, 1, true),
+            (1, 20, 4, 31, 9, 3, 1, false),
+            (2, 33, 3, 47, 11, 3, 0, true),
+            (1, 17, 6, 61, 9, 3, 2, true),
         ] {
             let (ho, wo) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
             let g = Geom::new(&[n, c, h, w], &[o, c, k, k], p).unwrap();

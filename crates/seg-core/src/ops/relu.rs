@@ -42,6 +42,12 @@ pub fn relu_probe<R>(band: f32, flip: &[usize], f: impl FnOnce() -> R) -> (R, Ve
     (r, found)
 }
 
+/// Whether a [`relu_probe`] is recording on this thread (fused kernels that
+/// apply ReLU themselves step aside then, so that the probe sees every ReLU).
+pub(crate) fn probe_active() -> bool {
+    PROBE.with(|p| p.borrow().is_some())
+}
+
 struct Relu {
     /// Flat indices whose backward branch is flipped (set by a probe).
     flips: Mutex<Vec<usize>>,

@@ -246,6 +246,138 @@ unsafe fn row(
     }
 }
 
+/// The input zero-padded by `p` and transposed to channels-last: per image,
+/// hp × wp pixels of `cp` channels (C rounded up to 16, the extra channels
+/// zero). Returns (data, hp, wp, cp).
+fn pad_input_channels_last(x: &[f32], g: &Geom) -> (Vec<f32>, usize, usize, usize) {
+    let (hp, wp, cp) = (g.h + 2 * g.p, g.w + 2 * g.p, g.c.div_ceil(16) * 16);
+    let zero = std::mem::MaybeUninit::new(0f32);
+    // SAFETY: each padded row is written whole: zero when it is a border
+    // row; otherwise its border pixels zeroed, every channel of each inner
+    // pixel copied and the channels from C up to cp zeroed.
+    let xp = unsafe {
+        crate::ops::par_uninit(g.n * hp * wp * cp, wp * cp, |r, dst| {
+            let (img, y) = (r / hp, r % hp);
+            if y < g.p || y >= g.p + g.h {
+                dst.fill(zero);
+                return;
+            }
+            dst[..g.p * cp].fill(zero);
+            dst[(g.p + g.w) * cp..].fill(zero);
+            let iy = y - g.p;
+            for c in 0..g.c {
+                let src = &x[((img * g.c + c) * g.h + iy) * g.w..][..g.w];
+                for (xx, &v) in src.iter().enumerate() {
+                    dst[(xx + g.p) * cp + c].write(v);
+                }
+            }
+            if cp > g.c {
+                for xx in 0..g.w {
+                    dst[(xx + g.p) * cp + g.c..(xx + g.p + 1) * cp].fill(zero);
+                }
+            }
+        })
+    };
+    (xp, hp, wp, cp)
+}
+
+/// The weight gradient with vectors over 16 input channels: the input in
+/// channels-last layout ([`pad_input_channels_last`]), the output gradient
+/// broadcast one pixel at a time. For each pixel and tap, one aligned load
+/// of 16 channels feeds [`OW`] fused multiply-adds (one per output
+/// channel of the block); the 27 accumulators hold dW itself (no sums across
+/// lanes). Tasks, bands and summation order as in [`conv_weight_grad`].
+fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
+    let (xp, hp, wp, cp) = pad_input_channels_last(x, g);
+    let plane_out = g.ho * g.wo;
+    let oblocks = g.o.div_ceil(OW);
+    let cblocks = cp / 16;
+    const ACC: usize = OW * 9 * 16;
+    let mut acc = vec![0f32; oblocks * cblocks * ACC];
+    let pairs = oblocks * cblocks;
+    let per = pairs
+        .div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(1);
+    let bands = wg_bands(g, 2048);
+    let image = hp * wp * cp;
+    acc.par_chunks_mut(per * ACC)
+        .enumerate()
+        .for_each(|(chunk, accs)| {
+            let mut segs = Vec::new();
+            for band in &bands {
+                for (i, a) in accs.chunks_mut(ACC).enumerate() {
+                    let t = chunk * per + i;
+                    let (b, cb) = (t / cblocks, t % cblocks);
+                    let ow = (g.o - b * OW).min(OW);
+                    segs.clear();
+                    for &(img, y0, y1) in band {
+                        let xi = &xp[img * image + cb * 16..(img + 1) * image];
+                        let d0 = (img * g.o + b * OW) * plane_out;
+                        segs.push((xi, &dy[d0..d0 + ow * plane_out], (y0, y1)));
+                    }
+                    // SAFETY: `wg_cl_band` checks the bounds it relies on.
+                    unsafe { wg_cl_band(&segs, wp, cp, ow, g, a) };
+                }
+            }
+        });
+    let kk = g.c * 9;
+    let mut dw = vec![0f32; g.o * kk];
+    for (t, a) in acc.chunks(ACC).enumerate() {
+        let (b, cb) = (t / cblocks, t % cblocks);
+        for j in 0..(g.o - b * OW).min(OW) {
+            let o = b * OW + j;
+            for tap in 0..9 {
+                let lanes = &a[(j * 9 + tap) * 16..][..16];
+                for (l, &v) in lanes.iter().enumerate() {
+                    let c = cb * 16 + l;
+                    if c < g.c {
+                        dw[o * kk + c * 9 + tap] = v;
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// [`wg_band`] for the channels-last kernel: each segment's input starts at
+/// the block's first channel of pixel (0, 0) of one padded image.
+///
+/// # Safety
+/// AVX-512F must be available.
+unsafe fn wg_cl_band(segs: &[WgSeg], wp: usize, cp: usize, ow: usize, g: &Geom, acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(g.wo + 2 <= wp && (1..=OW).contains(&ow) && cp.is_multiple_of(16));
+        assert!(acc.len() == OW * 9 * 16);
+        let mut raw = Vec::with_capacity(segs.len());
+        for &(xi, d, (y0, y1)) in segs {
+            // the last load: row y1 + 1, pixel wo + 1, lanes 0..16
+            assert!(y0 <= y1 && y1 <= g.ho && d.len() == ow * g.ho * g.wo);
+            assert!(y1 == y0 || ((y1 + 1) * wp + g.wo + 1) * cp + 16 <= xi.len());
+            raw.push(avx512::Seg {
+                x: xi.as_ptr(),
+                d: d.as_ptr(),
+                rows: (y0, y1),
+            });
+        }
+        let a = acc.as_mut_ptr();
+        // SAFETY: bounds asserted above; see `wg_cl_tile`.
+        unsafe {
+            match ow {
+                3 if OW >= 3 => avx512::wg_cl_tile::<3>(&raw, wp, cp, g.ho, g.wo, a),
+                2 => avx512::wg_cl_tile::<2>(&raw, wp, cp, g.ho, g.wo, a),
+                _ => avx512::wg_cl_tile::<1>(&raw, wp, cp, g.ho, g.wo, a),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (segs, wp, cp, ow, g, acc);
+        unreachable!("the direct convolution needs AVX-512");
+    }
+}
+
 /// The operands of one register tile.
 struct Tile {
     /// Input at (channel 0, row y, column x0) of the padded image.
@@ -273,6 +405,61 @@ struct Tile {
 mod avx512 {
     use super::{Tile, OB};
     use std::arch::x86_64::*;
+
+    /// The channels-last weight-gradient tile: for each segment's output
+    /// pixels, `W` broadcast output-gradient values times the 16-channel
+    /// input vector of each tap, into the accumulators at `mem` ([j][tap][16
+    /// channels]), held in registers throughout.
+    ///
+    /// # Safety
+    /// AVX-512F available; each `x` valid for 16 floats at every
+    /// ((y + ky)·wp + xx + kx)·cp for the segment's rows y, xx < wo and ky,
+    /// kx < 3; each `d` for `W` planes of ho × wo; `mem` for OW·9·16 floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn wg_cl_tile<const W: usize>(
+        segs: &[Seg],
+        wp: usize,
+        cp: usize,
+        ho: usize,
+        wo: usize,
+        mem: *mut f32,
+    ) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 9]; W];
+            for (j, row) in acc.iter_mut().enumerate() {
+                for (t, a) in row.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(mem.add((j * 9 + t) * 16));
+                }
+            }
+            let plane = ho * wo;
+            for seg in segs {
+                for y in seg.rows.0..seg.rows.1 {
+                    let drow = seg.d.add(y * wo);
+                    for xx in 0..wo {
+                        let mut dv = [_mm512_setzero_ps(); W];
+                        for (j, slot) in dv.iter_mut().enumerate() {
+                            *slot = _mm512_set1_ps(*drow.add(j * plane + xx));
+                        }
+                        for ky in 0..3 {
+                            let xr = seg.x.add(((y + ky) * wp + xx) * cp);
+                            for kx in 0..3 {
+                                let xv = _mm512_loadu_ps(xr.add(kx * cp));
+                                for j in 0..W {
+                                    acc[j][ky * 3 + kx] =
+                                        _mm512_fmadd_ps(dv[j], xv, acc[j][ky * 3 + kx]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (j, row) in acc.iter().enumerate() {
+                for (t, a) in row.iter().enumerate() {
+                    _mm512_storeu_ps(mem.add((j * 9 + t) * 16), *a);
+                }
+            }
+        }
+    }
 
     /// A padded input channel plane, the first of the block's output
     /// gradient planes, and the output rows to take.
@@ -421,13 +608,18 @@ mod avx512 {
 /// Output channels per weight-gradient tile (3 × 9 taps = 27 accumulators).
 const OW: usize = 3;
 
-/// Whether the direct weight-gradient kernel takes this geometry (3×3
-/// kernels with rows wide enough for the vector lanes).
+/// Whether a direct weight-gradient kernel takes this geometry (3×3
+/// kernels; below 8 columns the GEMM path, which batches small images into
+/// long products, was faster in `cargo xtask conv-layers`).
 pub(super) fn suits_weight_grad(g: &Geom) -> bool {
-    g.k == 3 && g.wo >= 16 && {
-        let lanes = g.wo.div_ceil(16) * 16;
-        g.wo * 100 >= lanes * 85
-    }
+    // 16 input channels or more: the channels-last kernel; fewer: the
+    // pixel-vector kernel, on rows that fill its lanes
+    g.k == 3
+        && (g.c >= 16 && g.wo >= 8
+            || g.wo >= 16 && {
+                let lanes = g.wo.div_ceil(16) * 16;
+                g.wo * 100 >= lanes * 85
+            })
 }
 
 /// The weight gradient dW (O × C·3·3) = Σ over pixels of dy[o] · x shifted
@@ -442,6 +634,9 @@ pub(super) fn suits_weight_grad(g: &Geom) -> bool {
 pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f32>> {
     if !available() || g.k != 3 {
         return None;
+    }
+    if g.c >= 16 {
+        return Some(weight_grad_channels_last(x, dy, g));
     }
     let (xp, hp, wp) = pad_input(x, g);
     let plane_out = g.ho * g.wo;
