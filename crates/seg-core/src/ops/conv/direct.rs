@@ -246,52 +246,55 @@ unsafe fn row(
     }
 }
 
-/// The input zero-padded by `p` and transposed to channels-last: per image,
-/// hp × wp pixels of `cp` channels (C rounded up to 16, the extra channels
-/// zero). Returns (data, hp, wp, cp).
+/// The input zero-padded by `p` in a blocked channels-last layout: per image
+/// and block of 16 channels, hp × wp pixels of 16 channels (the channels
+/// past C zero), so that one block's pixels lie contiguous. Returns (data,
+/// hp, wp, number of blocks).
 fn pad_input_channels_last(x: &[f32], g: &Geom) -> (Vec<f32>, usize, usize, usize) {
-    let (hp, wp, cp) = (g.h + 2 * g.p, g.w + 2 * g.p, g.c.div_ceil(16) * 16);
+    let (hp, wp, blocks) = (g.h + 2 * g.p, g.w + 2 * g.p, g.c.div_ceil(16));
     let zero = std::mem::MaybeUninit::new(0f32);
-    // SAFETY: each padded row is written whole: zero when it is a border
-    // row; otherwise its border pixels zeroed, every channel of each inner
-    // pixel copied and the channels from C up to cp zeroed.
+    // SAFETY: each padded row of a block is written whole: zero when it is a
+    // border row; otherwise its border pixels zeroed and, for each inner
+    // pixel, its block's channels copied and those past C zeroed.
     let xp = unsafe {
-        crate::ops::par_uninit(g.n * hp * wp * cp, wp * cp, |r, dst| {
-            let (img, y) = (r / hp, r % hp);
+        crate::ops::par_uninit(g.n * blocks * hp * wp * 16, wp * 16, |r, dst| {
+            let (img_block, y) = (r / hp, r % hp);
+            let (img, cb) = (img_block / blocks, img_block % blocks);
             if y < g.p || y >= g.p + g.h {
                 dst.fill(zero);
                 return;
             }
-            dst[..g.p * cp].fill(zero);
-            dst[(g.p + g.w) * cp..].fill(zero);
+            dst[..g.p * 16].fill(zero);
+            dst[(g.p + g.w) * 16..].fill(zero);
             let iy = y - g.p;
-            for c in 0..g.c {
+            let c_end = (cb * 16 + 16).min(g.c);
+            for c in cb * 16..c_end {
                 let src = &x[((img * g.c + c) * g.h + iy) * g.w..][..g.w];
+                let lane = c - cb * 16;
                 for (xx, &v) in src.iter().enumerate() {
-                    dst[(xx + g.p) * cp + c].write(v);
+                    dst[(xx + g.p) * 16 + lane].write(v);
                 }
             }
-            if cp > g.c {
+            if c_end < cb * 16 + 16 {
                 for xx in 0..g.w {
-                    dst[(xx + g.p) * cp + g.c..(xx + g.p + 1) * cp].fill(zero);
+                    dst[(xx + g.p) * 16 + (c_end - cb * 16)..(xx + g.p + 1) * 16].fill(zero);
                 }
             }
         })
     };
-    (xp, hp, wp, cp)
+    (xp, hp, wp, blocks)
 }
 
 /// The weight gradient with vectors over 16 input channels: the input in
-/// channels-last layout ([`pad_input_channels_last`]), the output gradient
+/// blocked channels-last layout ([`pad_input_channels_last`]), the output gradient
 /// broadcast one pixel at a time. For each pixel and tap, one aligned load
 /// of 16 channels feeds [`OW`] fused multiply-adds (one per output
 /// channel of the block); the 27 accumulators hold dW itself (no sums across
 /// lanes). Tasks, bands and summation order as in [`conv_weight_grad`].
 fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
-    let (xp, hp, wp, cp) = pad_input_channels_last(x, g);
+    let (xp, hp, wp, cblocks) = pad_input_channels_last(x, g);
     let plane_out = g.ho * g.wo;
     let oblocks = g.o.div_ceil(OW);
-    let cblocks = cp / 16;
     const ACC: usize = OW * 9 * 16;
     let mut acc = vec![0f32; oblocks * cblocks * ACC];
     let pairs = oblocks * cblocks;
@@ -299,7 +302,7 @@ fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
         .div_ceil(4 * rayon::current_num_threads().max(1))
         .max(1);
     let bands = wg_bands(g, 2048);
-    let image = hp * wp * cp;
+    let block = hp * wp * 16;
     acc.par_chunks_mut(per * ACC)
         .enumerate()
         .for_each(|(chunk, accs)| {
@@ -311,12 +314,12 @@ fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
                     let ow = (g.o - b * OW).min(OW);
                     segs.clear();
                     for &(img, y0, y1) in band {
-                        let xi = &xp[img * image + cb * 16..(img + 1) * image];
+                        let xi = &xp[(img * cblocks + cb) * block..][..block];
                         let d0 = (img * g.o + b * OW) * plane_out;
                         segs.push((xi, &dy[d0..d0 + ow * plane_out], (y0, y1)));
                     }
                     // SAFETY: `wg_cl_band` checks the bounds it relies on.
-                    unsafe { wg_cl_band(&segs, wp, cp, ow, g, a) };
+                    unsafe { wg_cl_band(&segs, wp, ow, g, a) };
                 }
             }
         });
@@ -340,21 +343,21 @@ fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     dw
 }
 
-/// [`wg_band`] for the channels-last kernel: each segment's input starts at
-/// the block's first channel of pixel (0, 0) of one padded image.
+/// [`wg_band`] for the channels-last kernel: each segment's input is one
+/// padded image's block of 16 channels (hp × wp pixels of 16 floats).
 ///
 /// # Safety
 /// AVX-512F must be available.
-unsafe fn wg_cl_band(segs: &[WgSeg], wp: usize, cp: usize, ow: usize, g: &Geom, acc: &mut [f32]) {
+unsafe fn wg_cl_band(segs: &[WgSeg], wp: usize, ow: usize, g: &Geom, acc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        assert!(g.wo + 2 <= wp && (1..=OW).contains(&ow) && cp.is_multiple_of(16));
+        assert!(g.wo + 2 <= wp && (1..=OW).contains(&ow));
         assert!(acc.len() == OW * 9 * 16);
         let mut raw = Vec::with_capacity(segs.len());
         for &(xi, d, (y0, y1)) in segs {
             // the last load: row y1 + 1, pixel wo + 1, lanes 0..16
             assert!(y0 <= y1 && y1 <= g.ho && d.len() == ow * g.ho * g.wo);
-            assert!(y1 == y0 || ((y1 + 1) * wp + g.wo + 1) * cp + 16 <= xi.len());
+            assert!(y1 == y0 || ((y1 + 1) * wp + g.wo + 1) * 16 + 16 <= xi.len());
             raw.push(avx512::Seg {
                 x: xi.as_ptr(),
                 d: d.as_ptr(),
@@ -365,15 +368,15 @@ unsafe fn wg_cl_band(segs: &[WgSeg], wp: usize, cp: usize, ow: usize, g: &Geom, 
         // SAFETY: bounds asserted above; see `wg_cl_tile`.
         unsafe {
             match ow {
-                3 if OW >= 3 => avx512::wg_cl_tile::<3>(&raw, wp, cp, g.ho, g.wo, a),
-                2 => avx512::wg_cl_tile::<2>(&raw, wp, cp, g.ho, g.wo, a),
-                _ => avx512::wg_cl_tile::<1>(&raw, wp, cp, g.ho, g.wo, a),
+                3 if OW >= 3 => avx512::wg_cl_tile::<3>(&raw, wp, g.ho, g.wo, a),
+                2 => avx512::wg_cl_tile::<2>(&raw, wp, g.ho, g.wo, a),
+                _ => avx512::wg_cl_tile::<1>(&raw, wp, g.ho, g.wo, a),
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (segs, wp, cp, ow, g, acc);
+        let _ = (segs, wp, ow, g, acc);
         unreachable!("the direct convolution needs AVX-512");
     }
 }
@@ -413,13 +416,12 @@ mod avx512 {
     ///
     /// # Safety
     /// AVX-512F available; each `x` valid for 16 floats at every
-    /// ((y + ky)·wp + xx + kx)·cp for the segment's rows y, xx < wo and ky,
+    /// ((y + ky)·wp + xx + kx)·16 for the segment's rows y, xx < wo and ky,
     /// kx < 3; each `d` for `W` planes of ho × wo; `mem` for OW·9·16 floats.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn wg_cl_tile<const W: usize>(
         segs: &[Seg],
         wp: usize,
-        cp: usize,
         ho: usize,
         wo: usize,
         mem: *mut f32,
@@ -441,9 +443,9 @@ mod avx512 {
                             *slot = _mm512_set1_ps(*drow.add(j * plane + xx));
                         }
                         for ky in 0..3 {
-                            let xr = seg.x.add(((y + ky) * wp + xx) * cp);
+                            let xr = seg.x.add(((y + ky) * wp + xx) * 16);
                             for kx in 0..3 {
-                                let xv = _mm512_loadu_ps(xr.add(kx * cp));
+                                let xv = _mm512_loadu_ps(xr.add(kx * 16));
                                 for j in 0..W {
                                     acc[j][ky * 3 + kx] =
                                         _mm512_fmadd_ps(dv[j], xv, acc[j][ky * 3 + kx]);
