@@ -8,7 +8,7 @@ use seg_core::layers::{
     conv2d, conv_norm_act, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
 };
 use seg_core::ops::{
-    cat_channels, channel_max, channel_mean, max_pool2x2, pad_like, relu, sigmoid,
+    cat_channels, channel_mean_max, max_pool2x2, pad_like, relu, sigmoid,
 };
 use seg_core::{Module, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -91,7 +91,7 @@ impl SpatialAttention {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let pooled = cat_channels(&[&channel_mean(x)?, &channel_max(x)?])?;
+        let pooled = channel_mean_max(x)?;
         sigmoid(&self.conv.forward(&pooled)?)
     }
 }
