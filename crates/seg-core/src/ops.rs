@@ -25,7 +25,7 @@ pub use conv::{
 };
 pub use maxpool::{max_pool2x2, max_pool2x2_reference};
 pub(crate) use relu::probe_active as relu_probe_active;
-pub use relu::{relu, relu_probe, relu_reference};
+pub use relu::{add_relu, relu, relu_probe, relu_reference};
 pub use upsample::{upsample_bilinear2x, upsample_bilinear2x_reference, upsample_nearest2x};
 
 /// The f32 values of a contiguous CPU storage, or an error naming `what`.

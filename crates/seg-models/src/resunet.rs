@@ -8,7 +8,7 @@ use seg_core::layers::{
     conv2d, conv_norm_act, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
 };
 use seg_core::ops::{
-    cat_channels, channel_mean_max, max_pool2x2, pad_like, relu, sigmoid,
+    add_relu, cat_channels, channel_mean_max, max_pool2x2, pad_like, sigmoid,
 };
 use seg_core::{Module, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,7 @@ impl ResidualBlock {
             Some((c, n)) => conv_norm_act(c, n, false, x, train)?,
             None => x.clone(),
         };
-        relu(&(out + short)?)
+        add_relu(&out, &short)
     }
 }
 

@@ -139,6 +139,63 @@ impl CustomOp2 for ReluBackward {
     }
 }
 
+/// `max(a + b, 0)` in one pass (a residual connection's add and ReLU).
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "seg-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = contiguous(s1, l1, self.name())?;
+        let b = contiguous(s2, l2, self.name())?;
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("{}: shapes {:?} and {:?} differ", self.name(), l1.dims(), l2.dims())
+        }
+        // SAFETY: every chunk is written element by element (a, b and the
+        // output have the same length).
+        let y = unsafe {
+            super::par_uninit(a.len(), CHUNK, |i, o| {
+                for ((o, &p), &q) in o.iter_mut().zip(&a[i * CHUNK..]).zip(&b[i * CHUNK..]) {
+                    o.write((p + q).max(0.0));
+                }
+            })
+        };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // the output is positive exactly where a + b is
+        let g = grad
+            .contiguous()?
+            .apply_op2_no_bwd(&res.contiguous()?, &ReluBackward { flips: Vec::new() })?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// `relu(a + b)`: one kernel on the CPU for equal shapes (not while a
+/// [`relu_probe`] records), else the addition and [`relu`].
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernel(a) && use_cpu_kernel(b) && a.dims() == b.dims() && !probe_active() {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+    } else {
+        relu(&(a + b)?)
+    }
+}
+
 /// ReLU; the gradient passes where the input is strictly positive.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if use_cpu_kernel(x) {
@@ -162,6 +219,23 @@ mod tests {
     use super::*;
     use crate::ops::test_util::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn add_relu_matches_the_composed_ops() {
+        let a = Var::from_tensor(&rand_tensor(&[2, 3, 17, 19], 31)).unwrap();
+        let b = Var::from_tensor(&rand_tensor(&[2, 3, 17, 19], 32)).unwrap();
+        let gy = rand_tensor(&[2, 3, 17, 19], 33);
+        let y = add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+        let yr = relu_reference(&(a.as_tensor() + b.as_tensor()).unwrap()).unwrap();
+        assert_eq!(max_abs_diff(&y, &yr), 0.0);
+        let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (&yr * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&a, &b] {
+            let t = v.as_tensor();
+            assert_eq!(max_abs_diff(g.get(t).unwrap(), gr.get(t).unwrap()), 0.0);
+        }
+        assert!(add_relu(a.as_tensor(), &rand_tensor(&[2, 3, 17, 18], 1)).is_err());
+    }
 
     #[test]
     fn matches_reference_and_blocks_the_gradient_at_zero() {
