@@ -1357,6 +1357,45 @@ mod tests {
     }
 
     #[test]
+    fn direct_grid_mode_matches_candle_on_small_and_odd_images() {
+        if !direct::available() {
+            eprintln!("skip: this CPU has no AVX-512, the direct kernels are not used");
+            return;
+        }
+        // (n, c, h, w, o, k, p, bias): images whose rows do not fill the
+        // vector lanes, taken as one run over the padded grid
+        for &(n, c, h, w, o, k, p, bias) in &[
+            (3, 9, 8, 8, 10, 3, 1, true),
+            (2, 8, 12, 12, 9, 3, 1, false),
+            (1, 10, 36, 35, 8, 3, 1, true),
+            (2, 8, 9, 9, 8, 1, 0, true),
+            (2, 16, 10, 11, 17, 3, 0, false),
+        ] {
+            let g = Geom::new(&[n, c, h, w], &[o, c, k, k], p).unwrap();
+            assert!(direct::suits(&g), "{g:?} should take the direct path");
+            assert!(g.wo < 16 || g.wo * 100 < g.wo.div_ceil(16) * 16 * 85, "{g:?}: row mode");
+            let x = rand_tensor(&[n, c, h, w], 41);
+            let wt = rand_tensor(&[o, c, k, k], 42);
+            let b = rand_tensor(&[o], 43);
+            if bias {
+                check(
+                    &[x, wt, b],
+                    |t| conv2d(&t[0], &t[1], Some(&t[2]), p).unwrap(),
+                    |t| conv2d_reference(&t[0], &t[1], Some(&t[2]), p).unwrap(),
+                    1e-5,
+                );
+            } else {
+                check(
+                    &[x, wt],
+                    |t| conv2d(&t[0], &t[1], None, p).unwrap(),
+                    |t| conv2d_reference(&t[0], &t[1], None, p).unwrap(),
+                    1e-5,
+                );
+            }
+        }
+    }
+
+    #[test]
     fn direct_forward_applies_bias_and_relu_like_the_layers() {
         if !direct::available() {
             eprintln!("skip: this CPU has no AVX-512, the direct kernels are not used");

@@ -42,12 +42,27 @@ pub(super) fn available() -> bool {
 /// output channels to fill a tile and rows wide enough that masked lanes
 /// waste little (the GEMM path batches small images instead).
 pub(super) fn suits(g: &Geom) -> bool {
-    if g.o < OB || g.wo < 16 {
-        return false;
-    }
-    let lanes = g.wo.div_ceil(16) * 16;
-    // at least 85 % of the vector lanes do useful work
-    g.wo * 100 >= lanes * 85
+    g.o >= OB && (rows_fill_lanes(g) || grid_fills_lanes(g))
+}
+
+/// Output rows fill at least 85 % of the vector lanes (row mode).
+fn rows_fill_lanes(g: &Geom) -> bool {
+    g.wo >= 16 && g.wo * 100 >= g.wo.div_ceil(16) * 16 * 85
+}
+
+/// The outputs of one image, taken as one run over the padded grid (grid
+/// mode: output (y, x) at y·wp + x, the k − 1 columns between rows computed
+/// and dropped), fill at least 75 % of the lanes: small images (8×8: 80 %)
+/// and odd widths.
+fn grid_fills_lanes(g: &Geom) -> bool {
+    let len = grid_len(g);
+    len > 0 && g.ho * g.wo * 100 >= len.div_ceil(16) * 16 * 75
+}
+
+/// Outputs per image in grid mode: (ho − 1)·wp + wo.
+fn grid_len(g: &Geom) -> usize {
+    let wp = g.w + 2 * g.p;
+    (g.ho.max(1) - 1) * wp + g.wo
 }
 
 /// Weights (O × C × k × k) packed as [o-block][c][ky][kx][OB], zero-padded
@@ -121,6 +136,9 @@ pub(super) fn conv_forward(
         bias_p[..g.o].copy_from_slice(b);
     }
     let plane_out = g.ho * g.wo;
+    if !rows_fill_lanes(g) {
+        return Some(grid_forward(&xp, hp, wp, &wpk, &bias_p, relu, g));
+    }
     let mut out: Vec<f32> = Vec::with_capacity(g.n * g.o * plane_out);
     let out_ptr = SharedMut(out.as_mut_ptr());
     // tasks: (image, run of output rows), about 8 per thread or more
@@ -151,7 +169,7 @@ pub(super) fn conv_forward(
                         xi,
                         hp,
                         wp,
-                        y,
+                        (y * wp, g.wo),
                         wb,
                         bb,
                         relu,
@@ -171,17 +189,83 @@ pub(super) fn conv_forward(
     Some(out)
 }
 
-/// One output row for one block of output channels.
+/// Grid mode of [`conv_forward`]: per (image, block of output channels), one
+/// run of [`grid_len`] outputs over the padded grid into a scratch plane,
+/// then the valid columns copied out.
+#[allow(clippy::too_many_arguments)]
+fn grid_forward(
+    xp: &[f32],
+    hp: usize,
+    wp: usize,
+    wpk: &[f32],
+    bias_p: &[f32],
+    relu: bool,
+    g: &Geom,
+) -> Vec<f32> {
+    let len = grid_len(g);
+    let blocks = g.o.div_ceil(OB);
+    let wsize = g.c * g.k * g.k * OB;
+    let plane_out = g.ho * g.wo;
+    let mut out: Vec<f32> = Vec::with_capacity(g.n * g.o * plane_out);
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    (0..g.n * blocks).into_par_iter().for_each_init(
+        || vec![0f32; OB * len],
+        |grid, t| {
+            let (img, b) = (t / blocks, t % blocks);
+            let ob_valid = (g.o - b * OB).min(OB);
+            let xi = &xp[img * g.c * hp * wp..(img + 1) * g.c * hp * wp];
+            // SAFETY: the kernel writes `len` floats of ob_valid planes of
+            // `grid` (OB·len floats) and reads the padded planes of `xi` in
+            // bounds (asserted in `row`).
+            unsafe {
+                row(
+                    xi,
+                    hp,
+                    wp,
+                    (0, len),
+                    &wpk[b * wsize..(b + 1) * wsize],
+                    &bias_p[b * OB..(b + 1) * OB],
+                    relu,
+                    g,
+                    grid.as_mut_ptr(),
+                    len,
+                    ob_valid,
+                );
+            }
+            for j in 0..ob_valid {
+                let at = (img * g.o + b * OB + j) * plane_out;
+                assert!(at + plane_out <= g.n * g.o * plane_out);
+                // SAFETY: in bounds (asserted); this plane belongs to this
+                // task alone.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(at), plane_out) };
+                for (y, d) in dst.chunks_mut(g.wo.max(1)).enumerate() {
+                    d.copy_from_slice(&grid[j * len + y * wp..][..g.wo]);
+                }
+            }
+        },
+    );
+    // SAFETY: every (image, channel) plane was written whole by one task:
+    // each output (y, x) copied from grid position y·wp + x < len, which the
+    // kernel wrote for every valid channel.
+    unsafe { out.set_len(g.n * g.o * plane_out) };
+    out
+}
+
+/// `len` consecutive outputs for one block of output channels: output `i`
+/// reads, for tap (ky, kx), the padded input at `start + i + ky·wp + kx` of
+/// each channel plane (an output row: `start = y·wp`, `len = wo`).
 ///
 /// # Safety
-/// AVX-512F must be available; `out` must point at the row's first element
-/// of channel b·OB, valid for writes of `ob_valid` planes `plane_out` apart.
+/// AVX-512F must be available; `out` must point at the first output of
+/// channel b·OB, valid for writes of `len` floats in each of `ob_valid`
+/// planes `plane_out` apart.
 #[allow(clippy::too_many_arguments)]
 unsafe fn row(
     xi: &[f32],
     hp: usize,
     wp: usize,
-    y: usize,
+    (start, len): (usize, usize),
     wb: &[f32],
     bias: &[f32],
     relu: bool,
@@ -194,15 +278,17 @@ unsafe fn row(
     // SAFETY: see the notes inside
     unsafe {
         assert!(xi.len() == g.c * hp * wp && wb.len() == g.c * g.k * g.k * OB);
-        assert!(y + g.k <= hp && g.wo + g.k - 1 <= wp && bias.len() == OB);
-        // the row's vectors in blocks of at most 3, as even as possible
-        // (64 columns: 2 + 2 rather than 3 + 1)
-        let nvec = g.wo.div_ceil(16);
+        // the last input read: start + len − 1 + (k − 1)·(wp + 1), inside
+        // each channel plane
+        assert!(len > 0 && start + len + (g.k - 1) * (wp + 1) <= hp * wp && bias.len() == OB);
+        // the vectors in blocks of at most 3, as even as possible (64
+        // columns: 2 + 2 rather than 3 + 1)
+        let nvec = len.div_ceil(16);
         let blocks = nvec.div_ceil(3);
         let mut x0 = 0;
         for blk in 0..blocks {
             let nv = nvec / blocks + usize::from(blk < nvec % blocks);
-            let left = g.wo - x0;
+            let left = len - x0;
             let tail = (left - 16 * (nv - 1)).min(16);
             let mask: u16 = if tail == 16 {
                 u16::MAX
@@ -210,7 +296,7 @@ unsafe fn row(
                 (1u16 << tail) - 1
             };
             let args = Tile {
-                x: xi.as_ptr().add(y * wp + x0),
+                x: xi.as_ptr().add(start + x0),
                 plane: hp * wp,
                 wp,
                 c: g.c,
@@ -223,10 +309,11 @@ unsafe fn row(
                 plane_out,
                 ob_valid,
             };
-            // SAFETY (every arm): loads reach at most column
-            // x0 + 16·(nv − 1) + tail − 1 + k − 1 < wo + k − 1 <= wp of rows
-            // y .. y + k − 1 < hp of each channel plane (masked lanes are not
-            // accessed); stores reach columns < wo of ob_valid planes.
+            // SAFETY (every arm): loads reach at most offset
+            // start + x0 + 16·(nv − 1) + tail − 1 + (k − 1)·(wp + 1)
+            // = start + len − 1 + (k − 1)·(wp + 1) < hp·wp of each channel
+            // plane (asserted; masked lanes are not accessed); stores reach
+            // outputs < len of ob_valid planes.
             match (nv, g.k) {
                 (3, 3) => avx512::tile::<3, 3>(&args),
                 (2, 3) => avx512::tile::<2, 3>(&args),
@@ -237,11 +324,13 @@ unsafe fn row(
             }
             x0 += 16 * nv;
         }
-        debug_assert!(x0 >= g.wo && x0 < g.wo + 16);
+        debug_assert!(x0 >= len && x0 < len + 16);
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (xi, hp, wp, y, wb, bias, relu, g, out, plane_out, ob_valid);
+        let _ = (
+            xi, hp, wp, start, len, wb, bias, relu, g, out, plane_out, ob_valid,
+        );
         unreachable!("the direct convolution needs AVX-512");
     }
 }
