@@ -18,8 +18,8 @@ use candle_core::{DType, Result, Tensor};
 
 pub use adam::{adam_step, sum_squares, AdamStep};
 pub use affine::channel_affine;
-pub use chanpool::{channel_mean_max, channel_mean_max_reference};
 pub use batchnorm::{batch_norm_relu_train, batch_norm_train, batch_norm_train_reference};
+pub use chanpool::{channel_mean_max, channel_mean_max_reference};
 pub use conv::{
     conv2d, conv2d_reference, conv2d_relu_inference, conv_transpose2x2, conv_transpose2x2_reference,
 };

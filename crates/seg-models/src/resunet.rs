@@ -7,9 +7,7 @@ use seg_core::candle::Result;
 use seg_core::layers::{
     conv2d, conv_norm_act, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
 };
-use seg_core::ops::{
-    add_relu, cat_channels, channel_mean_max, max_pool2x2, pad_like, sigmoid,
-};
+use seg_core::ops::{add_relu, cat_channels, channel_mean_max, max_pool2x2, pad_like, sigmoid};
 use seg_core::{Module, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
 

@@ -47,7 +47,8 @@ impl CustomOp1 for ChannelMeanMax {
                     let mut arg = vec![0u32; len];
                     for ch in 1..c {
                         let src = plane(ch);
-                        for (((s, m), a), &v) in sum.iter_mut().zip(&mut max).zip(&mut arg).zip(src) {
+                        for (((s, m), a), &v) in sum.iter_mut().zip(&mut max).zip(&mut arg).zip(src)
+                        {
                             *s += v;
                             if v > *m || (v.is_nan() && !m.is_nan()) {
                                 *m = v;
@@ -109,7 +110,11 @@ impl CustomOp1 for ChannelMeanMaxBackward {
         let (n, c, h, w) = self.in_shape.dims4()?;
         let hw = h * w;
         if layout.dims() != [n, 2, h, w] || self.argmax.len() != n * hw {
-            candle_core::bail!("{}: gradient shape {:?} does not fit", self.name(), layout.dims())
+            candle_core::bail!(
+                "{}: gradient shape {:?} does not fit",
+                self.name(),
+                layout.dims()
+            )
         }
         let g = super::cpu_f32(storage, layout, self.name())?;
         let inv = 1.0 / c as f32;
@@ -154,7 +159,10 @@ mod tests {
 
     #[test]
     fn matches_the_composed_ops_forward_and_backward() {
-        for (i, dims) in [[2, 3, 5, 7], [1, 1, 4, 4], [3, 6, 65, 70]].iter().enumerate() {
+        for (i, dims) in [[2, 3, 5, 7], [1, 1, 4, 4], [3, 6, 65, 70]]
+            .iter()
+            .enumerate()
+        {
             let x = Var::from_tensor(&rand_tensor(dims, 7 + i as u64)).unwrap();
             let y = channel_mean_max(x.as_tensor()).unwrap();
             let yr = channel_mean_max_reference(x.as_tensor()).unwrap();
@@ -163,7 +171,10 @@ mod tests {
             let gy = rand_tensor(y.dims(), 70 + i as u64);
             let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
             let gr = (&yr * &gy).unwrap().sum_all().unwrap().backward().unwrap();
-            let d = max_abs_diff(g.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap());
+            let d = max_abs_diff(
+                g.get(x.as_tensor()).unwrap(),
+                gr.get(x.as_tensor()).unwrap(),
+            );
             assert!(d < 1e-6, "{dims:?}: gradient differs by {d}");
         }
     }

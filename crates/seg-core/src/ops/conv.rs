@@ -1373,7 +1373,10 @@ mod tests {
         ] {
             let g = Geom::new(&[n, c, h, w], &[o, c, k, k], p).unwrap();
             assert!(direct::suits(&g), "{g:?} should take the direct path");
-            assert!(g.wo < 16 || g.wo * 100 < g.wo.div_ceil(16) * 16 * 85, "{g:?}: row mode");
+            assert!(
+                g.wo < 16 || g.wo * 100 < g.wo.div_ceil(16) * 16 * 85,
+                "{g:?}: row mode"
+            );
             let x = rand_tensor(&[n, c, h, w], 41);
             let wt = rand_tensor(&[o, c, k, k], 42);
             let b = rand_tensor(&[o], 43);

@@ -157,7 +157,12 @@ impl CustomOp2 for AddRelu {
         let a = contiguous(s1, l1, self.name())?;
         let b = contiguous(s2, l2, self.name())?;
         if l1.dims() != l2.dims() {
-            candle_core::bail!("{}: shapes {:?} and {:?} differ", self.name(), l1.dims(), l2.dims())
+            candle_core::bail!(
+                "{}: shapes {:?} and {:?} differ",
+                self.name(),
+                l1.dims(),
+                l2.dims()
+            )
         }
         // SAFETY: every chunk is written element by element (a, b and the
         // output have the same length).
