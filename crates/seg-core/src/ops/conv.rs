@@ -1271,6 +1271,33 @@ mod tests {
         }
     }
 
+    /// [`check`] of [`conv2d`] against [`conv2d_reference`] on random
+    /// inputs of the given sizes (n, c, h, w, o, k, p, bias); `seed` for the
+    /// input, seed + 1 and + 2 for the weight and bias.
+    #[allow(clippy::type_complexity)]
+    fn check_conv(
+        (n, c, h, w, o, k, p, bias): (usize, usize, usize, usize, usize, usize, usize, bool),
+        seed: u64,
+    ) {
+        let x = rand_tensor(&[n, c, h, w], seed);
+        let wt = rand_tensor(&[o, c, k, k], seed + 1);
+        if bias {
+            check(
+                &[x, wt, rand_tensor(&[o], seed + 2)],
+                |t| conv2d(&t[0], &t[1], Some(&t[2]), p).unwrap(),
+                |t| conv2d_reference(&t[0], &t[1], Some(&t[2]), p).unwrap(),
+                1e-5,
+            );
+        } else {
+            check(
+                &[x, wt],
+                |t| conv2d(&t[0], &t[1], None, p).unwrap(),
+                |t| conv2d_reference(&t[0], &t[1], None, p).unwrap(),
+                1e-5,
+            );
+        }
+    }
+
     #[test]
     fn conv_matches_candle_on_odd_shapes() {
         // (n, c, h, w, o, k, p, bias)
@@ -1285,24 +1312,7 @@ mod tests {
             (5, 17, 3, 3, 19, 3, 1, true),
             (1, 3, 40, 37, 5, 3, 1, true),
         ] {
-            let x = rand_tensor(&[n, c, h, w], 1);
-            let wt = rand_tensor(&[o, c, k, k], 2);
-            let b = rand_tensor(&[o], 3);
-            if bias {
-                check(
-                    &[x, wt, b],
-                    |t| conv2d(&t[0], &t[1], Some(&t[2]), p).unwrap(),
-                    |t| conv2d_reference(&t[0], &t[1], Some(&t[2]), p).unwrap(),
-                    1e-5,
-                );
-            } else {
-                check(
-                    &[x, wt],
-                    |t| conv2d(&t[0], &t[1], None, p).unwrap(),
-                    |t| conv2d_reference(&t[0], &t[1], None, p).unwrap(),
-                    1e-5,
-                );
-            }
+            check_conv((n, c, h, w, o, k, p, bias), 1);
         }
     }
 
@@ -1335,24 +1345,7 @@ mod tests {
             assert_eq!(direct::suits_weight_grad(&g), k == 3, "{g:?}");
             let back = Geom::new(&[n, o, ho, wo], &[c, o, k, k], k - 1 - p).unwrap();
             assert_eq!(direct::suits(&back), c >= 8, "{back:?}");
-            let x = rand_tensor(&[n, c, h, w], 11);
-            let wt = rand_tensor(&[o, c, k, k], 12);
-            let b = rand_tensor(&[o], 13);
-            if bias {
-                check(
-                    &[x, wt, b],
-                    |t| conv2d(&t[0], &t[1], Some(&t[2]), p).unwrap(),
-                    |t| conv2d_reference(&t[0], &t[1], Some(&t[2]), p).unwrap(),
-                    1e-5,
-                );
-            } else {
-                check(
-                    &[x, wt],
-                    |t| conv2d(&t[0], &t[1], None, p).unwrap(),
-                    |t| conv2d_reference(&t[0], &t[1], None, p).unwrap(),
-                    1e-5,
-                );
-            }
+            check_conv((n, c, h, w, o, k, p, bias), 11);
         }
     }
 
@@ -1377,24 +1370,7 @@ mod tests {
                 g.wo < 16 || g.wo * 100 < g.wo.div_ceil(16) * 16 * 85,
                 "{g:?}: row mode"
             );
-            let x = rand_tensor(&[n, c, h, w], 41);
-            let wt = rand_tensor(&[o, c, k, k], 42);
-            let b = rand_tensor(&[o], 43);
-            if bias {
-                check(
-                    &[x, wt, b],
-                    |t| conv2d(&t[0], &t[1], Some(&t[2]), p).unwrap(),
-                    |t| conv2d_reference(&t[0], &t[1], Some(&t[2]), p).unwrap(),
-                    1e-5,
-                );
-            } else {
-                check(
-                    &[x, wt],
-                    |t| conv2d(&t[0], &t[1], None, p).unwrap(),
-                    |t| conv2d_reference(&t[0], &t[1], None, p).unwrap(),
-                    1e-5,
-                );
-            }
+            check_conv((n, c, h, w, o, k, p, bias), 41);
         }
     }
 

@@ -407,8 +407,8 @@ fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
                         let d0 = (img * g.o + b * OW) * plane_out;
                         segs.push((xi, &dy[d0..d0 + ow * plane_out], (y0, y1)));
                     }
-                    // SAFETY: `wg_cl_band` checks the bounds it relies on.
-                    unsafe { wg_cl_band(&segs, wp, ow, g, a) };
+                    // SAFETY: `wg_band` checks the bounds it relies on.
+                    unsafe { wg_band(&segs, WgLayout::ChannelBlocks, hp, wp, ow, g, a) };
                 }
             }
         });
@@ -430,44 +430,6 @@ fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
         }
     }
     dw
-}
-
-/// [`wg_band`] for the channels-last kernel: each segment's input is one
-/// padded image's block of 16 channels (hp × wp pixels of 16 floats).
-///
-/// # Safety
-/// AVX-512F must be available.
-unsafe fn wg_cl_band(segs: &[WgSeg], wp: usize, ow: usize, g: &Geom, acc: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        assert!(g.wo + 2 <= wp && (1..=OW).contains(&ow));
-        assert!(acc.len() == OW * 9 * 16);
-        let mut raw = Vec::with_capacity(segs.len());
-        for &(xi, d, (y0, y1)) in segs {
-            // the last load: row y1 + 1, pixel wo + 1, lanes 0..16
-            assert!(y0 <= y1 && y1 <= g.ho && d.len() == ow * g.ho * g.wo);
-            assert!(y1 == y0 || ((y1 + 1) * wp + g.wo + 1) * 16 + 16 <= xi.len());
-            raw.push(avx512::Seg {
-                x: xi.as_ptr(),
-                d: d.as_ptr(),
-                rows: (y0, y1),
-            });
-        }
-        let a = acc.as_mut_ptr();
-        // SAFETY: bounds asserted above; see `wg_cl_tile`.
-        unsafe {
-            match ow {
-                3 if OW >= 3 => avx512::wg_cl_tile::<3>(&raw, wp, g.ho, g.wo, a),
-                2 => avx512::wg_cl_tile::<2>(&raw, wp, g.ho, g.wo, a),
-                _ => avx512::wg_cl_tile::<1>(&raw, wp, g.ho, g.wo, a),
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (segs, wp, ow, g, acc);
-        unreachable!("the direct convolution needs AVX-512");
-    }
 }
 
 /// The operands of one register tile.
@@ -498,6 +460,32 @@ mod avx512 {
     use super::{Tile, OB};
     use std::arch::x86_64::*;
 
+    /// The weight-gradient accumulators [j][tap] from `mem` (16 lanes each).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_acc<const W: usize>(mem: *const f32) -> [[__m512; 9]; W] {
+        let mut acc = [[_mm512_setzero_ps(); 9]; W];
+        for (j, row) in acc.iter_mut().enumerate() {
+            for (t, a) in row.iter_mut().enumerate() {
+                // SAFETY: the callers' `mem` holds OW·9·16 floats, W <= OW
+                *a = unsafe { _mm512_loadu_ps(mem.add((j * 9 + t) * 16)) };
+            }
+        }
+        acc
+    }
+
+    /// Stores the accumulators back to `mem`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_acc<const W: usize>(acc: &[[__m512; 9]; W], mem: *mut f32) {
+        for (j, row) in acc.iter().enumerate() {
+            for (t, a) in row.iter().enumerate() {
+                // SAFETY: as in `load_acc`
+                unsafe { _mm512_storeu_ps(mem.add((j * 9 + t) * 16), *a) };
+            }
+        }
+    }
+
     /// The channels-last weight-gradient tile: for each segment's output
     /// pixels, `W` broadcast output-gradient values times the 16-channel
     /// input vector of each tap, into the accumulators at `mem` ([j][tap][16
@@ -516,12 +504,7 @@ mod avx512 {
         mem: *mut f32,
     ) {
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 9]; W];
-            for (j, row) in acc.iter_mut().enumerate() {
-                for (t, a) in row.iter_mut().enumerate() {
-                    *a = _mm512_loadu_ps(mem.add((j * 9 + t) * 16));
-                }
-            }
+            let mut acc = load_acc::<W>(mem);
             let plane = ho * wo;
             for seg in segs {
                 for y in seg.rows.0..seg.rows.1 {
@@ -544,11 +527,7 @@ mod avx512 {
                     }
                 }
             }
-            for (j, row) in acc.iter().enumerate() {
-                for (t, a) in row.iter().enumerate() {
-                    _mm512_storeu_ps(mem.add((j * 9 + t) * 16), *a);
-                }
-            }
+            store_acc(&acc, mem);
         }
     }
 
@@ -578,12 +557,7 @@ mod avx512 {
         mem: *mut f32,
     ) {
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 9]; W];
-            for (j, row) in acc.iter_mut().enumerate() {
-                for (t, a) in row.iter_mut().enumerate() {
-                    *a = _mm512_loadu_ps(mem.add((j * 9 + t) * 16));
-                }
-            }
+            let mut acc = load_acc::<W>(mem);
             let plane = ho * wo;
             for seg in segs {
                 let (x, d) = (seg.x, seg.d);
@@ -622,11 +596,7 @@ mod avx512 {
                     }
                 }
             }
-            for (j, row) in acc.iter().enumerate() {
-                for (t, a) in row.iter().enumerate() {
-                    _mm512_storeu_ps(mem.add((j * 9 + t) * 16), *a);
-                }
-            }
+            store_acc(&acc, mem);
         }
     }
 
@@ -760,7 +730,7 @@ pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f3
                         segs.push((xc, &dy[d0..d0 + ow * plane_out], (y0, y1)));
                     }
                     // SAFETY: `wg_band` checks the bounds it relies on.
-                    unsafe { wg_band(&segs, hp, wp, ow, g, a) };
+                    unsafe { wg_band(&segs, WgLayout::Planes, hp, wp, ow, g, a) };
                 }
             }
         });
@@ -807,20 +777,41 @@ fn wg_bands(g: &Geom, target: usize) -> Vec<Vec<(usize, usize, usize)>> {
 /// output-gradient planes, the output rows.
 type WgSeg<'a> = (&'a [f32], &'a [f32], (usize, usize));
 
-/// Adds the products of the band's segments, for one input channel and `ow`
-/// output channels, into the vector accumulators `acc` ([j][ky·3 + kx][16
-/// lanes]).
+/// How a weight-gradient segment's input is laid out.
+#[derive(Clone, Copy, PartialEq)]
+enum WgLayout {
+    /// One padded channel plane (hp × wp floats): the pixel-vector kernel.
+    Planes,
+    /// One padded image's block of 16 channels (hp × wp pixels of 16
+    /// floats): the channels-last kernel.
+    ChannelBlocks,
+}
+
+/// Adds the products of the band's segments, for one input channel (or
+/// block of 16) and `ow` output channels, into the vector accumulators
+/// `acc` ([j][ky·3 + kx][16 lanes]).
 ///
 /// # Safety
 /// AVX-512F must be available.
-unsafe fn wg_band(segs: &[WgSeg], hp: usize, wp: usize, ow: usize, g: &Geom, acc: &mut [f32]) {
+unsafe fn wg_band(
+    segs: &[WgSeg],
+    layout: WgLayout,
+    hp: usize,
+    wp: usize,
+    ow: usize,
+    g: &Geom,
+    acc: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     {
+        // every tap of every output row y < ho and column < wo reads rows
+        // < ho + 2 <= hp and columns < wo + 2 <= wp of a whole padded input
         assert!(g.ho + 2 <= hp && g.wo + 2 <= wp && (1..=OW).contains(&ow));
         assert!(acc.len() == OW * 9 * 16);
+        let floats = hp * wp * if layout == WgLayout::Planes { 1 } else { 16 };
         let mut raw = Vec::with_capacity(segs.len());
         for &(xc, d, (y0, y1)) in segs {
-            assert!(xc.len() == hp * wp && d.len() == ow * g.ho * g.wo);
+            assert!(xc.len() == floats && d.len() == ow * g.ho * g.wo);
             assert!(y0 <= y1 && y1 <= g.ho);
             raw.push(avx512::Seg {
                 x: xc.as_ptr(),
@@ -829,18 +820,22 @@ unsafe fn wg_band(segs: &[WgSeg], hp: usize, wp: usize, ow: usize, g: &Geom, acc
             });
         }
         let a = acc.as_mut_ptr();
-        // SAFETY: bounds asserted above; see `wg_tile`.
+        let (ho, wo) = (g.ho, g.wo);
+        // SAFETY: bounds asserted above; see `wg_tile` and `wg_cl_tile`.
         unsafe {
-            match ow {
-                3 if OW >= 3 => avx512::wg_tile::<3>(&raw, wp, g.ho, g.wo, a),
-                2 => avx512::wg_tile::<2>(&raw, wp, g.ho, g.wo, a),
-                _ => avx512::wg_tile::<1>(&raw, wp, g.ho, g.wo, a),
+            match (layout, ow) {
+                (WgLayout::Planes, 3) => avx512::wg_tile::<3>(&raw, wp, ho, wo, a),
+                (WgLayout::Planes, 2) => avx512::wg_tile::<2>(&raw, wp, ho, wo, a),
+                (WgLayout::Planes, _) => avx512::wg_tile::<1>(&raw, wp, ho, wo, a),
+                (WgLayout::ChannelBlocks, 3) => avx512::wg_cl_tile::<3>(&raw, wp, ho, wo, a),
+                (WgLayout::ChannelBlocks, 2) => avx512::wg_cl_tile::<2>(&raw, wp, ho, wo, a),
+                (WgLayout::ChannelBlocks, _) => avx512::wg_cl_tile::<1>(&raw, wp, ho, wo, a),
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (segs, hp, wp, ow, g, acc);
+        let _ = (segs, layout, hp, wp, ow, g, acc);
         unreachable!("the direct convolution needs AVX-512");
     }
 }
