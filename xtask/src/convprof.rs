@@ -1,7 +1,10 @@
 //! `cargo xtask conv-layers`: times every 3×3 convolution of a U-Net on its
 //! own (forward, weight gradient, input gradient), a profiling aid for the
-//! CPU kernels. `--layer I --repeat R` runs only layer I's forward and
-//! weight gradient R times (for `perf record`).
+//! CPU kernels. The gradient columns are differences of whole timed passes
+//! (forward + backward of a sum, with and without the input's gradient), so
+//! they include the sum's backward, ≈ 1–2 ms at 8×32×64². `--layer I
+//! --repeat R` runs only layer I's forward and weight gradient R times (for
+//! `perf record`).
 
 use seg_core::{ops, Device, Tensor, Var};
 use std::time::Instant;
@@ -47,8 +50,9 @@ pub fn run(base: usize, n: usize, s: usize, only: Option<usize>, repeat: Option<
             .unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (o, c, 3, 3), &Device::Cpu).unwrap())
             .unwrap();
+        // the input without a gradient: forward + weight gradient only
+        let xt = x.as_tensor().detach();
         if let Some(r) = repeat {
-            let xt = x.as_tensor().detach();
             for _ in 0..r {
                 let y = ops::conv2d(&xt, w.as_tensor(), None, 1).unwrap();
                 y.sum_all().unwrap().backward().unwrap();
@@ -62,7 +66,6 @@ pub fn run(base: usize, n: usize, s: usize, only: Option<usize>, repeat: Option<
             let y = ops::conv2d(x.as_tensor(), w.as_tensor(), None, 1).unwrap();
             y.sum_all().unwrap().backward().unwrap();
         });
-        let xt = x.as_tensor().detach();
         let fw = time(|| {
             let y = ops::conv2d(&xt, w.as_tensor(), None, 1).unwrap();
             y.sum_all().unwrap().backward().unwrap();

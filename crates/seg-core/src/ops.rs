@@ -97,6 +97,18 @@ pub(crate) fn lanes_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f
     acc.iter().sum::<f64>() + ra.iter().zip(rb).map(|(&p, &q)| f(p, q)).sum::<f64>()
 }
 
+/// The argmax indices a kernel's forward pass stored in `slot`, for its
+/// backward pass; an error naming `what` when the forward has not run.
+pub(crate) fn stored_argmax(
+    slot: &std::sync::Mutex<Option<std::sync::Arc<Vec<u32>>>>,
+    what: &str,
+) -> Result<std::sync::Arc<Vec<u32>>> {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} backward before forward")))
+}
+
 /// True when the seg CPU kernels apply to this tensor.
 fn use_cpu_kernel(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32

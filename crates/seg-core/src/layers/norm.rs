@@ -66,29 +66,27 @@ impl BatchNorm2d {
     /// running ones; then ReLU when `relu` (one fused kernel on the CPU).
     pub fn forward_train(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
-        {
-            let count = (n * h * w) as f64;
-            if n * h * w < 2 {
-                candle_core::bail!(
-                    "batch norm in training mode needs more than one value per channel (got input {n}x{c}x{h}x{w})"
-                );
-            }
-            let (y, bm, bv) = if relu {
-                crate::ops::batch_norm_relu_train(x, &self.weight, &self.bias, self.eps)?
-            } else {
-                crate::ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?
-            };
-            // running statistics (PyTorch: unbiased variance), no gradient
-            let m = self.momentum;
-            let bv = (bv * (count / (count - 1.0)))?;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?;
-            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?;
-            self.running_mean.set(&rm)?;
-            self.running_var.set(&rv)?;
-            let nb = (self.num_batches_tracked.as_tensor() + 1.0)?;
-            self.num_batches_tracked.set(&nb)?;
-            Ok(y)
+        let count = (n * h * w) as f64;
+        if n * h * w < 2 {
+            candle_core::bail!(
+                "batch norm in training mode needs more than one value per channel (got input {n}x{c}x{h}x{w})"
+            );
         }
+        let (y, bm, bv) = if relu {
+            crate::ops::batch_norm_relu_train(x, &self.weight, &self.bias, self.eps)?
+        } else {
+            crate::ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?
+        };
+        // running statistics (PyTorch: unbiased variance), no gradient
+        let m = self.momentum;
+        let bv = (bv * (count / (count - 1.0)))?;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        let nb = (self.num_batches_tracked.as_tensor() + 1.0)?;
+        self.num_batches_tracked.set(&nb)?;
+        Ok(y)
     }
 
     /// The eval-mode map as `y = x·scale + shift` per channel:

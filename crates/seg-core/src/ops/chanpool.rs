@@ -77,14 +77,7 @@ impl CustomOp1 for ChannelMeanMax {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let argmax = self
-            .argmax
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                candle_core::Error::Msg("channel mean/max backward before forward".into())
-            })?;
+        let argmax = super::stored_argmax(&self.argmax, "channel mean/max")?;
         let g = grad_res
             .contiguous()?
             .apply_op1_no_bwd(&ChannelMeanMaxBackward {

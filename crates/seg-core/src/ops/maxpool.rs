@@ -54,12 +54,7 @@ impl CustomOp1 for MaxPool2x2 {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let argmax = self
-            .argmax
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| candle_core::Error::Msg("max-pool backward before forward".into()))?;
+        let argmax = super::stored_argmax(&self.argmax, "max-pool")?;
         let g = grad_res.contiguous()?.apply_op1_no_bwd(&MaxPoolScatter {
             argmax,
             in_shape: arg.shape().clone(),

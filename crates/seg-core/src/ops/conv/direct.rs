@@ -8,7 +8,10 @@
 //! one row × [`OB`] output channels; for every input channel and tap it loads
 //! the `V` shifted input vectors straight from the (zero-padded) input row,
 //! which stays in L1/L2, broadcasts the `OB` weights and accumulates with
-//! fused multiply-adds. Row tails use masked loads and stores.
+//! fused multiply-adds. Row tails use masked loads and stores; images whose
+//! rows are too short for the lanes are taken as one run over the padded
+//! grid (grid mode). The input gradient is the same kernel with the flipped
+//! weights; the 3×3 weight gradient has kernels of its own (below).
 //!
 //! Every output element is one sum over (channel, ky, kx) in that order,
 //! computed by one thread, so results do not depend on scheduling.
@@ -39,8 +42,9 @@ pub(super) fn available() -> bool {
 }
 
 /// Whether the direct kernel is the better choice for this geometry: enough
-/// output channels to fill a tile and rows wide enough that masked lanes
-/// waste little (the GEMM path batches small images instead).
+/// output channels to fill a tile, and rows (row mode) or whole images (grid
+/// mode) that fill the vector lanes; the GEMM path batches the smallest
+/// images into long products instead.
 pub(super) fn suits(g: &Geom) -> bool {
     g.o >= OB && (rows_fill_lanes(g) || grid_fills_lanes(g))
 }
@@ -379,42 +383,13 @@ fn pad_input_channels_last(x: &[f32], g: &Geom) -> (Vec<f32>, usize, usize, usiz
 /// broadcast one pixel at a time. For each pixel and tap, one aligned load
 /// of 16 channels feeds [`OW`] fused multiply-adds (one per output
 /// channel of the block); the 27 accumulators hold dW itself (no sums across
-/// lanes). Tasks, bands and summation order as in [`conv_weight_grad`].
+/// lanes). Tasks, bands and summation order: [`wg_accumulate`].
 fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let (xp, hp, wp, cblocks) = pad_input_channels_last(x, g);
-    let plane_out = g.ho * g.wo;
-    let oblocks = g.o.div_ceil(OW);
-    const ACC: usize = OW * 9 * 16;
-    let mut acc = vec![0f32; oblocks * cblocks * ACC];
-    let pairs = oblocks * cblocks;
-    let per = pairs
-        .div_ceil(4 * rayon::current_num_threads().max(1))
-        .max(1);
-    let bands = wg_bands(g, 2048);
-    let block = hp * wp * 16;
-    acc.par_chunks_mut(per * ACC)
-        .enumerate()
-        .for_each(|(chunk, accs)| {
-            let mut segs = Vec::new();
-            for band in &bands {
-                for (i, a) in accs.chunks_mut(ACC).enumerate() {
-                    let t = chunk * per + i;
-                    let (b, cb) = (t / cblocks, t % cblocks);
-                    let ow = (g.o - b * OW).min(OW);
-                    segs.clear();
-                    for &(img, y0, y1) in band {
-                        let xi = &xp[(img * cblocks + cb) * block..][..block];
-                        let d0 = (img * g.o + b * OW) * plane_out;
-                        segs.push((xi, &dy[d0..d0 + ow * plane_out], (y0, y1)));
-                    }
-                    // SAFETY: `wg_band` checks the bounds it relies on.
-                    unsafe { wg_band(&segs, WgLayout::ChannelBlocks, hp, wp, ow, g, a) };
-                }
-            }
-        });
+    let acc = wg_accumulate(&xp, WgLayout::ChannelBlocks, cblocks, hp, wp, dy, g);
     let kk = g.c * 9;
     let mut dw = vec![0f32; g.o * kk];
-    for (t, a) in acc.chunks(ACC).enumerate() {
+    for (t, a) in acc.chunks(WG_ACC).enumerate() {
         let (b, cb) = (t / cblocks, t % cblocks);
         for j in 0..(g.o - b * OW).min(OW) {
             let o = b * OW + j;
@@ -684,14 +659,9 @@ pub(super) fn suits_weight_grad(g: &Geom) -> bool {
 }
 
 /// The weight gradient dW (O × C·3·3) = Σ over pixels of dy[o] · x shifted
-/// by each tap; `None` when the CPU lacks AVX-512.
-///
-/// The pixels are taken in bands (rows of one image, or several small
-/// images); for each band, every (block of [`OW`] output channels, input
-/// channel) pair adds its products to its 27 vector accumulators (kept in
-/// memory between bands, in registers within one). Each pair belongs to one
-/// task, which goes through the bands in order, and the lanes are summed at
-/// the end in a fixed order: the result does not depend on scheduling.
+/// by each tap; `None` when the CPU lacks AVX-512. With 16 input channels or
+/// more, [`weight_grad_channels_last`]; otherwise vectors over 16 pixels of
+/// the padded input planes, the lanes summed at the end in a fixed order.
 pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f32>> {
     if !available() || g.k != 3 {
         return None;
@@ -700,42 +670,10 @@ pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f3
         return Some(weight_grad_channels_last(x, dy, g));
     }
     let (xp, hp, wp) = pad_input(x, g);
-    let plane_out = g.ho * g.wo;
-    let oblocks = g.o.div_ceil(OW);
+    let acc = wg_accumulate(&xp, WgLayout::Planes, g.c, hp, wp, dy, g);
     let kk = g.c * 9;
-    const ACC: usize = OW * 9 * 16;
-    let mut acc = vec![0f32; oblocks * g.c * ACC];
-    // each task: a run of (block, channel) pairs, over the bands in order;
-    // a band (about 2048 output pixels: rows of one image, or whole small
-    // images) stays in the caches while the run's pairs read it, and each
-    // pair's accumulators stay in registers through a band
-    let pairs = oblocks * g.c;
-    let per = pairs
-        .div_ceil(4 * rayon::current_num_threads().max(1))
-        .max(1);
-    let bands = wg_bands(g, 2048);
-    acc.par_chunks_mut(per * ACC)
-        .enumerate()
-        .for_each(|(chunk, accs)| {
-            let mut segs = Vec::new();
-            for band in &bands {
-                for (i, a) in accs.chunks_mut(ACC).enumerate() {
-                    let t = chunk * per + i;
-                    let (b, ci) = (t / g.c, t % g.c);
-                    let ow = (g.o - b * OW).min(OW);
-                    segs.clear();
-                    for &(img, y0, y1) in band {
-                        let xc = &xp[(img * g.c + ci) * hp * wp..][..hp * wp];
-                        let d0 = (img * g.o + b * OW) * plane_out;
-                        segs.push((xc, &dy[d0..d0 + ow * plane_out], (y0, y1)));
-                    }
-                    // SAFETY: `wg_band` checks the bounds it relies on.
-                    unsafe { wg_band(&segs, WgLayout::Planes, hp, wp, ow, g, a) };
-                }
-            }
-        });
     let mut dw = vec![0f32; g.o * kk];
-    for (t, a) in acc.chunks(ACC).enumerate() {
+    for (t, a) in acc.chunks(WG_ACC).enumerate() {
         let (b, ci) = (t / g.c, t % g.c);
         for j in 0..(g.o - b * OW).min(OW) {
             let o = b * OW + j;
@@ -746,6 +684,62 @@ pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f3
         }
     }
     Some(dw)
+}
+
+/// Floats of one (output block, input unit) pair's accumulators: [j][tap][16
+/// lanes].
+const WG_ACC: usize = OW * 9 * 16;
+
+/// Runs the weight-gradient tiles and returns every pair's accumulators, pair
+/// t = (output block t / units, input unit t % units), an input unit being
+/// one channel plane ([`WgLayout::Planes`]) or one block of 16 channels
+/// ([`WgLayout::ChannelBlocks`]) of the padded input `xp`.
+///
+/// The pixels are taken in bands (rows of one image, or several small
+/// images, ≈ 2048 pixels); each task owns a run of pairs and goes through the
+/// bands in order, so that a band stays in the caches while the run's pairs
+/// read it and each pair's accumulators stay in registers through a band
+/// (in memory between bands). Every accumulator is thus summed in a fixed
+/// order: the result does not depend on scheduling.
+fn wg_accumulate(
+    xp: &[f32],
+    layout: WgLayout,
+    units: usize,
+    hp: usize,
+    wp: usize,
+    dy: &[f32],
+    g: &Geom,
+) -> Vec<f32> {
+    let plane_out = g.ho * g.wo;
+    let unit = hp * wp * if layout == WgLayout::Planes { 1 } else { 16 };
+    let oblocks = g.o.div_ceil(OW);
+    let pairs = oblocks * units;
+    let mut acc = vec![0f32; pairs * WG_ACC];
+    let per = pairs
+        .div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(1);
+    let bands = wg_bands(g, 2048);
+    acc.par_chunks_mut(per * WG_ACC)
+        .enumerate()
+        .for_each(|(chunk, accs)| {
+            let mut segs = Vec::new();
+            for band in &bands {
+                for (i, a) in accs.chunks_mut(WG_ACC).enumerate() {
+                    let t = chunk * per + i;
+                    let (b, u) = (t / units, t % units);
+                    let ow = (g.o - b * OW).min(OW);
+                    segs.clear();
+                    for &(img, y0, y1) in band {
+                        let xi = &xp[(img * units + u) * unit..][..unit];
+                        let d0 = (img * g.o + b * OW) * plane_out;
+                        segs.push((xi, &dy[d0..d0 + ow * plane_out], (y0, y1)));
+                    }
+                    // SAFETY: `wg_band` checks the bounds it relies on.
+                    unsafe { wg_band(&segs, layout, hp, wp, ow, g, a) };
+                }
+            }
+        });
+    acc
 }
 
 /// Bands of the weight-gradient work: lists of (image, first row, end row)
