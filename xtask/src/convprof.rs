@@ -2,7 +2,7 @@
 //! own (forward, weight gradient, input gradient), a profiling aid for the
 //! CPU kernels. The gradient columns are differences of whole timed passes
 //! (forward + backward of a sum, with and without the input's gradient), so
-//! they include the sum's backward, ≈ 1–2 ms at 8×32×64². `--layer I
+//! the time of the sum's backward alone is taken off. `--layer I
 //! --repeat R` runs only layer I's forward and weight gradient R times (for
 //! `perf record`).
 
@@ -53,9 +53,13 @@ pub fn run(base: usize, n: usize, s: usize, only: Option<usize>, repeat: Option<
         // the input without a gradient: forward + weight gradient only
         let xt = x.as_tensor().detach();
         if let Some(r) = repeat {
+            // SEG_PROFILE_FORWARD=1: the forward pass alone
+            let fwd_only = std::env::var("SEG_PROFILE_FORWARD").is_ok_and(|v| v == "1");
             for _ in 0..r {
                 let y = ops::conv2d(&xt, w.as_tensor(), None, 1).unwrap();
-                y.sum_all().unwrap().backward().unwrap();
+                if !fwd_only {
+                    y.sum_all().unwrap().backward().unwrap();
+                }
             }
             return;
         }
@@ -70,6 +74,16 @@ pub fn run(base: usize, n: usize, s: usize, only: Option<usize>, repeat: Option<
             let y = ops::conv2d(&xt, w.as_tensor(), None, 1).unwrap();
             y.sum_all().unwrap().backward().unwrap();
         });
+        // the backward of the sum alone (a gradient of ones the size of the
+        // output), taken off both gradient columns
+        let yv = Var::from_tensor(
+            &Tensor::zeros((n, o, hw, hw), seg_core::DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let s0 = time(|| {
+            yv.as_tensor().sum_all().unwrap().backward().unwrap();
+        });
+        let (fw, fb) = (fw - s0, fb - s0);
         let gflop = 2.0 * (n * hw * hw * c * o * 9) as f64 / 1e9;
         println!("{c:4}->{o:4} {hw:4}  fwd {f:6.2} ms ({:4.0})  wgrad {:6.2} ms ({:4.0})  igrad {:6.2} ms ({:4.0})  all {fb:6.2} ms ({:4.0} GF/s)", gflop / f * 1e3, fw - f, gflop / (fw - f) * 1e3, fb - fw, gflop / (fb - fw) * 1e3, 3.0 * gflop / fb * 1e3);
         tf += f;

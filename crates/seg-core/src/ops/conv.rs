@@ -25,6 +25,7 @@
 //! reverse shuffle and two products.
 
 mod direct;
+mod winograd;
 
 use super::cpu_f32;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -473,6 +474,9 @@ fn activate(v: f32, relu: bool) -> f32 {
 /// The direct kernel where the CPU has it and the geometry suits it, the
 /// GEMM path otherwise.
 fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, relu: bool, g: &Geom) -> Vec<f32> {
+    if winograd::suits(g) {
+        return winograd::conv_forward(x, wt, bias, relu, g);
+    }
     if direct::suits(g) {
         if let Some(y) = direct::conv_forward(x, wt, bias, relu, g) {
             return y;
@@ -1371,6 +1375,75 @@ mod tests {
                 "{g:?}: row mode"
             );
             check_conv((n, c, h, w, o, k, p, bias), 41);
+        }
+    }
+
+    #[test]
+    fn winograd_matches_candle_on_odd_shapes() {
+        if !direct::available() {
+            eprintln!("skip: this CPU has no AVX-512, the Winograd kernels are not used");
+            return;
+        }
+        // (n, c, h, w, o, bias): odd heights and widths (tiles half
+        // outside the image), runs of tiles that cross rows and images
+        // inside a block, partial output-channel blocks, several blocks
+        // and split output channels; the input gradients (o >= 16) take
+        // the Winograd path too
+        for &(n, c, h, w, o, bias) in &[
+            (2, 16, 9, 37, 16, true),
+            (1, 20, 16, 16, 19, false),
+            (4, 33, 8, 8, 24, true),
+            (1, 17, 31, 33, 16, true),
+            (4, 16, 13, 5, 21, false),
+        ] {
+            let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], 1).unwrap();
+            assert!(winograd::suits(&g), "{g:?} should take the Winograd path");
+            let back = Geom::new(&[n, o, h, w], &[c, o, 3, 3], 1).unwrap();
+            assert!(
+                winograd::suits(&back),
+                "{back:?} should take the Winograd path"
+            );
+            check_conv((n, c, h, w, o, 3, 1, bias), 61);
+        }
+    }
+
+    #[test]
+    fn winograd_forward_applies_bias_and_relu_and_keeps_nan() {
+        if !direct::available() {
+            eprintln!("skip: this CPU has no AVX-512, the Winograd kernels are not used");
+            return;
+        }
+        let (n, c, h, w, o) = (2, 16, 11, 13, 12);
+        let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], 1).unwrap();
+        assert!(winograd::suits(&g));
+        let (x, wt, b) = (
+            rand_tensor(&[n, c, h, w], 71),
+            rand_tensor(&[o, c, 3, 3], 72),
+            rand_tensor(&[o], 73),
+        );
+        let got = conv2d_relu_inference(&x, &wt, Some(&b), 1, true).unwrap();
+        let want =
+            crate::ops::relu_reference(&conv2d_reference(&x, &wt, Some(&b), 1).unwrap()).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d <= 1e-5, "differs by {d}");
+        // a NaN input reaches every output whose window holds it
+        let mut xs = f32_data(&x).unwrap();
+        let (yy, xx) = (5, 7);
+        xs[(c + 3) * h * w + yy * w + xx] = f32::NAN; // image 1, channel 3
+        let x = Tensor::from_vec(xs, x.dims(), x.device()).unwrap();
+        let got = f32_data(&conv2d_relu_inference(&x, &wt, Some(&b), 1, true).unwrap()).unwrap();
+        for oc in 0..o {
+            for (dy, dx) in [(0, 0), (1, 1), (-1, -1), (1, -1), (0, 1)] {
+                let (py, px) = ((yy as i64 + dy) as usize, (xx as i64 + dx) as usize);
+                assert!(
+                    got[((o + oc) * h + py) * w + px].is_nan(),
+                    "({oc}, {py}, {px})"
+                );
+            }
+            // image 0 is untouched
+            assert!(got[(oc * h * w)..((oc + 1) * h * w)]
+                .iter()
+                .all(|v| v.is_finite()));
         }
     }
 

@@ -20,7 +20,7 @@ use super::{Geom, SharedMut};
 use rayon::prelude::*;
 
 /// Output channels per register tile (the weights are packed in blocks of it).
-const OB: usize = 8;
+pub(super) const OB: usize = 8;
 
 /// True when this CPU runs the direct kernel and `SEG_CONV_DIRECT=0` does
 /// not switch it off (read once; for comparisons with the GEMM path).
@@ -265,7 +265,7 @@ fn grid_forward(
 /// channel b·OB, valid for writes of `len` floats in each of `ob_valid`
 /// planes `plane_out` apart.
 #[allow(clippy::too_many_arguments)]
-unsafe fn row(
+pub(super) unsafe fn row(
     xi: &[f32],
     hp: usize,
     wp: usize,
@@ -322,6 +322,9 @@ unsafe fn row(
                 (3, 3) => avx512::tile::<3, 3>(&args),
                 (2, 3) => avx512::tile::<2, 3>(&args),
                 (1, 3) => avx512::tile::<1, 3>(&args),
+                (3, 1) => avx512::tile::<3, 1>(&args),
+                (2, 1) => avx512::tile::<2, 1>(&args),
+                (1, 1) => avx512::tile::<1, 1>(&args),
                 (3, _) => avx512::tile::<3, 0>(&args),
                 (2, _) => avx512::tile::<2, 0>(&args),
                 _ => avx512::tile::<1, 0>(&args),

@@ -1,0 +1,474 @@
+//! Winograd F(2×2, 3×3) convolution for CPUs with AVX-512 (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016).
+//!
+//! Each 2×2 block of outputs (a tile) comes from the 4×4 input patch around
+//! it: `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`. The element-wise products, summed
+//! over input channels, are 16 independent matrix products (one per position
+//! ξ of the 4×4 transformed tile) of (O × C) transformed weights with (C ×
+//! tiles) transformed inputs: 16·C·O multiply-adds per tile of 4 outputs
+//! where the direct convolution needs 36·C·O, 2.25× fewer. The products run
+//! on the direct kernel's register tile with a 1×1 "kernel"
+//! ([`super::direct::row`]); the transforms are AVX-512 passes over 16 tiles
+//! at a time.
+//!
+//! The tiles (image, tile row, tile column, in that order) are cut into
+//! blocks of a few hundred; a task transforms one block's inputs into a
+//! buffer that stays in L2, runs the 16 products for its range of output
+//! channels, and transforms the results into the output, so no intermediate
+//! tensor goes through memory. Each output is one fixed sequence of
+//! operations, so results do not depend on scheduling. In exact arithmetic
+//! the result equals the direct convolution; in f32 the two differ by a few
+//! units in the last place of the sums (tests compare them).
+
+use super::{direct, Geom, SharedMut};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+const OB: usize = direct::OB;
+
+/// True unless `SEG_CONV_WINOGRAD=0` switches Winograd off (read once; for
+/// comparisons with the direct kernel).
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SEG_CONV_WINOGRAD").map_or(true, |v| v != "0"))
+}
+
+/// Whether this convolution takes the Winograd path: 3×3, stride 1,
+/// padding 1 (output the size of the input), on an AVX-512 CPU, with enough
+/// channels in and out for the products to outweigh the transforms.
+pub(super) fn suits(g: &Geom) -> bool {
+    g.k == 3
+        && g.p == 1
+        && g.ho == g.h
+        && g.wo == g.w
+        && g.c >= 16
+        && g.o >= OB
+        && g.n * g.h.div_ceil(2) * g.w.div_ceil(2) >= MIN_TILES
+        && enabled()
+        && direct::available()
+}
+
+/// Fewest tiles (2×2 output blocks, all images) for Winograd: with fewer,
+/// each transformed weight (16/9 of the weights, written and read back
+/// once per call) feeds too few products (4×4 images at batch 8 ran slower
+/// than the direct path in `cargo xtask conv-layers`).
+const MIN_TILES: usize = 64;
+
+/// Tile geometry: `th × tw` tiles per image, inputs zero-padded to `hp × wp`
+/// (one row and column before the image, the rest after).
+#[derive(Clone, Copy)]
+struct Tiles {
+    th: usize,
+    tw: usize,
+    hp: usize,
+    wp: usize,
+}
+
+impl Tiles {
+    fn new(g: &Geom) -> Self {
+        let (th, tw) = (g.h.div_ceil(2), g.w.div_ceil(2));
+        Tiles {
+            th,
+            tw,
+            hp: 2 * th + 2,
+            wp: 2 * tw + 2,
+        }
+    }
+}
+
+/// Floats read past the end of the padded input by the full-width loads of
+/// [`avx512::input_chunk`] (their extra lanes are discarded).
+const SLACK: usize = 48;
+
+/// The input zero-padded to `hp × wp` per (image, channel) plane, plus
+/// [`SLACK`] zeros.
+fn pad(x: &[f32], g: &Geom, t: Tiles) -> Vec<f32> {
+    let plane = t.hp * t.wp;
+    let len = g.n * g.c * plane;
+    let mut v: Vec<f32> = Vec::with_capacity(len + SLACK);
+    let zero = MaybeUninit::new(0f32);
+    let spare = &mut v.spare_capacity_mut()[..len + SLACK];
+    let (body, tail) = spare.split_at_mut(len);
+    tail.fill(zero);
+    body.par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each(|(pi, dst)| {
+            let src = &x[pi * g.h * g.w..][..g.h * g.w];
+            dst[..t.wp].fill(zero);
+            for (y, row) in src.chunks(g.w).enumerate() {
+                let d = &mut dst[(y + 1) * t.wp..][..t.wp];
+                d[0] = zero;
+                for (o, &s) in d[1..=g.w].iter_mut().zip(row) {
+                    o.write(s);
+                }
+                d[g.w + 1..].fill(zero);
+            }
+            dst[(g.h + 1) * t.wp..].fill(zero);
+        });
+    // SAFETY: every plane was written whole (top row, each image row with
+    // its borders, the rows below) and the slack zeroed.
+    unsafe { v.set_len(len + SLACK) };
+    v
+}
+
+/// The transformed weights `U = G g Gᵀ`, packed for the product kernel as
+/// [output block][ξ][c][OB] (zero past O).
+fn transform_weights(wt: &[f32], g: &Geom) -> Vec<f32> {
+    let blocks = g.o.div_ceil(OB);
+    let size = 16 * g.c * OB;
+    // SAFETY: each block is written whole: for every channel, all 16 ξ × OB
+    // entries (zero past O).
+    unsafe {
+        crate::ops::par_uninit(blocks * size, size, |b, dst| {
+            for c in 0..g.c {
+                let mut loc = [[0f32; OB]; 16];
+                for j in 0..(g.o - b * OB).min(OB) {
+                    let k = &wt[((b * OB + j) * g.c + c) * 9..][..9];
+                    // G g: rows g0, (g0 + g1 + g2)/2, (g0 − g1 + g2)/2, g2
+                    let mut gg = [[0f32; 3]; 4];
+                    for col in 0..3 {
+                        let (r0, r1, r2) = (k[col], k[3 + col], k[6 + col]);
+                        gg[0][col] = r0;
+                        gg[1][col] = 0.5 * (r0 + r1 + r2);
+                        gg[2][col] = 0.5 * (r0 - r1 + r2);
+                        gg[3][col] = r2;
+                    }
+                    // (G g) Gᵀ, row by row
+                    for (r, &[a0, a1, a2]) in gg.iter().enumerate() {
+                        let vals = [a0, 0.5 * (a0 + a1 + a2), 0.5 * (a0 - a1 + a2), a2];
+                        for (s, &v) in vals.iter().enumerate() {
+                            loc[r * 4 + s][j] = v;
+                        }
+                    }
+                }
+                for (xi, l) in loc.iter().enumerate() {
+                    for (d, &v) in dst[(xi * g.c + c) * OB..][..OB].iter_mut().zip(l) {
+                        d.write(v);
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// A run of at most 16 tiles in one tile row: image, tile row, first tile
+/// column, count, and offset within the block.
+#[derive(Clone, Copy)]
+struct Chunk {
+    img: usize,
+    ty: usize,
+    tx: usize,
+    m: usize,
+    off: usize,
+}
+
+/// The chunks of tiles `start .. end` (in image, row, column order).
+fn chunks(t: Tiles, start: usize, end: usize) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    let mut i = start;
+    while i < end {
+        let (img, r) = (i / (t.th * t.tw), i % (t.th * t.tw));
+        let (ty, tx) = (r / t.tw, r % t.tw);
+        let m = (t.tw - tx).min(16).min(end - i);
+        out.push(Chunk {
+            img,
+            ty,
+            tx,
+            m,
+            off: i - start,
+        });
+        i += m;
+    }
+    out
+}
+
+/// Stride-1, padding-1 3×3 convolution of NCHW `x` with the (O × C·9)
+/// weights `wt`, plus an optional bias, then an optional ReLU (NaN kept).
+/// The caller checks [`suits`].
+pub(super) fn conv_forward(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &Geom,
+) -> Vec<f32> {
+    assert!(suits(g) && x.len() == g.n * g.c * g.h * g.w && wt.len() == g.o * g.c * 9);
+    let t = Tiles::new(g);
+    let xp = pad(x, g, t);
+    let u = transform_weights(wt, g);
+    let total = g.n * t.th * t.tw;
+    // tiles per block: one ξ's inputs (C × block) and one product's
+    // outputs stay in L2 with the weights; at least 48 tiles (3 vectors)
+    let per = (4096 / g.c).clamp(48, 256).min(total);
+    let nblocks = total.div_ceil(per);
+    let oblocks = g.o.div_ceil(OB);
+    // enough tasks for the threads: split the output channels when there
+    // are few tile blocks (small images)
+    let want = 4 * rayon::current_num_threads().max(1);
+    let osplit = want.div_ceil(nblocks).clamp(1, oblocks);
+    let ob_per = oblocks.div_ceil(osplit);
+    let osplit = oblocks.div_ceil(ob_per);
+    let plane_out = g.h * g.w;
+    let mut out: Vec<f32> = Vec::with_capacity(g.n * g.o * plane_out);
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let zero_bias = [0f32; OB];
+    (0..nblocks * osplit).into_par_iter().for_each_init(
+        || {
+            (
+                Vec::<MaybeUninit<f32>>::new(),
+                Vec::<MaybeUninit<f32>>::new(),
+            )
+        },
+        |(vbuf, mbuf), task| {
+            let (blk, os) = (task / osplit, task % osplit);
+            let (start, end) = (blk * per, ((blk + 1) * per).min(total));
+            let len = end - start;
+            let (b0, b1) = (os * ob_per, ((os + 1) * ob_per).min(oblocks));
+            let ol = (b1 - b0) * OB;
+            let cks = chunks(t, start, end);
+            vbuf.resize(16 * g.c * len, MaybeUninit::uninit());
+            mbuf.resize(16 * ol * len, MaybeUninit::uninit());
+            let vp = vbuf.as_mut_ptr().cast::<f32>();
+            let mp = mbuf.as_mut_ptr().cast::<f32>();
+            // input transform: V[ξ][c][tile]
+            for c in 0..g.c {
+                for ck in &cks {
+                    let plane = &xp[(ck.img * g.c + c) * t.hp * t.wp..];
+                    // SAFETY: the loads reach row 2·ty + 3 < hp, columns up
+                    // to 2·tx + 33 of it, inside the plane or the slack
+                    // after the last one; the stores write lanes < m of
+                    // V[ξ][c][off ..], inside `vbuf`.
+                    unsafe {
+                        avx512::input_chunk(
+                            plane.as_ptr(),
+                            t.wp,
+                            ck,
+                            vp.add(c * len + ck.off),
+                            g.c * len,
+                        )
+                    }
+                }
+            }
+            // SAFETY: every V[ξ][c][i], i < len, was written above (the
+            // chunks cover the block).
+            let v: &[f32] = unsafe { std::slice::from_raw_parts(vp, 16 * g.c * len) };
+            let g1 = Geom {
+                n: 1,
+                c: g.c,
+                h: 1,
+                w: len,
+                o: g.o,
+                k: 1,
+                p: 0,
+                ho: 1,
+                wo: len,
+            };
+            for xi in 0..16 {
+                let vx = &v[xi * g.c * len..][..g.c * len];
+                for b in b0..b1 {
+                    let wb = &u[(b * 16 + xi) * g.c * OB..][..g.c * OB];
+                    let ob_valid = (g.o - b * OB).min(OB);
+                    // SAFETY: writes `len` floats of ob_valid rows of
+                    // M[ξ][(b − b0)·OB ..], inside `mbuf`.
+                    unsafe {
+                        direct::row(
+                            vx,
+                            1,
+                            len,
+                            (0, len),
+                            wb,
+                            &zero_bias,
+                            false,
+                            &g1,
+                            mp.add((xi * ol + (b - b0) * OB) * len),
+                            len,
+                            ob_valid,
+                        );
+                    }
+                }
+            }
+            // output transform
+            let o_end = (b1 * OB).min(g.o);
+            for o in b0 * OB..o_end {
+                let bo = bias.map_or(0.0, |b| b[o]);
+                let ol_i = o - b0 * OB;
+                for ck in &cks {
+                    let at = (ck.img * g.o + o) * plane_out;
+                    assert!(at + plane_out <= g.n * g.o * plane_out);
+                    // SAFETY: reads lanes < m of M[ξ][ol_i][off ..] (written
+                    // by the products: o < O); writes the tile outputs
+                    // inside this (image, channel) plane that fall inside
+                    // h × w; these belong to this task alone.
+                    unsafe {
+                        avx512::output_chunk(
+                            mp.add(ol_i * len + ck.off),
+                            ol * len,
+                            bo,
+                            relu,
+                            out_ptr.ptr().add(at),
+                            g.h,
+                            g.w,
+                            ck,
+                        )
+                    }
+                }
+            }
+        },
+    );
+    // SAFETY: each output pixel belongs to one tile, each tile to one block,
+    // and every (block, output channel) was transformed by one task.
+    unsafe { out.set_len(g.n * g.o * plane_out) };
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Chunk;
+    use std::arch::x86_64::*;
+
+    /// Lanes 0..m.
+    fn lanes(m: usize) -> u16 {
+        if m >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << m) - 1
+        }
+    }
+
+    /// `Bᵀ d B` of the chunk's tiles of one channel: V[ξ] at `v + ξ·stride`,
+    /// lane i for tile tx + i.
+    ///
+    /// # Safety
+    /// AVX-512F available; `plane` valid for reads at rows 2·ty .. 2·ty + 4,
+    /// columns 2·tx .. 2·tx + 34 (row length `wp`); `v` for writes of m
+    /// floats at each `v + ξ·stride`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn input_chunk(
+        plane: *const f32,
+        wp: usize,
+        ck: &Chunk,
+        v: *mut f32,
+        stride: usize,
+    ) {
+        unsafe {
+            let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+            let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+            let mut r = [[_mm512_setzero_ps(); 4]; 4];
+            for (i, ri) in r.iter_mut().enumerate() {
+                let p = plane.add((2 * ck.ty + i) * wp + 2 * ck.tx);
+                let (a0, a1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+                let (b0, b1) = (_mm512_loadu_ps(p.add(2)), _mm512_loadu_ps(p.add(18)));
+                // d_j = row[2·tx + j] for the 16 tiles
+                let d0 = _mm512_permutex2var_ps(a0, even, a1);
+                let d1 = _mm512_permutex2var_ps(a0, odd, a1);
+                let d2 = _mm512_permutex2var_ps(b0, even, b1);
+                let d3 = _mm512_permutex2var_ps(b0, odd, b1);
+                // d B
+                *ri = [
+                    _mm512_sub_ps(d0, d2),
+                    _mm512_add_ps(d1, d2),
+                    _mm512_sub_ps(d2, d1),
+                    _mm512_sub_ps(d1, d3),
+                ];
+            }
+            let mask = lanes(ck.m);
+            for j in 0..4 {
+                // Bᵀ (d B), column j
+                let cols = [
+                    _mm512_sub_ps(r[0][j], r[2][j]),
+                    _mm512_add_ps(r[1][j], r[2][j]),
+                    _mm512_sub_ps(r[2][j], r[1][j]),
+                    _mm512_sub_ps(r[1][j], r[3][j]),
+                ];
+                for (a, &cv) in cols.iter().enumerate() {
+                    _mm512_mask_storeu_ps(v.add((a * 4 + j) * stride), mask, cv);
+                }
+            }
+        }
+    }
+
+    /// `Aᵀ M A` of the chunk's tiles for one output channel, plus `bias`,
+    /// then ReLU (NaN kept) when asked, into the output plane.
+    ///
+    /// # Safety
+    /// AVX-512F available; `m` valid for reads of m floats at each
+    /// `m + ξ·stride`; `out` for writes of the plane's `h × w` floats.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn output_chunk(
+        mp: *const f32,
+        stride: usize,
+        bias: f32,
+        relu: bool,
+        out: *mut f32,
+        h: usize,
+        w: usize,
+        ck: &Chunk,
+    ) {
+        unsafe {
+            let mask = lanes(ck.m);
+            let mut m = [_mm512_setzero_ps(); 16];
+            for (xi, mv) in m.iter_mut().enumerate() {
+                *mv = _mm512_maskz_loadu_ps(mask, mp.add(xi * stride));
+            }
+            // Aᵀ M: rows m0 + m1 + m2 and m1 − m2 − m3
+            let mut s = [[_mm512_setzero_ps(); 4]; 2];
+            for j in 0..4 {
+                s[0][j] = _mm512_add_ps(_mm512_add_ps(m[j], m[4 + j]), m[8 + j]);
+                s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
+            }
+            let b = _mm512_set1_ps(bias);
+            let zero = _mm512_setzero_ps();
+            let fin = |v: __m512| {
+                let r = _mm512_add_ps(v, b);
+                if relu {
+                    let neg = _mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ);
+                    _mm512_mask_mov_ps(r, neg, zero)
+                } else {
+                    r
+                }
+            };
+            let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+            let hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+            let cols = (2 * ck.m).min(w - 2 * ck.tx);
+            let (mlo, mhi) = (lanes(cols), lanes(cols.saturating_sub(16)));
+            for (i, si) in s.iter().enumerate() {
+                let y = 2 * ck.ty + i;
+                if y >= h {
+                    break;
+                }
+                // (Aᵀ M) A: columns s0 + s1 + s2 and s1 − s2 − s3
+                let y0 = fin(_mm512_add_ps(_mm512_add_ps(si[0], si[1]), si[2]));
+                let y1 = fin(_mm512_sub_ps(_mm512_sub_ps(si[1], si[2]), si[3]));
+                let o = out.add(y * w + 2 * ck.tx);
+                _mm512_mask_storeu_ps(o, mlo, _mm512_permutex2var_ps(y0, lo, y1));
+                if mhi != 0 {
+                    _mm512_mask_storeu_ps(o.add(16), mhi, _mm512_permutex2var_ps(y0, hi, y1));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    use super::Chunk;
+
+    pub(super) unsafe fn input_chunk(_: *const f32, _: usize, _: &Chunk, _: *mut f32, _: usize) {
+        unreachable!("the Winograd convolution needs AVX-512")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn output_chunk(
+        _: *const f32,
+        _: usize,
+        _: f32,
+        _: bool,
+        _: *mut f32,
+        _: usize,
+        _: usize,
+        _: &Chunk,
+    ) {
+        unreachable!("the Winograd convolution needs AVX-512")
+    }
+}
