@@ -372,6 +372,7 @@ mod avx512 {
                 ];
             }
             let mask = lanes(ck.m);
+            #[allow(clippy::needless_range_loop)] // j indexes rows 0..4 of r alike
             for j in 0..4 {
                 // Bᵀ (d B), column j
                 let cols = [
