@@ -281,10 +281,12 @@ pub(super) unsafe fn row(
     #[cfg(target_arch = "x86_64")]
     // SAFETY: see the notes inside
     unsafe {
-        assert!(xi.len() == g.c * hp * wp && wb.len() == g.c * g.k * g.k * OB);
         // the last input read: start + len − 1 + (k − 1)·(wp + 1), inside
-        // each channel plane
-        assert!(len > 0 && start + len + (g.k - 1) * (wp + 1) <= hp * wp && bias.len() == OB);
+        // each channel plane (the last plane may end there)
+        let reach = start + len + (g.k - 1) * (wp + 1);
+        assert!(len > 0 && reach <= hp * wp && bias.len() == OB);
+        assert!(g.c > 0 && xi.len() >= (g.c - 1) * hp * wp + reach);
+        assert!(wb.len() == g.c * g.k * g.k * OB);
         // the vectors in blocks of at most 3, as even as possible (64
         // columns: 2 + 2 rather than 3 + 1)
         let nvec = len.div_ceil(16);

@@ -230,26 +230,28 @@ pub(super) fn conv_forward(
             mbuf.resize(16 * ol * len, MaybeUninit::uninit());
             let vp = vbuf.as_mut_ptr().cast::<f32>();
             let mp = mbuf.as_mut_ptr().cast::<f32>();
-            // input transform: V[ξ][c][tile]
+            // input transform: V[c][ξ][tile] (one channel's 16 rows close
+            // together for the stores; the products read row ξ of every
+            // channel, 16·len apart)
             for c in 0..g.c {
                 for ck in &cks {
                     let plane = &xp[(ck.img * g.c + c) * t.hp * t.wp..];
                     // SAFETY: the loads reach row 2·ty + 3 < hp, columns up
                     // to 2·tx + 33 of it, inside the plane or the slack
                     // after the last one; the stores write lanes < m of
-                    // V[ξ][c][off ..], inside `vbuf`.
+                    // V[c][ξ][off ..], inside `vbuf`.
                     unsafe {
                         avx512::input_chunk(
                             plane.as_ptr(),
                             t.wp,
                             ck,
-                            vp.add(c * len + ck.off),
-                            g.c * len,
+                            vp.add(c * 16 * len + ck.off),
+                            len,
                         )
                     }
                 }
             }
-            // SAFETY: every V[ξ][c][i], i < len, was written above (the
+            // SAFETY: every V[c][ξ][i], i < len, was written above (the
             // chunks cover the block).
             let v: &[f32] = unsafe { std::slice::from_raw_parts(vp, 16 * g.c * len) };
             let g1 = Geom {
@@ -264,24 +266,25 @@ pub(super) fn conv_forward(
                 wo: len,
             };
             for xi in 0..16 {
-                let vx = &v[xi * g.c * len..][..g.c * len];
+                // channel planes of 16 rows of `len`, starting at row ξ
+                let vx = &v[xi * len..];
                 for b in b0..b1 {
                     let wb = &u[(b * 16 + xi) * g.c * OB..][..g.c * OB];
                     let ob_valid = (g.o - b * OB).min(OB);
                     // SAFETY: writes `len` floats of ob_valid rows of
-                    // M[ξ][(b − b0)·OB ..], inside `mbuf`.
+                    // M[(b − b0)·OB + j][ξ], 16·len apart, inside `mbuf`.
                     unsafe {
                         direct::row(
                             vx,
-                            1,
+                            16,
                             len,
                             (0, len),
                             wb,
                             &zero_bias,
                             false,
                             &g1,
-                            mp.add((xi * ol + (b - b0) * OB) * len),
-                            len,
+                            mp.add(((b - b0) * OB * 16 + xi) * len),
+                            16 * len,
                             ob_valid,
                         );
                     }
@@ -295,14 +298,14 @@ pub(super) fn conv_forward(
                 for ck in &cks {
                     let at = (ck.img * g.o + o) * plane_out;
                     assert!(at + plane_out <= g.n * g.o * plane_out);
-                    // SAFETY: reads lanes < m of M[ξ][ol_i][off ..] (written
+                    // SAFETY: reads lanes < m of M[ol_i][ξ][off ..] (written
                     // by the products: o < O); writes the tile outputs
                     // inside this (image, channel) plane that fall inside
                     // h × w; these belong to this task alone.
                     unsafe {
                         avx512::output_chunk(
-                            mp.add(ol_i * len + ck.off),
-                            ol * len,
+                            mp.add(ol_i * 16 * len + ck.off),
+                            len,
                             bo,
                             relu,
                             out_ptr.ptr().add(at),
