@@ -475,7 +475,7 @@ fn activate(v: f32, relu: bool) -> f32 {
 /// GEMM path otherwise.
 fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, relu: bool, g: &Geom) -> Vec<f32> {
     if winograd::suits(g) {
-        return winograd::conv_forward(x, wt, bias, relu, g);
+        return winograd::conv_forward(x, wt, winograd::Kernel::Plain, bias, relu, g);
     }
     if direct::suits(g) {
         if let Some(y) = direct::conv_forward(x, wt, bias, relu, g) {
@@ -654,6 +654,10 @@ fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
         ho: g.h,
         wo: g.w,
     };
+    if winograd::suits(&back) {
+        // the transform reads the forward weights flipped, no copy
+        return winograd::conv_forward(dy, wt, winograd::Kernel::Flipped, None, false, &back);
+    }
     conv_forward(dy, &flipped_kernel(wt, g), None, false, &back)
 }
 

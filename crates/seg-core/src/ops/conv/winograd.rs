@@ -111,9 +111,19 @@ fn pad(x: &[f32], g: &Geom, t: Tiles) -> Vec<f32> {
     v
 }
 
+/// How [`conv_forward`] reads its weights.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kernel {
+    /// (O × C × 3 × 3), as given.
+    Plain,
+    /// The weights of the forward convolution whose input gradient this is,
+    /// (C × O × 3 × 3): kernel (o, c) is their kernel (c, o) turned by 180°.
+    Flipped,
+}
+
 /// The transformed weights `U = G g Gᵀ`, packed for the product kernel as
 /// [output block][ξ][c][OB] (zero past O).
-fn transform_weights(wt: &[f32], g: &Geom) -> Vec<f32> {
+fn transform_weights(wt: &[f32], kernel: Kernel, g: &Geom) -> Vec<f32> {
     let blocks = g.o.div_ceil(OB);
     let size = 16 * g.c * OB;
     // SAFETY: each block is written whole: for every channel, all 16 ξ × OB
@@ -123,7 +133,15 @@ fn transform_weights(wt: &[f32], g: &Geom) -> Vec<f32> {
             for c in 0..g.c {
                 let mut loc = [[0f32; OB]; 16];
                 for j in 0..(g.o - b * OB).min(OB) {
-                    let k = &wt[((b * OB + j) * g.c + c) * 9..][..9];
+                    let o = b * OB + j;
+                    let k: [f32; 9] = match kernel {
+                        Kernel::Plain => wt[(o * g.c + c) * 9..][..9].try_into().unwrap(),
+                        Kernel::Flipped => {
+                            let mut f: [f32; 9] = wt[(c * g.o + o) * 9..][..9].try_into().unwrap();
+                            f.reverse();
+                            f
+                        }
+                    };
                     // G g: rows g0, (g0 + g1 + g2)/2, (g0 − g1 + g2)/2, g2
                     let mut gg = [[0f32; 3]; 4];
                     for col in 0..3 {
@@ -183,11 +201,12 @@ fn chunks(t: Tiles, start: usize, end: usize) -> Vec<Chunk> {
 }
 
 /// Stride-1, padding-1 3×3 convolution of NCHW `x` with the (O × C·9)
-/// weights `wt`, plus an optional bias, then an optional ReLU (NaN kept).
+/// weights `wt` (or the flipped weights of a forward convolution: [`Kernel`]), plus an optional bias, then an optional ReLU (NaN kept).
 /// The caller checks [`suits`].
 pub(super) fn conv_forward(
     x: &[f32],
     wt: &[f32],
+    kernel: Kernel,
     bias: Option<&[f32]>,
     relu: bool,
     g: &Geom,
@@ -195,7 +214,7 @@ pub(super) fn conv_forward(
     assert!(suits(g) && x.len() == g.n * g.c * g.h * g.w && wt.len() == g.o * g.c * 9);
     let t = Tiles::new(g);
     let xp = pad(x, g, t);
-    let u = transform_weights(wt, g);
+    let u = transform_weights(wt, kernel, g);
     let total = g.n * t.th * t.tw;
     // tiles per block: one ξ's inputs (C × block) and one product's
     // outputs stay in L2 with the weights; at least 48 tiles (3 vectors)
