@@ -132,6 +132,7 @@ fn transform_weights(wt: &[f32], kernel: Kernel, g: &Geom) -> Vec<f32> {
         crate::ops::par_uninit(blocks * size, size, |b, dst| {
             for c in 0..g.c {
                 let mut loc = [[0f32; OB]; 16];
+                #[allow(clippy::needless_range_loop)] // j: output channel b·OB + j
                 for j in 0..(g.o - b * OB).min(OB) {
                     let o = b * OB + j;
                     let k: [f32; 9] = match kernel {
