@@ -10,6 +10,7 @@ mod affine;
 mod batchnorm;
 mod chanpool;
 mod conv;
+mod gate;
 mod maxpool;
 mod relu;
 mod upsample;
@@ -23,6 +24,7 @@ pub use chanpool::{channel_mean_max, channel_mean_max_reference};
 pub use conv::{
     conv2d, conv2d_reference, conv2d_relu_inference, conv_transpose2x2, conv_transpose2x2_reference,
 };
+pub use gate::{spatial_gate, spatial_gate_reference};
 pub use maxpool::{max_pool2x2, max_pool2x2_reference};
 pub(crate) use relu::probe_active as relu_probe_active;
 pub use relu::{add_relu, relu, relu_probe, relu_reference};

@@ -4,7 +4,9 @@
 use crate::{check_input, Recorder};
 use seg_core::candle::Result;
 use seg_core::layers::{conv2d, conv_norm_act, norm2d, Conv2d, Norm2d, NormKind};
-use seg_core::ops::{cat_channels, max_pool2x2, pad_like, relu, sigmoid, upsample_nearest2x};
+use seg_core::ops::{
+    cat_channels, max_pool2x2, pad_like, relu, sigmoid, spatial_gate, upsample_nearest2x,
+};
 use seg_core::{Module, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -105,7 +107,7 @@ impl AttentionGate {
     fn forward_t(&self, g: &Tensor, x: &Tensor, train: bool) -> Result<Tensor> {
         let a = relu(&(self.w_g.forward_t(g, train)? + self.w_x.forward_t(x, train)?)?)?;
         let psi = sigmoid(&self.psi.forward_t(&a, train)?)?;
-        x.broadcast_mul(&psi)
+        spatial_gate(x, &psi)
     }
 }
 

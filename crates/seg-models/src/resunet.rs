@@ -7,7 +7,9 @@ use seg_core::candle::Result;
 use seg_core::layers::{
     conv2d, conv_norm_act, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
 };
-use seg_core::ops::{add_relu, cat_channels, channel_mean_max, max_pool2x2, pad_like, sigmoid};
+use seg_core::ops::{
+    add_relu, cat_channels, channel_mean_max, max_pool2x2, pad_like, sigmoid, spatial_gate,
+};
 use seg_core::{Module, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -172,7 +174,7 @@ impl ResUNet {
             let cat = cat_channels(&[&up, &skip])?;
             let att = level.sam.forward(&cat)?;
             rec(&format!("sam{lvl}"), &att);
-            d = level.decoder.forward_t(&cat.broadcast_mul(&att)?, train)?;
+            d = level.decoder.forward_t(&spatial_gate(&cat, &att)?, train)?;
             rec(&format!("decoder{lvl}"), &d);
         }
         let y = self.final_conv.forward(&d)?;
