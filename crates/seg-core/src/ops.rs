@@ -28,7 +28,10 @@ pub use gate::{spatial_gate, spatial_gate_reference};
 pub use maxpool::{max_pool2x2, max_pool2x2_reference};
 pub(crate) use relu::probe_active as relu_probe_active;
 pub use relu::{add_relu, relu, relu_probe, relu_reference};
-pub use upsample::{upsample_bilinear2x, upsample_bilinear2x_reference, upsample_nearest2x};
+pub use upsample::{
+    upsample_bilinear2x, upsample_bilinear2x_reference, upsample_nearest2x,
+    upsample_nearest2x_reference,
+};
 
 /// The f32 values of a contiguous CPU storage, or an error naming `what`.
 pub(crate) fn cpu_f32<'a>(

@@ -158,12 +158,94 @@ pub fn upsample_bilinear2x_reference(x: &Tensor) -> Result<Tensor> {
     my.broadcast_matmul(&rows) // (N,C,2H,2W)
 }
 
-/// Nearest-neighbour ×2 upsampling, differentiable.
-///
-/// Written as a broadcast rather than candle's `upsample_nearest2d`, whose
-/// backward (candle 0.11) overwrites the input's accumulated gradient instead
-/// of adding to it.
+/// Nearest ×2 upsampling of NCHW planes: each input pixel to a 2×2 block.
+struct Nearest2x;
+
+impl CustomOp1 for Nearest2x {
+    fn name(&self) -> &'static str {
+        "seg-upsample-nearest2x"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let x = super::cpu_f32(storage, layout, self.name())?;
+        let plane = 4 * h * w;
+        // SAFETY: every output plane is written whole, row pair by row pair.
+        let y = unsafe {
+            super::par_uninit(n * c * plane, plane.max(1), |p, out| {
+                let src = &x[p * h * w..][..h * w];
+                for (row, pair) in src.chunks(w.max(1)).zip(out.chunks_mut(4 * w.max(1))) {
+                    let (top, bottom) = pair.split_at_mut(2 * w);
+                    for (i, &v) in row.iter().enumerate() {
+                        top[2 * i].write(v);
+                        top[2 * i + 1].write(v);
+                    }
+                    bottom.copy_from_slice(top);
+                }
+            })
+        };
+        Ok((CpuStorage::F32(y), Shape::from((n, c, 2 * h, 2 * w))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            grad_res
+                .contiguous()?
+                .apply_op1_no_bwd(&Nearest2xBackward)?,
+        ))
+    }
+}
+
+/// The adjoint of [`Nearest2x`]: each input pixel's gradient is the sum of
+/// its 2×2 block's, (top-left + top-right) + (bottom-left + bottom-right).
+struct Nearest2xBackward;
+
+impl CustomOp1 for Nearest2xBackward {
+    fn name(&self) -> &'static str {
+        "seg-upsample-nearest2x-backward"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h2, w2) = layout.shape().dims4()?;
+        if h2 % 2 != 0 || w2 % 2 != 0 {
+            candle_core::bail!("{}: odd gradient shape {:?}", self.name(), layout.dims())
+        }
+        let (h, w) = (h2 / 2, w2 / 2);
+        let g = super::cpu_f32(storage, layout, self.name())?;
+        // SAFETY: every input-gradient plane is written whole.
+        let dx = unsafe {
+            super::par_uninit(n * c * h * w, (h * w).max(1), |p, out| {
+                let src = &g[p * 4 * h * w..][..4 * h * w];
+                for (row, pair) in out.chunks_mut(w.max(1)).zip(src.chunks(4 * w.max(1))) {
+                    let (top, bottom) = pair.split_at(2 * w);
+                    for (i, o) in row.iter_mut().enumerate() {
+                        o.write(
+                            (top[2 * i] + top[2 * i + 1]) + (bottom[2 * i] + bottom[2 * i + 1]),
+                        );
+                    }
+                }
+            })
+        };
+        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
+    }
+}
+
+/// Nearest-neighbour ×2 upsampling, differentiable: one parallel kernel
+/// each way on the CPU ([`upsample_nearest2x_reference`] elsewhere).
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernel(x) {
+        x.contiguous()?.apply_op1(Nearest2x)
+    } else {
+        upsample_nearest2x_reference(x)
+    }
+}
+
+/// Nearest-neighbour ×2 upsampling as a broadcast (used off the CPU, and as
+/// the kernel's reference). Written as a broadcast rather than candle's
+/// `upsample_nearest2d`, whose backward (candle 0.11) overwrites the input's
+/// accumulated gradient instead of adding to it; its backward is candle's
+/// one-thread strided sum.
+pub fn upsample_nearest2x_reference(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     x.reshape((n, c, h, 1, w, 1))?
         .broadcast_as((n, c, h, 2, w, 2))?
@@ -234,6 +316,28 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert!(gv.iter().all(|&v| (v - 5.0).abs() < 1e-6), "{gv:?}");
+    }
+
+    #[test]
+    fn nearest_kernel_matches_the_broadcast_forward_and_backward() {
+        for (i, dims) in [[2, 3, 5, 7], [1, 2, 1, 4], [1, 1, 6, 1], [2, 4, 33, 20]]
+            .iter()
+            .enumerate()
+        {
+            let x = Var::from_tensor(&rand_tensor(dims, 30 + i as u64)).unwrap();
+            let y = upsample_nearest2x(x.as_tensor()).unwrap();
+            let yr = upsample_nearest2x_reference(x.as_tensor()).unwrap();
+            assert_eq!(y.dims(), yr.dims());
+            assert_eq!(max_abs_diff(&y, &yr), 0.0, "{dims:?}");
+            let gy = rand_tensor(y.dims(), 88 + i as u64);
+            let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (&yr * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            let d = max_abs_diff(
+                g.get(x.as_tensor()).unwrap(),
+                gr.get(x.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-5, "{dims:?}: gradient differs by {d}");
+        }
     }
 
     use candle_core::IndexOp;
