@@ -1412,6 +1412,48 @@ mod tests {
     }
 
     #[test]
+    fn winograd_results_do_not_depend_on_the_thread_count() {
+        if !direct::available() {
+            eprintln!("skip: this CPU has no AVX-512, the Winograd kernels are not used");
+            return;
+        }
+        // several tile blocks (the first shape) and few tiles with the
+        // output channels split across tasks (the second)
+        for &(n, c, h, w, o) in &[(2, 24, 30, 34, 16), (4, 64, 8, 8, 40)] {
+            let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], 1).unwrap();
+            assert!(winograd::suits(&g));
+            let x = rand_tensor(&[n, c, h, w], 81);
+            let wt = rand_tensor(&[o, c, 3, 3], 82);
+            let gy = rand_tensor(&[n, o, h, w], 83);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let (xv, wv) = (
+                        Var::from_tensor(&x).unwrap(),
+                        Var::from_tensor(&wt).unwrap(),
+                    );
+                    let y = conv2d(xv.as_tensor(), wv.as_tensor(), None, 1).unwrap();
+                    let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+                    let dx = grads.get(xv.as_tensor()).unwrap().clone();
+                    (f32_data(&y).unwrap(), f32_data(&dx).unwrap())
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                let other = run(threads);
+                assert!(one.0 == other.0, "forward differs with {threads} threads");
+                assert!(
+                    one.1 == other.1,
+                    "input gradient differs with {threads} threads"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn winograd_forward_applies_bias_and_relu_and_keeps_nan() {
         if !direct::available() {
             eprintln!("skip: this CPU has no AVX-512, the Winograd kernels are not used");
