@@ -413,6 +413,7 @@ fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
 }
 
 /// The operands of one register tile.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the AVX-512 kernels
 struct Tile {
     /// Input at (channel 0, row y, column x0) of the padded image.
     x: *const f32,

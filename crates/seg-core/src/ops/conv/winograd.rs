@@ -172,6 +172,7 @@ fn transform_weights(wt: &[f32], kernel: Kernel, g: &Geom) -> Vec<f32> {
 
 /// A run of at most 16 tiles in one tile row: image, tile row, first tile
 /// column, count, and offset within the block.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the AVX-512 kernels
 #[derive(Clone, Copy)]
 struct Chunk {
     img: usize,
