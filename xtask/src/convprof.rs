@@ -3,8 +3,8 @@
 //! CPU kernels. The gradient columns are differences of whole timed passes
 //! (forward + backward of a sum, with and without the input's gradient), so
 //! the time of the sum's backward alone is taken off. `--layer I
-//! --repeat R` runs only layer I's forward and weight gradient R times (for
-//! `perf record`).
+//! --repeat R` runs only layer I's forward and weight gradient R times
+//! (`--forward-only`: the forward alone), for `perf record`.
 
 use seg_core::{ops, Device, Tensor, Var};
 use std::time::Instant;
@@ -23,7 +23,14 @@ fn time<F: FnMut()>(mut f: F) -> f64 {
 }
 
 /// Prints one line per layer (minimum of 9 runs after one warm-up).
-pub fn run(base: usize, n: usize, s: usize, only: Option<usize>, repeat: Option<usize>) {
+pub fn run(
+    base: usize,
+    n: usize,
+    s: usize,
+    only: Option<usize>,
+    repeat: Option<usize>,
+    forward_only: bool,
+) {
     let mut layers = vec![];
     let mut c = 3;
     let mut hw = s;
@@ -53,11 +60,9 @@ pub fn run(base: usize, n: usize, s: usize, only: Option<usize>, repeat: Option<
         // the input without a gradient: forward + weight gradient only
         let xt = x.as_tensor().detach();
         if let Some(r) = repeat {
-            // SEG_PROFILE_FORWARD=1: the forward pass alone
-            let fwd_only = std::env::var("SEG_PROFILE_FORWARD").is_ok_and(|v| v == "1");
             for _ in 0..r {
                 let y = ops::conv2d(&xt, w.as_tensor(), None, 1).unwrap();
-                if !fwd_only {
+                if !forward_only {
                     y.sum_all().unwrap().backward().unwrap();
                 }
             }

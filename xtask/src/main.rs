@@ -80,6 +80,9 @@ enum Task {
         /// Run the layer's forward + weight gradient this many times, untimed.
         #[arg(long)]
         repeat: Option<usize>,
+        /// With --repeat: the forward pass alone.
+        #[arg(long)]
+        forward_only: bool,
     },
     /// One seg measurement as a JSON line (spawned by `bench`).
     #[command(hide = true)]
@@ -189,8 +192,9 @@ fn main() {
             size,
             layer,
             repeat,
+            forward_only,
         } => {
-            xtask::convprof::run(base, batch, size, layer, repeat);
+            xtask::convprof::run(base, batch, size, layer, repeat, forward_only);
             Ok(())
         }
         Task::BenchOne {

@@ -471,8 +471,8 @@ fn activate(v: f32, relu: bool) -> f32 {
 
 /// Stride-1 convolution of NCHW `x` with the (O × kk) weight matrix `wt`,
 /// plus an optional bias, then an optional ReLU: returns NCHW (n, o, ho, wo).
-/// The direct kernel where the CPU has it and the geometry suits it, the
-/// GEMM path otherwise.
+/// Winograd or the direct kernel where the CPU has them and the geometry
+/// suits them, the GEMM path otherwise.
 fn conv_forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, relu: bool, g: &Geom) -> Vec<f32> {
     if winograd::suits(g) {
         return winograd::conv_forward(x, wt, winograd::Kernel::Plain, bias, relu, g);

@@ -2,8 +2,8 @@
 //! map, as in the attention gates of Attention U-Net and ResUNet's spatial
 //! attention. candle's `broadcast_mul` does this on one thread, and its
 //! backward sums the gate's gradient over the channels with a strided
-//! reduction, also on one thread (≈ 8 % of an Attention U-Net step on 2
-//! cores); here forward and backward are parallel passes over the planes.
+//! reduction, also on one thread; here forward and backward are parallel
+//! passes over the planes (Attention U-Net base-16 step: 103 → 100 ms).
 
 use super::use_cpu_kernel;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};

@@ -99,25 +99,47 @@ fn pad_input<'a>(x: &'a [f32], g: &Geom) -> (std::borrow::Cow<'a, [f32]>, usize,
     if g.p == 0 {
         return (std::borrow::Cow::Borrowed(x), hp, wp);
     }
-    // SAFETY: every padded plane is written whole: the border rows, and
-    // each inner row's left border, copied values and right border.
-    let xp = unsafe {
-        crate::ops::par_uninit(g.n * g.c * hp * wp, hp * wp, |plane, dst| {
-            let src = &x[plane * g.h * g.w..][..g.h * g.w];
-            let zero = std::mem::MaybeUninit::new(0f32);
-            dst[..g.p * wp].fill(zero);
-            dst[(g.p + g.h) * wp..].fill(zero);
-            for (y, row) in src.chunks(g.w).enumerate() {
-                let d = &mut dst[(y + g.p) * wp..][..wp];
-                d[..g.p].fill(zero);
-                for (o, &v) in d[g.p..g.p + g.w].iter_mut().zip(row) {
+    let xp = pad_planes(x, g.n * g.c, (g.h, g.w), g.p, (hp, wp), 0);
+    (std::borrow::Cow::Owned(xp), hp, wp)
+}
+
+/// `planes` planes of h × w, each placed at row and column `at` of an
+/// hp × wp plane of zeros, then `slack` zeros after the last plane (for
+/// loads that may run past it).
+pub(super) fn pad_planes(
+    x: &[f32],
+    planes: usize,
+    (h, w): (usize, usize),
+    at: usize,
+    (hp, wp): (usize, usize),
+    slack: usize,
+) -> Vec<f32> {
+    assert!(x.len() == planes * h * w && at + h <= hp && at + w <= wp);
+    let len = planes * hp * wp;
+    let mut v: Vec<f32> = Vec::with_capacity(len + slack);
+    let zero = std::mem::MaybeUninit::new(0f32);
+    let (body, tail) = v.spare_capacity_mut()[..len + slack].split_at_mut(len);
+    tail.fill(zero);
+    body.par_chunks_mut((hp * wp).max(1))
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let src = &x[plane * h * w..][..h * w];
+            dst[..at * wp].fill(zero);
+            dst[(at + h) * wp..].fill(zero);
+            for (y, row) in src.chunks(w.max(1)).enumerate() {
+                let d = &mut dst[(y + at) * wp..][..wp];
+                d[..at].fill(zero);
+                for (o, &v) in d[at..at + w].iter_mut().zip(row) {
                     o.write(v);
                 }
-                d[g.p + g.w..].fill(zero);
+                d[at + w..].fill(zero);
             }
-        })
-    };
-    (std::borrow::Cow::Owned(xp), hp, wp)
+        });
+    // SAFETY: every padded plane was written whole (the rows above and
+    // below the image, and each image row's left border, values and right
+    // border), and the slack zeroed.
+    unsafe { v.set_len(len + slack) };
+    v
 }
 
 /// Stride-1 convolution of NCHW `x` with the (O × C·k·k) weights `wt`, plus

@@ -80,37 +80,6 @@ impl Tiles {
 /// [`avx512::input_chunk`] (their extra lanes are discarded).
 const SLACK: usize = 48;
 
-/// The input zero-padded to `hp × wp` per (image, channel) plane, plus
-/// [`SLACK`] zeros.
-fn pad(x: &[f32], g: &Geom, t: Tiles) -> Vec<f32> {
-    let plane = t.hp * t.wp;
-    let len = g.n * g.c * plane;
-    let mut v: Vec<f32> = Vec::with_capacity(len + SLACK);
-    let zero = MaybeUninit::new(0f32);
-    let spare = &mut v.spare_capacity_mut()[..len + SLACK];
-    let (body, tail) = spare.split_at_mut(len);
-    tail.fill(zero);
-    body.par_chunks_mut(plane.max(1))
-        .enumerate()
-        .for_each(|(pi, dst)| {
-            let src = &x[pi * g.h * g.w..][..g.h * g.w];
-            dst[..t.wp].fill(zero);
-            for (y, row) in src.chunks(g.w).enumerate() {
-                let d = &mut dst[(y + 1) * t.wp..][..t.wp];
-                d[0] = zero;
-                for (o, &s) in d[1..=g.w].iter_mut().zip(row) {
-                    o.write(s);
-                }
-                d[g.w + 1..].fill(zero);
-            }
-            dst[(g.h + 1) * t.wp..].fill(zero);
-        });
-    // SAFETY: every plane was written whole (top row, each image row with
-    // its borders, the rows below) and the slack zeroed.
-    unsafe { v.set_len(len + SLACK) };
-    v
-}
-
 /// How [`conv_forward`] reads its weights.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kernel {
@@ -203,7 +172,8 @@ fn chunks(t: Tiles, start: usize, end: usize) -> Vec<Chunk> {
 }
 
 /// Stride-1, padding-1 3×3 convolution of NCHW `x` with the (O × C·9)
-/// weights `wt` (or the flipped weights of a forward convolution: [`Kernel`]), plus an optional bias, then an optional ReLU (NaN kept).
+/// weights `wt` (or the flipped weights of a forward convolution:
+/// [`Kernel`]), plus an optional bias, then an optional ReLU (NaN kept).
 /// The caller checks [`suits`].
 pub(super) fn conv_forward(
     x: &[f32],
@@ -215,11 +185,12 @@ pub(super) fn conv_forward(
 ) -> Vec<f32> {
     assert!(suits(g) && x.len() == g.n * g.c * g.h * g.w && wt.len() == g.o * g.c * 9);
     let t = Tiles::new(g);
-    let xp = pad(x, g, t);
+    // zero-padded to hp × wp per (image, channel) plane, plus SLACK zeros
+    let xp = direct::pad_planes(x, g.n * g.c, (g.h, g.w), 1, (t.hp, t.wp), SLACK);
     let u = transform_weights(wt, kernel, g);
     let total = g.n * t.th * t.tw;
-    // tiles per block: one ξ's inputs (C × block) and one product's
-    // outputs stay in L2 with the weights; at least 48 tiles (3 vectors)
+    // tiles per block: the block's transformed inputs (16·C·per floats,
+    // 256 KiB) and products stay in L2; at least 48 tiles (3 vectors)
     let per = (4096 / g.c).clamp(48, 256).min(total);
     let nblocks = total.div_ceil(per);
     let oblocks = g.o.div_ceil(OB);
