@@ -52,10 +52,13 @@ def main():
     # a tiny bundle and resume state trained here
     run = os.path.join(ROOT, "target", "fuzz-seed-run")
     shutil.rmtree(run, ignore_errors=True)
+    # an already built seg-cli (release or the test suite's debug build), else a dev build
+    built = [os.path.join(ROOT, "target", prof, "seg-cli") for prof in ("release", "debug")]
+    exe = next((b for b in built if os.path.isfile(b)), None)
+    cmd = [exe] if exe else ["cargo", "run", "-q", "-p", "seg-cli", "--"]
     r = subprocess.run(
-        ["cargo", "run", "-q", "--release", "-p", "seg-cli", "--", "train", "--model", "unet",
-         "--base", "2", "--epochs", "1", "--steps", "1", "--batch", "2", "--patch", "32",
-         "--out", run],
+        cmd + ["train", "--model", "unet", "--base", "2", "--epochs", "1", "--steps", "1",
+               "--batch", "2", "--patch", "32", "--out", run],
         cwd=ROOT,
     )
     if r.returncode == 0:

@@ -1,6 +1,7 @@
 //! DICOM through dicom-object and dicom-pixeldata: explicit/implicit VR
 //! little endian, big endian, multi-frame; RLE, JPEG baseline and lossless,
-//! and JPEG 2000 (the pure-Rust `openjp2` codec). The modality LUT (rescale
+//! and JPEG 2000 (OpenJPEG 2.5, the C library, through `openjpeg-sys`: see
+//! docs/reliability.md for why not the `openjp2` port). The modality LUT (rescale
 //! slope/intercept) is applied to the values; the stored window and the
 //! photometric interpretation are kept so that display windowing can invert
 //! MONOCHROME1. A series folder becomes one 3D volume ([`read_series`]).
