@@ -57,10 +57,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     std::fs::create_dir_all(a.output.join("masks"))
         .with_context(|| format!("cannot create {}", a.output.display()))?;
     let fovs: HashMap<String, PathBuf> = match &a.fov {
-        Some(d) => files_in(d)?
-            .into_iter()
-            .map(|p| (case_id(&p), p))
-            .collect(),
+        Some(d) => files_in(d)?.into_iter().map(|p| (case_id(&p), p)).collect(),
         None => HashMap::new(),
     };
     // a folder of DICOM files is one series

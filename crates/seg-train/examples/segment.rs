@@ -18,7 +18,10 @@ pub fn segment_all(bundle: &Path, input: &Path, out_dir: &Path) -> seg_train::Re
     let seg = Segmenter::open(bundle, &seg_core::Device::Cpu)?;
     list_inputs(input)?
         .iter()
-        .map(|path| seg.segment_file(path, None)?.write(out_dir, &file_stem(path)))
+        .map(|path| {
+            seg.segment_file(path, None)?
+                .write(out_dir, &file_stem(path))
+        })
         .collect()
 }
 

@@ -50,7 +50,10 @@ pub enum Error {
     /// A volume seg does not segment (4D NIfTI, colour DICOM, a 2D image
     /// given as a volume).
     #[error("{reason} (shape {shape:?})")]
-    UnsupportedVolume { reason: &'static str, shape: Vec<usize> },
+    UnsupportedVolume {
+        reason: &'static str,
+        shape: Vec<usize>,
+    },
     /// A segmentation setting outside its range.
     #[error("{what} {value} is outside {range}")]
     OutOfRange {

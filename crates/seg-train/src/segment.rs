@@ -43,16 +43,12 @@ use std::path::{Path, PathBuf};
 /// folder is its image, NIfTI and DICOM files, sorted (other files skipped).
 pub fn list_inputs(path: &Path) -> Result<Vec<PathBuf>> {
     let files = files_in(path)?;
-    let series = path.is_dir()
-        && files
-            .iter()
-            .all(|p| file_kind(p) == Some(FileKind::Dicom));
+    let series = path.is_dir() && files.iter().all(|p| file_kind(p) == Some(FileKind::Dicom));
     Ok(if series {
         vec![path.to_path_buf()]
     } else {
         files
-    }
-    )
+    })
 }
 
 /// A file, or the files seg reads in a folder (sorted; at least one).

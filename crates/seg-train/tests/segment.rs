@@ -82,7 +82,11 @@ fn bundle_splitting(dir: &Path, input: &Path) -> PathBuf {
         .unwrap()
         .segment_file(input, None)
         .unwrap();
-    let lo = s.probabilities.iter().cloned().fold(f32::INFINITY, f32::min);
+    let lo = s
+        .probabilities
+        .iter()
+        .cloned()
+        .fold(f32::INFINITY, f32::min);
     let hi = s.probabilities.iter().cloned().fold(0.0, f32::max);
     assert!(hi > lo, "constant probability map {lo}");
     tiny_bundle(dir, median(&s.probabilities))
@@ -92,7 +96,10 @@ fn bundle_splitting(dir: &Path, input: &Path) -> PathBuf {
 /// 16-bit PNG, labels × 255 in the mask.
 fn assert_png_matches(s: &Segmentation, prob: &Path, mask: &Path, (h, w): (usize, usize)) {
     let p = read_image(prob).unwrap();
-    assert_eq!((p.shape.clone(), p.stored), (vec![h, w, 1], StoredType::Uint16));
+    assert_eq!(
+        (p.shape.clone(), p.stored),
+        (vec![h, w, 1], StoredType::Uint16)
+    );
     for (i, (&v, &q)) in p.values.iter().zip(&s.probabilities).enumerate() {
         assert_eq!(v, (q * 65535.0).round(), "pixel {i}");
     }
@@ -141,8 +148,16 @@ fn a_drive_image_is_segmented_and_written_as_the_segmenter_returns() {
     };
     let f = seg.segment_file(&img, Some(&fov)).unwrap();
     let m = seg_data::read_mask(&fov).unwrap();
-    assert!(m.data.iter().zip(&f.probabilities).all(|(&m, &p)| m != 0 || p == 0.0));
-    assert!(m.data.iter().zip(&f.probabilities).any(|(&m, &p)| m != 0 && p > 0.0));
+    assert!(m
+        .data
+        .iter()
+        .zip(&f.probabilities)
+        .all(|(&m, &p)| m != 0 || p == 0.0));
+    assert!(m
+        .data
+        .iter()
+        .zip(&f.probabilities)
+        .any(|(&m, &p)| m != 0 && p > 0.0));
     assert_ne!(f.probabilities, s.probabilities);
     let small = dir.join("small_fov.png");
     write_mask_png(
@@ -262,7 +277,10 @@ fn bad_bundles_inputs_and_settings_are_typed_errors() {
     ));
     assert!(matches!(
         seg.set_overlap(0.95),
-        Err(Error::OutOfRange { what: "overlap", .. })
+        Err(Error::OutOfRange {
+            what: "overlap",
+            ..
+        })
     ));
     seg.set_threshold(0.25).unwrap().set_overlap(0.5).unwrap();
     assert_eq!((seg.threshold(), seg.window().overlap), (0.25, 0.5));
@@ -272,7 +290,10 @@ fn bad_bundles_inputs_and_settings_are_typed_errors() {
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("notes.txt"), "x").unwrap();
-    assert!(matches!(list_inputs(&empty), Err(Error::NoInputFiles { .. })));
+    assert!(matches!(
+        list_inputs(&empty),
+        Err(Error::NoInputFiles { .. })
+    ));
 
     // a NaN in a volume: the error names the file and the problem
     let nan = dir.join("nan.nii.gz");
@@ -287,7 +308,10 @@ fn bad_bundles_inputs_and_settings_are_typed_errors() {
     write_nifti(&nan, &[8, 8, 2], &values, &eye).unwrap();
     let err = seg.segment_file(&nan, None).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("nan.nii.gz") && msg.contains("finite"), "{msg}");
+    assert!(
+        msg.contains("nan.nii.gz") && msg.contains("finite"),
+        "{msg}"
+    );
 
     // a 2D image is not a volume, a volume not a 2D image; a 4D NIfTI is refused
     let vol = seg_data::io::nifti::read_nifti(&nan).unwrap();
