@@ -14,15 +14,18 @@ use seg_train::segment::{list_inputs, Segmenter, Written};
 use std::path::Path;
 
 /// Segments every input `input` stands for on the CPU; the files written.
-pub fn segment_all(bundle: &Path, input: &Path, out_dir: &Path) -> seg_train::Result<Vec<Written>> {
+pub fn segment_all(
+    bundle: &Path,
+    input: &Path,
+    out_dir: &Path,
+) -> Result<Vec<Written>, Box<dyn std::error::Error>> {
     let seg = Segmenter::open(bundle, &seg_core::Device::Cpu)?;
-    list_inputs(input)?
-        .iter()
-        .map(|path| {
-            seg.segment_file(path, None)?
-                .write(out_dir, &file_stem(path))
-        })
-        .collect()
+    let mut written = Vec::new();
+    for path in list_inputs(input)? {
+        let s = seg.segment_file(&path, None)?;
+        written.push(s.write(out_dir, &file_stem(&path))?);
+    }
+    Ok(written)
 }
 
 fn main() {
