@@ -2,6 +2,10 @@
 //!
 //! Raw arguments are turned into a validated plan before any work starts;
 //! every failure is printed as one line (`error: ...`) with a non-zero exit.
+//!
+//! On Unix, output into a closed pipe (`seg-cli inspect --json f | head -c 10`)
+//! ends the process quietly by SIGPIPE, as for other command-line tools
+//! (status 141 in a shell), instead of a panic from `println!`.
 
 mod check_data;
 mod eval;
@@ -75,7 +79,25 @@ enum Command {
     Inspect(inspect::InspectArgs),
 }
 
+/// Restores the default action of SIGPIPE (terminate), which the Rust
+/// runtime sets to "ignore" before `main`: a write into a closed pipe then
+/// ends the process silently instead of making `println!` panic. Files are
+/// written to a temporary name and renamed, so an end here leaves no
+/// half-written output.
+#[cfg(unix)]
+fn default_sigpipe() {
+    // SAFETY: sets the disposition of one signal to its default; called at
+    // the start of main, before any other thread exists
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn default_sigpipe() {}
+
 fn main() {
+    default_sigpipe();
     keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -9,7 +9,8 @@
 //! - [`optim`]: Adam, AdamW, SGD (momentum, Nesterov), weight decay, clipping;
 //!   [`schedule`]: constant, step, cosine with warm-up, poly, reduce-on-plateau.
 //! - [`trainer`]: the training loop; [`checkpoint`]: self-contained model
-//!   bundles and resume state; [`infer`]: sliding-window inference.
+//!   bundles and resume state; [`infer`]: sliding-window inference;
+//!   [`segment`]: files and volumes segmented with a bundle, and written.
 
 pub mod checkpoint;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod losses;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod segment;
 pub mod trainer;
 
 pub use error::{Error, Result};

@@ -1,0 +1,251 @@
+//! Segmenting files with a model bundle: the whole inference pipeline behind
+//! `seg-cli predict`, as a library.
+//!
+//! A [`Segmenter`] holds a bundle's network (weights detached), preprocessing
+//! plan, sliding-window settings and threshold. [`Segmenter::segment_file`]
+//! reads an image, a NIfTI volume, a DICOM file or a DICOM series folder,
+//! preprocesses it as in training (channels, intensity, FOV-limited
+//! normalisation), runs the sliding window (optionally with flip TTA) and
+//! returns a [`Segmentation`]: foreground probabilities and 0/1 labels.
+//! [`Segmentation::write`] writes them as `seg-cli predict` does: a 16-bit
+//! probability PNG and `masks/<name>.png` for 2D images, NIfTI with the
+//! input's affine for volumes, each atomically.
+//!
+//! ```no_run
+//! # fn main() -> seg_train::Result<()> {
+//! use seg_train::segment::{list_inputs, Segmenter};
+//! use std::path::Path;
+//! let seg = Segmenter::open(Path::new("best.safetensors"), &seg_core::Device::Cpu)?;
+//! for input in list_inputs(Path::new("DRIVE/test/images"))? {
+//!     let s = seg.segment_file(&input, None)?;
+//!     s.write(Path::new("out"), &seg_data::dataset::file_stem(&input))?;
+//! }
+//! # Ok(()) }
+//! ```
+
+mod volume;
+mod write;
+
+pub use write::{Geometry, Segmentation, Written};
+
+use crate::checkpoint::{load_bundle, BundleInfo};
+use crate::error::{Error, Result};
+use crate::infer::{predict, SlidingWindow};
+use seg_core::Device;
+use seg_data::io::image2d::read_mask;
+use seg_data::io::{dicom, file_kind, read_any, FileKind};
+use seg_data::{Format, Mask, Volume};
+use seg_models::Model;
+use std::path::{Path, PathBuf};
+
+/// The inputs a path stands for, as `seg-cli predict` reads them: a file is
+/// itself; a folder of DICOM files is one series (the folder); any other
+/// folder is its image, NIfTI and DICOM files, sorted (other files skipped).
+pub fn list_inputs(path: &Path) -> Result<Vec<PathBuf>> {
+    let files = files_in(path)?;
+    let series = path.is_dir() && files.iter().all(|p| file_kind(p) == Some(FileKind::Dicom));
+    Ok(if series {
+        vec![path.to_path_buf()]
+    } else {
+        files
+    })
+}
+
+/// A file, or the files seg reads in a folder (sorted; at least one).
+pub fn files_in(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    if !path.is_dir() {
+        return Err(Error::NoSuchInput {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && file_kind(p).is_some())
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        return Err(Error::NoInputFiles {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(v)
+}
+
+/// A model bundle ready to segment images and volumes.
+#[derive(Debug)]
+pub struct Segmenter {
+    model: Model,
+    info: BundleInfo,
+    in_channels: usize,
+    window: SlidingWindow,
+    threshold: f32,
+    device: Device,
+}
+
+impl Segmenter {
+    /// Loads a bundle written by training (`best.safetensors`) onto `device`,
+    /// with the bundle's sliding window and threshold.
+    pub fn open(bundle: &Path, device: &Device) -> Result<Self> {
+        let (net, info) = load_bundle(bundle, device)?;
+        Ok(Self {
+            model: net.inference_model()?,
+            in_channels: net.config().in_channels(),
+            window: info.sliding_window.clone(),
+            threshold: info.threshold,
+            info,
+            device: device.clone(),
+        })
+    }
+
+    /// Averages over horizontal and vertical flips (4 passes) or not.
+    pub fn set_tta(&mut self, tta: bool) -> &mut Self {
+        self.window.tta = tta;
+        self
+    }
+
+    /// Tile overlap, in [0, 0.95).
+    pub fn set_overlap(&mut self, overlap: f32) -> Result<&mut Self> {
+        if !(0.0..0.95).contains(&overlap) {
+            return Err(Error::OutOfRange {
+                what: "overlap",
+                value: overlap,
+                range: "[0, 0.95)",
+            });
+        }
+        self.window.overlap = overlap;
+        Ok(self)
+    }
+
+    /// The mask threshold on the foreground probability, in [0, 1].
+    pub fn set_threshold(&mut self, threshold: f32) -> Result<&mut Self> {
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(Error::OutOfRange {
+                what: "threshold",
+                value: threshold,
+                range: "[0, 1]",
+            });
+        }
+        self.threshold = threshold;
+        Ok(self)
+    }
+
+    /// The threshold in use.
+    pub fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    /// The sliding-window settings in use.
+    pub fn window(&self) -> &SlidingWindow {
+        &self.window
+    }
+
+    /// What the bundle carries besides the weights.
+    pub fn info(&self) -> &BundleInfo {
+        &self.info
+    }
+
+    /// Segments a file or a DICOM series folder. `fov`, a mask file of the
+    /// image's size, limits normalisation statistics and output to the field
+    /// of view of a 2D image; volumes have none (it is ignored, with a
+    /// warning). Errors name `path`.
+    pub fn segment_file(&self, path: &Path, fov: Option<&Path>) -> Result<Segmentation> {
+        (|| {
+            let vol = if path.is_dir() {
+                dicom::read_series(path, None)?
+            } else {
+                read_any(path)?
+            };
+            if vol.format != Format::Image {
+                if let Some(f) = fov {
+                    tracing::warn!(
+                        "{}: FOV {} ignored: FOV masks apply to 2D images",
+                        path.display(),
+                        f.display()
+                    );
+                }
+                return self.segment_volume(&vol);
+            }
+            let fov = match fov {
+                Some(p) => {
+                    let m = read_mask(p)?;
+                    let (h, w) = (vol.shape[0], vol.shape[1]);
+                    if (m.height, m.width) != (h, w) {
+                        return Err(Error::FovSize {
+                            path: Some(p.to_path_buf()),
+                            fov: (m.height, m.width),
+                            image: (h, w),
+                        });
+                    }
+                    Some(m)
+                }
+                None => None,
+            };
+            self.segment_image(&vol, fov.as_ref())
+        })()
+        .map_err(|e| Error::Input {
+            path: path.to_path_buf(),
+            error: Box::new(e),
+        })
+    }
+
+    /// Segments a 2D image (as read by `seg_data::read_image`), optionally
+    /// within a field of view of its size (nonzero = inside; outside, the
+    /// probability is 0).
+    pub fn segment_image(&self, vol: &Volume, fov: Option<&Mask>) -> Result<Segmentation> {
+        if vol.format != Format::Image || vol.shape.len() != 3 {
+            return Err(Error::UnsupportedVolume {
+                reason: "not a 2D image",
+                shape: vol.shape.clone(),
+            });
+        }
+        let (h, w) = (vol.shape[0], vol.shape[1]);
+        if let Some(m) = fov {
+            if (m.height, m.width) != (h, w) || m.data.len() != h * w {
+                return Err(Error::FovSize {
+                    path: None,
+                    fov: (m.height, m.width),
+                    image: (h, w),
+                });
+            }
+        }
+        let fov = fov.map(|m| m.data.as_slice());
+        let (img, c) = self.info.preprocess.apply_image(vol, fov)?;
+        if c != self.in_channels {
+            return Err(Error::Channels {
+                got: c,
+                expected: self.in_channels,
+            });
+        }
+        let mut p = self.foreground(&img, c, h, w)?;
+        if let Some(f) = fov {
+            p.iter_mut().zip(f).for_each(|(v, &m)| {
+                if m == 0 {
+                    *v = 0.0
+                }
+            });
+        }
+        Ok(Segmentation::new(
+            Geometry::Image {
+                height: h,
+                width: w,
+            },
+            p,
+            self.threshold,
+        ))
+    }
+
+    /// Foreground probabilities (`h × w`) of a preprocessed channel-planar
+    /// image: the sigmoid output, or softmax channel 1 of a multi-class model.
+    fn foreground(&self, img: &[f32], c: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+        let (probs, oc) = predict(&self.model, img, c, h, w, &self.window, &self.device)?;
+        Ok(if oc == 1 {
+            probs
+        } else {
+            probs[h * w..2 * h * w].to_vec()
+        })
+    }
+}
