@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Fills fuzz/corpus/<target>/ with seed inputs.
 
-Seeds come from ../shared/medical (DICOM, NIfTI), ../shared/reference/fixtures
+Seeds come from ../shared/medical (DICOM, NIfTI), the TotalSegmentator example
+(a JPEG 2000 CT series, NIfTI volumes), ../shared/reference/fixtures
 (safetensors), the project's configs, a tiny checkpoint bundle trained here,
 and small images and zips made here with Pillow and zipfile. Nothing under
 corpus/ is committed (DRIVE and the shared files may not be redistributed).
@@ -38,7 +39,11 @@ def files(folder, suffixes):
 def main():
     for p in files(os.path.join(SHARED, "medical", "dicom"), (".dcm",)):
         out("dicom", os.path.basename(p), open(p, "rb").read())
-    for p in files(os.path.join(SHARED, "medical", "nifti"), (".nii", ".nii.gz")):
+    ts = os.path.join(SHARED, "datasets", "TotalSegmentator-example")
+    for p in files(os.path.join(ts, "example_ct_dicom"), ("",)):
+        out("dicom", "ts_" + os.path.basename(p)[-8:] + ".dcm", open(p, "rb").read())
+    nii = files(os.path.join(SHARED, "medical", "nifti"), (".nii", ".nii.gz"))
+    for p in nii + files(ts, (".nii.gz",)):
         raw = open(p, "rb").read()
         plain = gzip.decompress(raw) if p.endswith(".gz") else raw
         name = os.path.basename(p)

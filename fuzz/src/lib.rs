@@ -4,6 +4,22 @@
 
 use std::path::PathBuf;
 
+/// AddressSanitizer's defaults for every fuzz target, read by the ASan
+/// runtime at start-up (a plain `cargo fuzz run T` needs no ASAN_OPTIONS).
+///
+/// `detect_odr_violation=1` (report same-named globals only when their sizes
+/// differ; the default 2 reports every pair): OpenJPEG's C sources, which
+/// the `cc` crate compiles with gcc's `-fsanitize=address` under the fuzz
+/// build, hold two function-local `static const OPJ_UINT8 dec[8]` tables
+/// (`ht_dec.c` lines 712 and 825). gcc registers them under the same name,
+/// and LLVM's ASan runtime aborted at start-up with a false "odr-violation"
+/// before running a single input. Function-local statics cannot violate the
+/// one-definition rule; real violations with different sizes still abort.
+#[no_mangle]
+pub extern "C" fn __asan_default_options() -> *const std::ffi::c_char {
+    c"detect_odr_violation=1".as_ptr()
+}
+
 /// Once per process: a 2^25-element limit (`SEG_MAX_ELEMENTS`), so that a
 /// header within the limit cannot by itself exceed libFuzzer's memory limit
 /// (the default 2^31 is for real machines), and a panic hook that reports
