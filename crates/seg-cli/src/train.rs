@@ -6,9 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use seg_core::parse_device;
-use seg_data::intensity::ChannelChoice;
+use seg_data::augment::{AugmentConfig, AUGMENT_PRESETS};
+use seg_data::intensity::{ChannelChoice, WindowSpec};
 use seg_data::synthetic::SyntheticConfig;
-use seg_models::{ModelConfig, MODEL_NAMES};
+use seg_models::{ModelConfig, NormKind, Upsample, MODEL_NAMES};
 use seg_train::losses::{Loss, LOSS_NAMES};
 use seg_train::optim::OptimizerKind;
 use seg_train::schedule::Schedule;
@@ -57,6 +58,25 @@ pub struct TrainArgs {
     /// Early stopping patience in epochs (0 disables).
     #[arg(long)]
     patience: Option<usize>,
+    /// Normalisation layers: batch, group or instance (InstanceNorm2d, affine).
+    #[arg(long, value_parser = ["batch", "group", "instance"])]
+    norm: Option<String>,
+    /// Groups for --norm group: at most N per layer (the largest divisor of its channel count; default 8).
+    #[arg(long)]
+    groups: Option<usize>,
+    /// Decoder upsampling: transpose or bilinear (a choice for unet; the other networks have a fixed one).
+    #[arg(long, value_parser = ["transpose", "bilinear"])]
+    upsample: Option<String>,
+    /// UNet++ deep supervision heads (unetpp only).
+    #[arg(long)]
+    deep_supervision: bool,
+    /// Intensity window applied to the raw values before normalisation, in the file's units (HU for CT):
+    /// brain, subdural, stroke, lung, mediastinum, abdomen, soft_tissue, liver, bone, or CENTER,WIDTH (e.g. -600,1500).
+    #[arg(long, allow_hyphen_values = true, value_name = "PRESET|CENTER,WIDTH")]
+    window: Option<WindowSpec>,
+    /// Augmentation strength (replaces the config file's augment block).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(AUGMENT_PRESETS))]
+    augment: Option<String>,
     /// Input channels from colour images: green, luminance or all.
     #[arg(long, value_parser = ["green", "luminance", "all"])]
     channels: Option<String>,
@@ -93,6 +113,54 @@ fn guess_dataset(dir: &Path) -> Result<&'static str> {
     } else {
         bail!("{}: neither a DRIVE folder (training/images, 1st_manual, mask) nor images/ + masks/; pass --dataset", dir.display())
     }
+}
+
+/// Group count of `--norm group` without `--groups`.
+const DEFAULT_GROUPS: usize = 8;
+
+/// `--norm`, `--groups`, `--upsample` and `--deep-supervision` on the chosen network.
+fn set_model_options(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
+    let model = cfg.model.clone();
+    let norm = match (a.norm.as_deref(), a.groups) {
+        (Some("batch"), None) => Some(NormKind::Batch),
+        (Some("instance"), None) => Some(NormKind::Instance),
+        (Some("group"), g) => Some(NormKind::Group {
+            groups: g.unwrap_or(DEFAULT_GROUPS),
+        }),
+        (None, Some(g)) => match model.norm() {
+            NormKind::Group { .. } => Some(NormKind::Group { groups: g }),
+            other => {
+                bail!("--groups needs --norm group (the network uses {other:?} normalisation)")
+            }
+        },
+        (Some(n), Some(_)) => bail!("--groups applies to --norm group, not --norm {n}"),
+        (None, None) => None,
+        (Some(n), None) => bail!("--norm {n}: expected batch, group or instance"),
+    };
+    if let Some(NormKind::Group { groups: 0 }) = norm {
+        bail!("--groups must be at least 1");
+    }
+    let mut model = match norm {
+        Some(n) => model.with_norm(n),
+        None => model,
+    };
+    if let Some(u) = &a.upsample {
+        let up = if u == "bilinear" {
+            Upsample::Bilinear
+        } else {
+            Upsample::Transpose
+        };
+        model = model
+            .try_with_upsample(up)
+            .with_context(|| format!("--upsample {u}"))?;
+    }
+    if a.deep_supervision {
+        model = model
+            .try_with_deep_supervision(true)
+            .context("--deep-supervision")?;
+    }
+    cfg.model = model;
+    Ok(())
 }
 
 /// Turns the arguments into a complete, checked configuration.
@@ -146,6 +214,16 @@ pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
         cfg.model = ModelConfig::from_name(m)?.with_base(base);
     } else if let Some(b) = a.base {
         cfg.model = cfg.model.with_base(b);
+    }
+    set_model_options(a, &mut cfg)?;
+    if let Some(w) = a.window {
+        if matches!(cfg.data, DataSource::Synthetic(_)) {
+            bail!("--window applies to image files (raw values such as Hounsfield units); the built-in synthetic set is generated in [0, 1] and is not windowed: pass --data DIR");
+        }
+        cfg.preprocess.window = Some(w);
+    }
+    if let Some(name) = &a.augment {
+        cfg.augment = AugmentConfig::preset(name)?;
     }
     if let Some(c) = &a.channels {
         cfg.preprocess.channels = match c.as_str() {

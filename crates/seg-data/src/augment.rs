@@ -5,6 +5,10 @@
 //! Each transform has its own probability; all randomness comes from the
 //! `rng` passed in, so results depend only on its seed.
 
+mod preset;
+
+pub use preset::{UnknownAugmentPreset, AUGMENT_PRESETS};
+
 use crate::sample::Sample;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;

@@ -12,36 +12,92 @@ pub struct WindowSpec {
     pub width: f64,
 }
 
-/// Named CT windows (Hounsfield units), the usual radiology settings:
+/// Named CT windows (Hounsfield units), the usual radiology settings
+/// (Radiopaedia, "Windowing (CT)"; Hoang et al., AJR 2010, for the stroke
+/// window; Kamalian et al. for the subdural window):
 ///
-/// | preset | centre | width |
-/// |---|---|---|
-/// | `lung` | −600 | 1500 |
-/// | `mediastinum` / `soft_tissue` | 40 | 400 |
-/// | `brain` | 40 | 80 |
-/// | `bone` | 400 | 1800 |
-/// | `liver` | 60 | 150 |
+/// | preset | centre | width | use |
+/// |---|---|---|---|
+/// | `brain` | 40 | 80 | head, grey/white matter |
+/// | `subdural` | 75 | 215 | head, thin blood collections |
+/// | `stroke` | 32 | 8 | head, early ischaemia |
+/// | `lung` | −600 | 1500 | chest, parenchyma |
+/// | `mediastinum` | 50 | 350 | chest, soft tissue |
+/// | `abdomen` | 40 | 400 | abdominal soft tissue |
+/// | `soft_tissue` | 50 | 400 | general soft tissue |
+/// | `liver` | 30 | 150 | liver lesions |
+/// | `bone` | 400 | 1800 | skeleton |
 pub fn window_preset(name: &str) -> Option<WindowSpec> {
     let (center, width) = match name {
-        "lung" => (-600.0, 1500.0),
-        "mediastinum" | "soft_tissue" => (40.0, 400.0),
         "brain" => (40.0, 80.0),
+        "subdural" => (75.0, 215.0),
+        "stroke" => (32.0, 8.0),
+        "lung" => (-600.0, 1500.0),
+        "mediastinum" => (50.0, 350.0),
+        "abdomen" => (40.0, 400.0),
+        "soft_tissue" => (50.0, 400.0),
+        "liver" => (30.0, 150.0),
         "bone" => (400.0, 1800.0),
-        "liver" => (60.0, 150.0),
         _ => return None,
     };
     Some(WindowSpec { center, width })
 }
 
 /// The names [`window_preset`] knows.
-pub const WINDOW_PRESETS: [&str; 6] = [
+pub const WINDOW_PRESETS: [&str; 9] = [
+    "brain",
+    "subdural",
+    "stroke",
     "lung",
     "mediastinum",
+    "abdomen",
     "soft_tissue",
-    "brain",
-    "bone",
     "liver",
+    "bone",
 ];
+
+/// Why a `--window` value could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WindowParseError {
+    /// Neither a preset name nor `CENTER,WIDTH`.
+    #[error("unknown window {0:?}: expected a preset ({presets}) or CENTER,WIDTH such as 40,400", presets = WINDOW_PRESETS.join(", "))]
+    Unknown(String),
+    /// `CENTER,WIDTH` with a part that is not a finite number, or a width below 1.
+    #[error("window {text:?}: {reason}")]
+    BadValue { text: String, reason: String },
+}
+
+impl std::str::FromStr for WindowSpec {
+    type Err = WindowParseError;
+
+    /// A preset name (see [`window_preset`]) or `CENTER,WIDTH` in the file's
+    /// units, e.g. `40,400` or `-600,1500`.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let t = s.trim();
+        if let Some(w) = window_preset(&t.to_ascii_lowercase()) {
+            return Ok(w);
+        }
+        let Some((c, w)) = t.split_once(',') else {
+            return Err(WindowParseError::Unknown(s.to_string()));
+        };
+        let bad = |reason: String| WindowParseError::BadValue {
+            text: s.to_string(),
+            reason,
+        };
+        let num = |v: &str, what: &str| match v.trim().parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(x),
+            _ => Err(bad(format!(
+                "the {what} {:?} is not a finite number",
+                v.trim()
+            ))),
+        };
+        let (center, width) = (num(c, "centre")?, num(w, "width")?);
+        if width < 1.0 {
+            return Err(bad(format!("the width must be at least 1, got {width}")));
+        }
+        Ok(WindowSpec { center, width })
+    }
+}
 
 /// DICOM PS3.3 C.11.2.1.2.1 linear VOI function onto [y_min, y_max]:
 /// `x <= c-0.5-(w-1)/2 → y_min`, `x > c-0.5+(w-1)/2 → y_max`, else
@@ -387,5 +443,47 @@ mod tests {
         let flat = clahe(&vec![0.3; h * w], h, w, 2.0, 8).unwrap();
         assert!(flat.iter().all(|&x| (x - flat[0]).abs() < 1e-6));
         assert!(clahe(&v, h, w + 1, 2.0, 8).is_err());
+    }
+
+    #[test]
+    fn windows_parse_from_presets_and_numbers() {
+        for name in WINDOW_PRESETS {
+            let w: WindowSpec = name.parse().unwrap();
+            assert_eq!(Some(w), window_preset(name));
+        }
+        assert_eq!(
+            "Brain".parse::<WindowSpec>().unwrap(),
+            WindowSpec {
+                center: 40.0,
+                width: 80.0
+            }
+        );
+        assert_eq!(
+            "40,400".parse::<WindowSpec>().unwrap(),
+            WindowSpec {
+                center: 40.0,
+                width: 400.0
+            }
+        );
+        assert_eq!(
+            " -600, 1500.5 ".parse::<WindowSpec>().unwrap(),
+            WindowSpec {
+                center: -600.0,
+                width: 1500.5
+            }
+        );
+        let e = "heart".parse::<WindowSpec>().unwrap_err();
+        assert_eq!(e, WindowParseError::Unknown("heart".into()));
+        let msg = e.to_string();
+        assert!(msg.contains("lung") && msg.contains("subdural") && msg.contains("CENTER,WIDTH"));
+        for bad in ["40,", "a,400", "40,0", "40,nan", "40,400,3", "40,-5"] {
+            assert!(
+                matches!(
+                    bad.parse::<WindowSpec>(),
+                    Err(WindowParseError::BadValue { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 }

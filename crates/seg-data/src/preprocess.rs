@@ -181,4 +181,53 @@ mod tests {
         let mean = inside.iter().sum::<f32>() / inside.len() as f32;
         assert!(mean.abs() < 1e-4, "{mean}");
     }
+
+    #[test]
+    fn a_window_scales_raw_values_before_normalisation_and_travels_in_json() {
+        let p = Preprocess {
+            window: Some("40,400".parse().unwrap()),
+            clahe: None,
+            normalise: Normalise::None,
+            ..Preprocess::fundus()
+        };
+        let back: Preprocess = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        // DICOM linear window, centre 40, width 400: below -160 → 0, above 240 → 1
+        let raw = [-1000.0, -160.0, 39.5, 240.0, 1000.0];
+        let unit = p
+            .to_unit(&raw, StoredType::Int16, Format::Nifti, false)
+            .unwrap();
+        let want = [0.0, 0.0, 0.5, 1.0, 1.0];
+        for (a, b) in unit.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{unit:?}");
+        }
+        // on a 2D image the window replaces the stored type's scaling
+        let vol = Volume {
+            format: Format::Image,
+            shape: vec![2, 2, 1],
+            layout: crate::volume::Layout::RowMajor,
+            stored: StoredType::Uint8,
+            raw: crate::volume::Stats::of([0.0, 255.0]),
+            values: vec![0.0, 40.0, 90.0, 255.0],
+            spacing: vec![1.0; 2],
+            affine: None,
+            window: None,
+            transfer_syntax: None,
+            photometric: None,
+        };
+        let narrow = Preprocess {
+            window: Some(WindowSpec {
+                center: 40.0,
+                width: 101.0,
+            }),
+            ..p
+        };
+        let (out, ch) = narrow.apply_image(&vol, None).unwrap();
+        assert_eq!(ch, 1);
+        // (x - 39.5) / 100 + 0.5 inside (-10.5, 89.5]; above it 1
+        let want = [0.105, 0.505, 1.0, 1.0];
+        for (a, b) in out.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{out:?}");
+        }
+    }
 }

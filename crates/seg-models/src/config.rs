@@ -13,6 +13,28 @@ use serde::{Deserialize, Serialize};
 /// The names the registry knows.
 pub const MODEL_NAMES: [&str; 4] = ["unet", "resunet", "attention_unet", "unetpp"];
 
+/// How a decoder doubles the resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsample {
+    /// 2×2 transposed convolution, stride 2.
+    Transpose,
+    /// Bilinear interpolation (align_corners=True).
+    Bilinear,
+    /// Nearest-neighbour interpolation followed by a 3×3 convolution.
+    NearestConv,
+}
+
+impl Upsample {
+    /// The name used on the command line and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Transpose => "transpose",
+            Self::Bilinear => "bilinear",
+            Self::NearestConv => "nearest + 3x3 conv",
+        }
+    }
+}
+
 /// A network configuration of any of the four kinds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "model")]
@@ -138,6 +160,48 @@ impl ModelConfig {
         self
     }
 
+    /// The decoder's upsampling (that of `models.py`; only U-Net has a choice).
+    pub fn upsample(&self) -> Upsample {
+        match self {
+            Self::UNet(c) if c.bilinear => Upsample::Bilinear,
+            Self::UNet(_) | Self::ResUNet(_) => Upsample::Transpose,
+            Self::AttentionUNet(_) => Upsample::NearestConv,
+            Self::UNetPlusPlus(_) => Upsample::Bilinear,
+        }
+    }
+
+    /// With the upsampling `up`: U-Net takes either; the others accept only
+    /// their own fixed scheme and otherwise give an error naming it.
+    pub fn try_with_upsample(self, up: Upsample) -> Result<Self> {
+        match self {
+            Self::UNet(_) if up != Upsample::NearestConv => {
+                Ok(self.with_bilinear(up == Upsample::Bilinear))
+            }
+            _ if self.upsample() == up => Ok(self),
+            _ => Err(Error::InvalidConfig {
+                model: self.name(),
+                reason: format!(
+                    "its decoder's upsampling is fixed to `{}` (as in the reference models.py); `{}` is a choice for unet only",
+                    self.upsample().name(),
+                    up.name()
+                ),
+            }),
+        }
+    }
+
+    /// With deep supervision on or off; only UNet++ has it, and the others
+    /// give an error when asked to turn it on.
+    pub fn try_with_deep_supervision(self, on: bool) -> Result<Self> {
+        match self {
+            Self::UNetPlusPlus(_) => Ok(self.with_deep_supervision(on)),
+            _ if !on => Ok(self),
+            _ => Err(Error::InvalidConfig {
+                model: self.name(),
+                reason: "it has no deep supervision heads (only unetpp does)".into(),
+            }),
+        }
+    }
+
     /// Checks that the values describe a network that can be built.
     pub fn validate(&self) -> Result<()> {
         let model = self.name();
@@ -218,5 +282,42 @@ mod tests {
             ModelConfig::from_json(r#"{"model": "unet", "norm": {"kind": "group", "groups": 8}}"#)
                 .unwrap();
         assert_eq!(g.norm(), NormKind::Group { groups: 8 });
+    }
+
+    #[test]
+    fn upsampling_and_deep_supervision_are_chosen_only_where_the_network_has_a_choice() {
+        let unet = ModelConfig::from_name("unet").unwrap();
+        assert_eq!(unet.upsample(), Upsample::Transpose);
+        let bi = unet.clone().try_with_upsample(Upsample::Bilinear).unwrap();
+        assert_eq!(bi.upsample(), Upsample::Bilinear);
+        assert_eq!(
+            bi.try_with_upsample(Upsample::Transpose)
+                .unwrap()
+                .upsample(),
+            Upsample::Transpose
+        );
+        // the fixed schemes are accepted as they are, others refused with the fixed one named
+        for (name, fixed, other) in [
+            ("resunet", Upsample::Transpose, Upsample::Bilinear),
+            ("unetpp", Upsample::Bilinear, Upsample::Transpose),
+            ("attention_unet", Upsample::NearestConv, Upsample::Bilinear),
+        ] {
+            let c = ModelConfig::from_name(name).unwrap();
+            assert_eq!(c.clone().try_with_upsample(fixed).unwrap(), c);
+            let e = c.try_with_upsample(other).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(fixed.name()), "{e}");
+        }
+        let pp = ModelConfig::from_name("unetpp").unwrap();
+        let ds = pp.try_with_deep_supervision(true).unwrap();
+        assert!(matches!(ds, ModelConfig::UNetPlusPlus(c) if c.deep_supervision));
+        let e = ModelConfig::from_name("resunet")
+            .unwrap()
+            .try_with_deep_supervision(true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resunet") && e.contains("unetpp"), "{e}");
+        let inst =
+            ModelConfig::from_json(r#"{"model": "unet", "norm": {"kind": "instance"}}"#).unwrap();
+        assert_eq!(inst.norm(), NormKind::Instance);
     }
 }

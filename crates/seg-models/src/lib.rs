@@ -29,7 +29,7 @@ mod unet;
 mod unetpp;
 
 pub use attention_unet::{AttentionUNet, AttentionUNetConfig};
-pub use config::{ModelConfig, MODEL_NAMES};
+pub use config::{ModelConfig, Upsample, MODEL_NAMES};
 pub use error::{Error, Result};
 pub use network::{Model, Network, CONFIG_METADATA_KEY};
 pub use resunet::{ResUNet, ResUNetConfig};

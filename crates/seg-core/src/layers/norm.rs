@@ -1,5 +1,6 @@
 //! Normalisation: BatchNorm2d with PyTorch's train/eval behaviour and running
-//! statistics, and GroupNorm as a batch-size-independent alternative.
+//! statistics, and GroupNorm and InstanceNorm as batch-size-independent
+//! alternatives.
 
 use candle_core::{DType, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
@@ -16,6 +17,10 @@ pub enum NormKind {
     /// channel count not above it), eps 1e-5. Same tensor names (`weight`,
     /// `bias`), no running statistics.
     Group { groups: usize },
+    /// `nn.InstanceNorm2d(c, affine=True)`: statistics per sample and per
+    /// channel, eps 1e-5, `weight`/`bias`, no running statistics — the same
+    /// map as GroupNorm with one group per channel, and built as that.
+    Instance,
 }
 
 /// `nn.BatchNorm2d(c)`: eps 1e-5, momentum 0.1, affine, tracking running stats.
@@ -134,12 +139,18 @@ impl Module for GroupNorm {
     }
 }
 
+/// Builds an InstanceNorm over `c` channels: a GroupNorm with `c` groups.
+pub fn instance_norm(c: usize, vb: VarBuilder) -> Result<GroupNorm> {
+    group_norm(c, c, vb)
+}
+
 /// A normalisation layer of either kind.
 #[derive(Debug, Clone)]
 pub enum Norm2d {
     /// Batch normalisation.
     Batch(BatchNorm2d),
-    /// Group normalisation.
+    /// Group normalisation (instance normalisation is the case of one group
+    /// per channel).
     Group(GroupNorm),
 }
 
@@ -148,6 +159,7 @@ pub fn norm2d(kind: NormKind, c: usize, vb: VarBuilder) -> Result<Norm2d> {
     Ok(match kind {
         NormKind::Batch => Norm2d::Batch(batch_norm2d(c, vb)?),
         NormKind::Group { groups } => Norm2d::Group(group_norm(c, groups, vb)?),
+        NormKind::Instance => Norm2d::Group(instance_norm(c, vb)?),
     })
 }
 
@@ -250,5 +262,47 @@ mod tests {
         let y = g.forward_t(&rand_tensor(&[1, 12, 3, 3], 3), true).unwrap();
         assert_eq!(y.dims(), &[1, 12, 3, 3]);
         assert!(store.get("gn.running_mean").is_none());
+    }
+
+    #[test]
+    fn instance_norm_uses_per_sample_per_channel_statistics() {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let norm = norm2d(NormKind::Instance, 3, vb.pp("in")).unwrap();
+        let (n, c, hw) = (2, 3, 4 * 5);
+        // different scale and offset per sample and channel
+        let x = rand_tensor(&[n, c, 4, 5], 7);
+        let scale = Tensor::new(&[[1.0f32, 3.0, 0.5], [7.0, 0.2, 2.0]], &Device::Cpu)
+            .unwrap()
+            .reshape((n, c, 1, 1))
+            .unwrap();
+        let x = x.broadcast_mul(&scale).unwrap().affine(1.0, 4.0).unwrap();
+        let y = norm.forward_t(&x, true).unwrap();
+        let xs = x.flatten_from(2).unwrap().to_vec3::<f32>().unwrap();
+        let ys = y.flatten_from(2).unwrap().to_vec3::<f32>().unwrap();
+        // no running statistics: eval mode is the same map
+        let ye = norm.forward_t(&x, false).unwrap();
+        assert_eq!(ye.flatten_from(2).unwrap().to_vec3::<f32>().unwrap(), ys);
+        for b in 0..n {
+            for ch in 0..c {
+                let v = &xs[b][ch];
+                let mean = v.iter().map(|&a| a as f64).sum::<f64>() / hw as f64;
+                let var = v.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / hw as f64;
+                for (k, &a) in v.iter().enumerate() {
+                    let want = (a as f64 - mean) / (var + 1e-5).sqrt();
+                    let got = ys[b][ch][k] as f64;
+                    assert!((got - want).abs() < 1e-4, "{b} {ch} {k}: {got} vs {want}");
+                }
+            }
+        }
+        assert!(store.get("in.weight").is_some() && store.get("in.bias").is_some());
+        assert!(store.get("in.running_mean").is_none());
+        // the serde form matches the group norm's
+        let j = serde_json::to_string(&NormKind::Instance).unwrap();
+        assert_eq!(j, r#"{"kind":"instance"}"#);
+        assert_eq!(
+            serde_json::from_str::<NormKind>(r#"{"kind":"instance"}"#).unwrap(),
+            NormKind::Instance
+        );
     }
 }
