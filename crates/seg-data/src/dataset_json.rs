@@ -261,7 +261,10 @@ mod tests {
     fn bad_files_name_the_problem() {
         let msg = |t: &str| parse(t).unwrap_err().to_string();
         let m = msg(r#"{"labels": {"background": "0"}}"#);
-        assert!(m.contains("d/dataset.json") && m.contains("not a label value"), "{m}");
+        assert!(
+            m.contains("d/dataset.json") && m.contains("not a label value"),
+            "{m}"
+        );
         let m = msg(r#"{"labels": {"0": "background", "x": 1}}"#);
         assert!(m.contains("mixes"), "{m}");
         let m = msg(r#"{"modality": {"0": "CT", "2": "PET"}}"#);

@@ -72,7 +72,11 @@ pub enum Error {
     },
     /// Two files of one folder have the same case ID.
     #[error("{} and {} have the same case ID {case}", a.display(), b.display())]
-    DuplicateCase { case: String, a: PathBuf, b: PathBuf },
+    DuplicateCase {
+        case: String,
+        a: PathBuf,
+        b: PathBuf,
+    },
     /// A dataset folder holds no image files.
     #[error("{}: no image files", dir.display())]
     NoCases { dir: PathBuf },

@@ -141,7 +141,11 @@ impl MsdDataset {
             let files = by_case.entry(id.clone()).or_default();
             if let Some(prev) = files.insert(ch, p.clone()) {
                 return Err(Error::DuplicateCase {
-                    case: if suffixed { format!("{id} channel {ch}") } else { id },
+                    case: if suffixed {
+                        format!("{id} channel {ch}")
+                    } else {
+                        id
+                    },
                     a: prev,
                     b: p,
                 });
@@ -207,8 +211,11 @@ impl MsdDataset {
                         case: c.id.clone(),
                         found: c.images[0].clone(),
                         what: "label".into(),
-                        expected: Path::new("labelsTr")
-                            .join(format!("{}{}", c.id, ending(&c.images[0]))),
+                        expected: Path::new("labelsTr").join(format!(
+                            "{}{}",
+                            c.id,
+                            ending(&c.images[0])
+                        )),
                     })
                 }
             }
@@ -312,8 +319,7 @@ pub fn file_shape(path: &Path) -> Result<Vec<usize>> {
     if file_kind(path) != Some(FileKind::Nifti) {
         return Ok(crate::io::read_any(path)?.shape);
     }
-    let h = ::nifti::NiftiHeader::from_file(path)
-        .map_err(|e| Error::decode(path, "NIfTI", e))?;
+    let h = ::nifti::NiftiHeader::from_file(path).map_err(|e| Error::decode(path, "NIfTI", e))?;
     let n = h.dim[0];
     if !(1..=7).contains(&n) {
         return Err(Error::decode(

@@ -270,7 +270,11 @@ pub(crate) fn no_layout(dir: &Path, looked_for: Vec<DatasetKind>) -> Error {
 }
 
 /// [`Error::NoLayout`]'s message.
-pub(crate) fn no_layout_message(path: &Path, looked_for: &[DatasetKind], found: &[String]) -> String {
+pub(crate) fn no_layout_message(
+    path: &Path,
+    looked_for: &[DatasetKind],
+    found: &[String],
+) -> String {
     const SHOWN: usize = 12;
     let looked: Vec<&str> = looked_for.iter().map(|k| k.layout()).collect();
     let found = if found.is_empty() {

@@ -65,9 +65,15 @@ fn drive_layout_is_detected_and_paired_by_case_number() {
     // also found under DRIVE/ and as a split folder itself
     let outer = tmp("drive-outer");
     std::fs::rename(&d, outer.join("DRIVE")).unwrap();
-    assert_eq!(DatasetSpec::detect(&outer).unwrap().kind(), DatasetKind::Drive);
+    assert_eq!(
+        DatasetSpec::detect(&outer).unwrap().kind(),
+        DatasetKind::Drive
+    );
     let split = outer.join("DRIVE/training");
-    assert_eq!(DatasetSpec::detect(&split).unwrap().kind(), DatasetKind::Drive);
+    assert_eq!(
+        DatasetSpec::detect(&split).unwrap().kind(),
+        DatasetKind::Drive
+    );
     assert_eq!(ids(&DatasetSpec::detect(&split).unwrap()), ["21", "22"]);
     std::fs::remove_dir_all(&outer).unwrap();
 }
@@ -135,7 +141,10 @@ fn msd_layout_one_file_per_case_with_v1_dataset_json() {
     }
     let test = m.test_cases().unwrap();
     assert_eq!(test.len(), 1);
-    assert_eq!((test[0].id.as_str(), test[0].label.as_ref()), ("hip_003", None));
+    assert_eq!(
+        (test[0].id.as_str(), test[0].label.as_ref()),
+        ("hip_003", None)
+    );
 
     // a label of another shape is named with its case
     nii(&d.join("labelsTr/hip_002.nii.gz"), &[5, 4, 2]);
@@ -149,10 +158,7 @@ fn msd_layout_one_file_per_case_with_v1_dataset_json() {
         panic!("{err}")
     };
     assert_eq!((case.as_str(), what.as_str()), ("hip_002", "label"));
-    assert!(
-        err.to_string().contains("labelsTr/hip_002.nii.gz"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("labelsTr/hip_002.nii.gz"), "{err}");
     // and so is a label without its image
     nii(&d.join("labelsTr/hip_002.nii.gz"), &[5, 4, 3]);
     nii(&d.join("labelsTr/hip_077.nii.gz"), &[5, 4, 3]);
@@ -219,7 +225,12 @@ fn four_digit_case_numbers_are_not_taken_for_channels_without_reason() {
     let m = MsdDataset::open(&d).unwrap();
     assert_eq!(m.json, None);
     assert_eq!(m.name(), d.file_name().unwrap().to_string_lossy());
-    let ids: Vec<String> = m.training_cases().unwrap().into_iter().map(|c| c.id).collect();
+    let ids: Vec<String> = m
+        .training_cases()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(ids, ["case_0001", "case_0002"]);
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -255,7 +266,9 @@ fn detect_error_says_what_it_looked_for_and_found() {
     let msg = DatasetSpec::detect(&empty).unwrap_err().to_string();
     assert!(msg.contains("found nothing (an empty folder)"), "{msg}");
     // naming MSD for a folder without imagesTr/ says what MSD needs
-    let msg = DatasetSpec::open(DatasetKind::Msd, &d).unwrap_err().to_string();
+    let msg = DatasetSpec::open(DatasetKind::Msd, &d)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("imagesTr/") && !msg.contains("DRIVE"), "{msg}");
     assert!(DatasetSpec::detect(&d.join("missing")).is_err());
     std::fs::remove_dir_all(&d).unwrap();
@@ -302,7 +315,11 @@ fn real_msd_hippocampus_lists_and_pairs_every_case() {
             format!("./imagesTr/{}.nii.gz", c.id),
             format!("./labelsTr/{}.nii.gz", c.id),
         );
-        assert!(j.training.contains(&want), "case {} not in dataset.json", c.id);
+        assert!(
+            j.training.contains(&want),
+            "case {} not in dataset.json",
+            c.id
+        );
     }
     assert_eq!(cases[0].id, "hippocampus_003");
     // headers agree between image and label for every case
