@@ -18,7 +18,11 @@ fn tmp(name: &str) -> PathBuf {
 fn an_unknown_folder_says_which_layouts_were_looked_for() {
     let d = tmp("unknown");
     std::fs::create_dir_all(d.join("pictures")).unwrap();
-    let out = bin().args(["check-data", "--data"]).arg(&d).output().unwrap();
+    let out = bin()
+        .args(["check-data", "--data"])
+        .arg(&d)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -34,7 +38,10 @@ fn an_unknown_folder_says_which_layouts_were_looked_for() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("found pictures/") && err.contains("pass --dataset"), "{err}");
+    assert!(
+        err.contains("found pictures/") && err.contains("pass --dataset"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -45,7 +52,11 @@ fn msd_hippocampus_is_checked_and_refused_for_training() {
         return;
     };
     let hip = shared.join("datasets/Hippocampus");
-    let out = bin().args(["check-data", "--data"]).arg(&hip).output().unwrap();
+    let out = bin()
+        .args(["check-data", "--data"])
+        .arg(&hip)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("208 cases (msd)"), "{stdout}");
@@ -92,10 +103,20 @@ fn msd_check_data_names_a_case_without_its_label() {
     }
     let v = vec![0f32; 24];
     for id in ["a_001", "a_002"] {
-        write_nifti(&d.join(format!("imagesTr/{id}.nii.gz")), &[2, 3, 4], &v, &eye).unwrap();
+        write_nifti(
+            &d.join(format!("imagesTr/{id}.nii.gz")),
+            &[2, 3, 4],
+            &v,
+            &eye,
+        )
+        .unwrap();
     }
     write_nifti(&d.join("labelsTr/a_001.nii.gz"), &[2, 3, 4], &v, &eye).unwrap();
-    let out = bin().args(["check-data", "--data"]).arg(&d).output().unwrap();
+    let out = bin()
+        .args(["check-data", "--data"])
+        .arg(&d)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -104,7 +125,11 @@ fn msd_check_data_names_a_case_without_its_label() {
     );
     // with the label, but of another shape: listed as a problem
     write_nifti(&d.join("labelsTr/a_002.nii.gz"), &[2, 3, 2], &v[..12], &eye).unwrap();
-    let out = bin().args(["check-data", "--data"]).arg(&d).output().unwrap();
+    let out = bin()
+        .args(["check-data", "--data"])
+        .arg(&d)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("2 cases (msd)"), "{stdout}");
@@ -136,7 +161,11 @@ fn eval_takes_a_paired_folder_dataset_as_ground_truth() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(r["images"].as_array().unwrap().len(), 3, "{stdout}");
     assert_eq!(r["pooled"]["dice"].as_f64(), Some(1.0), "{stdout}");

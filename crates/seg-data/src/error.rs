@@ -61,13 +61,12 @@ pub enum Error {
     },
     /// A case's file has no partner: an image without its label, a label
     /// without its image, a channel file without the case's other channels.
-    #[error("{}: case {case}: {} has no {what} (expected {})", dataset.display(), found.display(), expected.display())]
+    #[error("case {case}: {} has no {what} (expected {})", found.display(), expected.display())]
     UnpairedCase {
-        dataset: PathBuf,
         case: String,
         found: PathBuf,
         what: String,
-        /// The missing file, relative to `dataset`.
+        /// The missing file.
         expected: PathBuf,
     },
     /// Two files of one folder have the same case ID.

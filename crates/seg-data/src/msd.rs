@@ -163,11 +163,13 @@ impl MsdDataset {
             let first = files.values().next().expect("a case has a file").clone();
             if let Some(k) = (0..n).find(|k| !files.contains_key(k)) {
                 return Err(Error::UnpairedCase {
-                    dataset: self.root.clone(),
                     case: id.clone(),
                     found: first.clone(),
                     what: format!("channel {k}"),
-                    expected: Path::new(sub).join(format!("{id}_{k:04}{}", ending(&first))),
+                    expected: self
+                        .root
+                        .join(sub)
+                        .join(format!("{id}_{k:04}{}", ending(&first))),
                 });
             }
             cases.push(MsdCase {
@@ -207,11 +209,10 @@ impl MsdDataset {
                 Some(l) => c.label = Some(l),
                 None => {
                     return Err(Error::UnpairedCase {
-                        dataset: self.root.clone(),
                         case: c.id.clone(),
                         found: c.images[0].clone(),
                         what: "label".into(),
-                        expected: Path::new("labelsTr").join(format!(
+                        expected: self.root.join("labelsTr").join(format!(
                             "{}{}",
                             c.id,
                             ending(&c.images[0])
@@ -223,8 +224,10 @@ impl MsdDataset {
         if let Some((id, l)) = labels.into_iter().next() {
             let suffix = if suffixed { "_0000" } else { "" };
             return Err(Error::UnpairedCase {
-                dataset: self.root.clone(),
-                expected: Path::new("imagesTr").join(format!("{id}{suffix}{}", ending(&l))),
+                expected: self
+                    .root
+                    .join("imagesTr")
+                    .join(format!("{id}{suffix}{}", ending(&l))),
                 case: id,
                 found: l,
                 what: "image".into(),
