@@ -4,7 +4,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use seg_data::dataset::case_id;
 use seg_data::io::image2d::read_mask;
-use seg_data::read_image;
+use seg_data::spec::{files_by_case, DatasetSpec};
+use seg_data::{read_image, FileKind};
 use seg_train::metrics::{self, image_metrics, summarise};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,8 @@ pub struct EvalArgs {
     /// Probability maps (PNG; value / max of the bit depth).
     #[arg(long)]
     pred: PathBuf,
-    /// Ground-truth masks (any non-zero is foreground).
+    /// Ground-truth masks (any non-zero is foreground): a folder of masks, or a
+    /// dataset folder (DRIVE, images/ + masks/ [+ fov/]) whose labels and FOV masks are used.
     #[arg(long)]
     gt: PathBuf,
     /// Field-of-view masks: only pixels inside count.
@@ -37,23 +39,49 @@ fn by_case(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     if !dir.is_dir() {
         bail!("{}: no such folder", dir.display());
     }
-    let mut m = BTreeMap::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && seg_data::io::file_kind(p) == Some(seg_data::FileKind::Image))
-        .collect();
-    files.sort();
-    for p in files {
-        if let Some(prev) = m.insert(case_id(&p), p.clone()) {
-            bail!(
-                "{} and {} have the same case ID {}",
-                prev.display(),
-                p.display(),
-                case_id(&p)
-            );
+    Ok(files_by_case(dir, FileKind::Image)?)
+}
+
+/// Case ID → file maps of the ground truth and, when the ground truth is a
+/// dataset folder, its FOV masks.
+type Truth = (BTreeMap<String, PathBuf>, Option<BTreeMap<String, PathBuf>>);
+
+/// The ground truth by case ID: the labels (and FOV masks) of a dataset
+/// folder (DRIVE, paired folders), else the images of a plain folder.
+fn ground_truth(dir: &Path) -> Result<Truth> {
+    if !dir.is_dir() {
+        bail!("{}: no such folder", dir.display());
+    }
+    let spec = match DatasetSpec::detect(dir) {
+        Ok(s) => s,
+        Err(seg_data::Error::NoLayout { .. }) => return Ok((by_case(dir)?, None)),
+        Err(e) => return Err(e.into()),
+    };
+    if let DatasetSpec::Msd(m) = spec {
+        return Err(seg_data::Error::NotSupportedYet {
+            name: m.name(),
+            path: m.root,
+            layout: "MSD/nnU-Net",
+            what: "evaluating label volumes".into(),
+        }
+        .into());
+    }
+    let (mut gts, mut fovs) = (BTreeMap::new(), BTreeMap::new());
+    for c in spec.cases()?.cases {
+        let Some(label) = c.label else { continue };
+        let id = case_id(&label);
+        if let Some(prev) = gts.insert(id.clone(), label.clone()) {
+            bail!(seg_data::Error::DuplicateCase {
+                case: id,
+                a: prev,
+                b: label
+            });
+        }
+        if let Some(f) = c.fov {
+            fovs.insert(id, f);
         }
     }
-    Ok(m)
+    Ok((gts, (!fovs.is_empty()).then_some(fovs)))
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -70,10 +98,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("--spacing needs two positive numbers ROW,COL");
     }
     let preds = by_case(&a.pred)?;
-    let gts = by_case(&a.gt)?;
+    let (gts, dataset_fovs) = ground_truth(&a.gt)?;
     let fovs = match &a.fov {
         Some(d) => Some(by_case(d)?),
-        None => None,
+        None => dataset_fovs,
     };
     let mut unpaired: Vec<String> = Vec::new();
     for (id, p) in &preds {

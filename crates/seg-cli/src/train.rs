@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use seg_core::parse_device;
 use seg_data::augment::{AugmentConfig, AUGMENT_PRESETS};
 use seg_data::intensity::{ChannelChoice, WindowSpec};
+use seg_data::spec::{DatasetKind, DatasetSpec};
 use seg_data::synthetic::SyntheticConfig;
 use seg_models::{ModelConfig, NormKind, Upsample, MODEL_NAMES};
 use seg_train::losses::{Loss, LOSS_NAMES};
@@ -25,11 +26,11 @@ pub struct TrainArgs {
     /// Network.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES))]
     model: Option<String>,
-    /// Dataset folder (DRIVE layout, or images/ + masks/). Without it: the built-in synthetic vessel set.
+    /// Dataset folder (DRIVE layout, images/ + masks/ or labels/, or MSD/nnU-Net imagesTr/ + labelsTr/). Without it: the built-in synthetic vessel set.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Dataset layout (guessed from the folder when omitted).
-    #[arg(long, value_parser = ["drive", "folders", "synthetic"])]
+    /// Dataset layout (detected from the folder when omitted).
+    #[arg(long, value_parser = DatasetKind::NAMES)]
     dataset: Option<String>,
     #[arg(long)]
     epochs: Option<usize>,
@@ -102,17 +103,32 @@ pub struct TrainArgs {
     dry_run: bool,
 }
 
-fn guess_dataset(dir: &Path) -> Result<&'static str> {
-    if dir.join("training/images").is_dir()
-        || dir.join("DRIVE/training/images").is_dir()
-        || dir.join("1st_manual").is_dir()
-    {
-        Ok("drive")
-    } else if dir.join("images").is_dir() && dir.join("masks").is_dir() {
-        Ok("folders")
-    } else {
-        bail!("{}: neither a DRIVE folder (training/images, 1st_manual, mask) nor images/ + masks/; pass --dataset", dir.display())
-    }
+/// The training data of `dir`: the `--dataset` layout, else the detected one.
+fn data_source(dir: &Path, kind: Option<&str>) -> Result<DataSource> {
+    let spec = match kind {
+        Some(k) => {
+            let kind = DatasetKind::from_name(k).expect("value checked by clap");
+            DatasetSpec::open(kind, dir)?
+        }
+        None => DatasetSpec::detect(dir).map_err(|e| match e {
+            seg_data::Error::NoLayout { .. } => anyhow::anyhow!("{e}; pass --dataset"),
+            e => e.into(),
+        })?,
+    };
+    Ok(match spec {
+        DatasetSpec::Drive { root } => DataSource::Drive { root },
+        DatasetSpec::Folders { root } => DataSource::Folders { root },
+        DatasetSpec::Synthetic(_) => DataSource::Synthetic(SyntheticConfig::default()),
+        DatasetSpec::Msd(m) => {
+            return Err(seg_data::Error::NotSupportedYet {
+                name: m.name(),
+                path: m.root,
+                layout: "MSD/nnU-Net",
+                what: "multi-class volume training".into(),
+            }
+            .into())
+        }
+    })
 }
 
 /// Group count of `--norm group` without `--groups`.
@@ -197,16 +213,8 @@ pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
             if !dir.is_dir() {
                 bail!("{}: no such folder", dir.display());
             }
-            let kind = match kind {
-                Some(k) => k,
-                None => guess_dataset(dir)?,
-            };
-            cfg.data = match kind {
-                "drive" => DataSource::Drive { root: dir.clone() },
-                "folders" => DataSource::Folders { root: dir.clone() },
-                _ => DataSource::Synthetic(SyntheticConfig::default()),
-            };
-            kind == "synthetic"
+            cfg.data = data_source(dir, kind)?;
+            matches!(cfg.data, DataSource::Synthetic(_))
         }
     };
     if let Some(m) = &a.model {

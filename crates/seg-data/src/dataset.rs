@@ -1,6 +1,6 @@
-//! Datasets: the DRIVE layout, paired folders (images/ + masks/ matched by
-//! stem), NIfTI image/label volume pairs served as slices, and the built-in
-//! synthetic vessel set. Loading is parallel (rayon); every sample comes out
+//! Datasets: the DRIVE layout, paired folders (images/ + masks/ or labels/
+//! matched by stem), NIfTI image/label volume pairs served as slices, and the
+//! built-in synthetic vessel set ([`crate::spec`] tells them apart). Loading is parallel (rayon); every sample comes out
 //! preprocessed by a [`Preprocess`] plan, channel-planar.
 
 use crate::error::{Error, Result};
@@ -57,7 +57,7 @@ pub fn case_id(path: &Path) -> String {
     }
 }
 
-fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -207,8 +207,9 @@ pub struct PairedCase {
     pub fov: Option<PathBuf>,
 }
 
-/// Pairs `root/images/*` with `root/masks/*` (and optional `root/fov/*`) by
-/// file stem; returns the pairs and the files left unpaired.
+/// Pairs `root/images/*` with `root/masks/*` (or, without `masks/`,
+/// `root/labels/*`) and optional `root/fov/*` by file stem; returns the pairs
+/// and the files left unpaired.
 pub fn paired_cases(root: &Path) -> Result<(Vec<PairedCase>, Vec<PathBuf>)> {
     let stem = |p: &Path| file_stem(p);
     let list = |sub: &str| -> Result<BTreeMap<String, PathBuf>> {
@@ -229,7 +230,12 @@ pub fn paired_cases(root: &Path) -> Result<(Vec<PairedCase>, Vec<PathBuf>)> {
             root.display()
         )));
     }
-    let mut masks = list("masks")?;
+    let labels = if root.join("masks").is_dir() {
+        "masks"
+    } else {
+        "labels"
+    };
+    let mut masks = list(labels)?;
     let mut fovs = list("fov")?;
     let mut cases = Vec::new();
     let mut unpaired = Vec::new();

@@ -51,6 +51,42 @@ pub enum Error {
     /// A DICOM series folder problem.
     #[error("{}: {reason}", path.display())]
     Series { path: PathBuf, reason: String },
+    /// A folder holds none of the dataset layouts looked for.
+    #[error("{}", crate::spec::no_layout_message(path, looked_for, found))]
+    NoLayout {
+        path: PathBuf,
+        looked_for: Vec<crate::spec::DatasetKind>,
+        /// The folder's entries (sub-folders end in `/`), as listed.
+        found: Vec<String>,
+    },
+    /// A case's file has no partner: an image without its label, a label
+    /// without its image, a channel file without the case's other channels.
+    #[error("case {case}: {} has no {what} (expected {})", found.display(), expected.display())]
+    UnpairedCase {
+        case: String,
+        found: PathBuf,
+        what: String,
+        /// The missing file.
+        expected: PathBuf,
+    },
+    /// Two files of one folder have the same case ID.
+    #[error("{} and {} have the same case ID {case}", a.display(), b.display())]
+    DuplicateCase {
+        case: String,
+        a: PathBuf,
+        b: PathBuf,
+    },
+    /// A dataset folder holds no image files.
+    #[error("{}: no image files", dir.display())]
+    NoCases { dir: PathBuf },
+    /// The dataset is valid, but seg cannot do this with it yet.
+    #[error("{}: {layout} dataset {name:?}: {what} is not supported yet", path.display())]
+    NotSupportedYet {
+        path: PathBuf,
+        layout: &'static str,
+        name: String,
+        what: String,
+    },
     /// An error from the tensor library.
     #[error(transparent)]
     Core(#[from] seg_core::Error),

@@ -8,20 +8,25 @@
 //!   z-score, min-max, percentiles, channel choice, CLAHE, gamma;
 //!   [`preprocess`]: the serialisable plan applying them.
 //! - [`slicing`]: volumes into 2D/2.5D slices and back.
-//! - [`dataset`]: DRIVE, paired folders, NIfTI pairs, [`synthetic`] vessels.
+//! - [`spec`]: one [`spec::DatasetSpec`] for every layout, detected from a
+//!   folder; [`dataset`]: DRIVE, paired folders, NIfTI pairs, [`synthetic`]
+//!   vessels; [`msd`] and [`dataset_json`]: the MSD/nnU-Net layout.
 //! - [`sampling`] and [`augment`]: patches, augmentation, parallel batches.
 //!
 //! seg-data knows nothing of models or training.
 
 pub mod augment;
 pub mod dataset;
+pub mod dataset_json;
 pub mod error;
 pub mod intensity;
 pub mod io;
+pub mod msd;
 pub mod preprocess;
 pub mod sample;
 pub mod sampling;
 pub mod slicing;
+pub mod spec;
 pub mod synthetic;
 pub mod volume;
 

@@ -1,6 +1,7 @@
 //! seg-data integration tests on real files in ../shared (skipped, with a
 //! notice, when it is absent).
 
+mod datasets;
 mod drive;
 mod medical;
 mod series;
