@@ -97,7 +97,10 @@ fn plain(name: &str) -> bool {
 
 /// A relative path of plain components.
 fn relative(p: &str) -> bool {
-    !p.is_empty() && Path::new(p).components().all(|c| matches!(c, Component::Normal(_)))
+    !p.is_empty()
+        && Path::new(p)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
 }
 
 fn check_crate(root: &Path, v: &Vendored, online: bool, problems: &mut Vec<String>) -> Result<()> {
@@ -130,14 +133,21 @@ fn check_crate(root: &Path, v: &Vendored, online: bool, problems: &mut Vec<Strin
     let tree = tmp.path().canonicalize()?.join(&stem);
     unpack(&krate, &stem, &tree)?;
     for r in &v.remove {
-        ensure!(relative(r), "vendor/VENDOR.toml: {}: bad remove path `{r}`", v.name);
+        ensure!(
+            relative(r),
+            "vendor/VENDOR.toml: {}: bad remove path `{r}`",
+            v.name
+        );
         let p = tree.join(r);
         if p.is_dir() {
             fs::remove_dir_all(&p)?;
         } else if p.is_file() {
             fs::remove_file(&p)?;
         } else {
-            bail!("vendor/VENDOR.toml: {}: `{r}` (remove) is not in {stem}.crate", v.name);
+            bail!(
+                "vendor/VENDOR.toml: {}: `{r}` (remove) is not in {stem}.crate",
+                v.name
+            );
         }
     }
     let patch_dir = root.join("vendor/patches").join(&v.name);
@@ -152,7 +162,10 @@ fn check_crate(root: &Path, v: &Vendored, online: bool, problems: &mut Vec<Strin
         match fs::read_to_string(&readme) {
             Ok(t) if t.lines().any(|l| l.starts_with("Upstream:")) => {}
             Ok(_) => problems.push(format!("{}: no `Upstream:` line", readme_name(&shown))),
-            Err(_) => problems.push(format!("{}: missing (every patch has a README)", readme_name(&shown))),
+            Err(_) => problems.push(format!(
+                "{}: missing (every patch has a README)",
+                readme_name(&shown)
+            )),
         }
         git_apply(&tree, &patch_dir.join(p), &shown)?;
     }
@@ -167,7 +180,12 @@ fn check_crate(root: &Path, v: &Vendored, online: bool, problems: &mut Vec<Strin
             }
         }
     }
-    compare(&tree, &root.join("vendor").join(&v.name), &format!("vendor/{}", v.name), problems)
+    compare(
+        &tree,
+        &root.join("vendor").join(&v.name),
+        &format!("vendor/{}", v.name),
+        problems,
+    )
 }
 
 fn readme_name(patch: &str) -> String {
@@ -187,7 +205,10 @@ fn unpack(krate: &Path, stem: &str, into: &Path) -> Result<()> {
     let file = fs::File::open(krate).with_context(|| format!("opening {shown}"))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     fs::create_dir_all(into)?;
-    for entry in archive.entries().with_context(|| format!("reading {shown}"))? {
+    for entry in archive
+        .entries()
+        .with_context(|| format!("reading {shown}"))?
+    {
         let mut entry = entry.with_context(|| format!("reading {shown}"))?;
         let path = entry.path()?.into_owned();
         let rel = match path.strip_prefix(stem) {
@@ -328,8 +349,11 @@ fn check_build_uses(root: &Path, crates: &[Vendored], problems: &mut Vec<String>
         for (name, entry) in patch.into_iter().flatten() {
             let to = entry.get("path").and_then(|p| p.as_str());
             let in_vendor = to.is_some_and(|to| {
-                let (a, b) = (base.join(to).canonicalize(), root.join("vendor").canonicalize());
-                matches!((a, b), (Ok(a), Ok(b)) if a.starts_with(b))
+                let (a, b) = (
+                    base.join(to).canonicalize(),
+                    root.join("vendor").canonicalize(),
+                );
+                matches!((a, b), (Ok(a), Ok(b)) if a.starts_with(&b))
             });
             if in_vendor && !crates.iter().any(|v| &v.name == name) {
                 problems.push(format!(
@@ -340,7 +364,10 @@ fn check_build_uses(root: &Path, crates: &[Vendored], problems: &mut Vec<String>
     }
     let lock = match read_toml(&root.join("Cargo.lock")) {
         Ok(l) => l,
-        Err(e) => return problems.push(format!("{e:#}")),
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            return;
+        }
     };
     let packages = lock.get("package").and_then(|p| p.as_array());
     for v in crates {
@@ -365,8 +392,7 @@ fn check_build_uses(root: &Path, crates: &[Vendored], problems: &mut Vec<String>
 }
 
 fn read_toml(path: &Path) -> Result<toml::Table> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -390,17 +416,17 @@ fn crates_io_checksum(name: &str, version: &str) -> Result<String> {
     let url = format!("https://index.crates.io/{}", index_path(name));
     let body = ureq::get(&url)
         .call()
-        .with_context(|| format!("fetching {url}"))?
+        .context("fetching the crates.io index")?
         .into_string()
         .with_context(|| format!("reading {url}"))?;
-    for line in body.lines().filter(|l| !l.trim().is_empty()) {
-        let entry: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("parsing {url}"))?;
-        if entry["vers"] == version {
-            if let Some(sum) = entry["cksum"].as_str() {
-                return Ok(sum.to_owned());
-            }
-        }
-    }
-    bail!("{url}: no checksum for version {version}")
+    index_checksum(&body, version)
+        .with_context(|| format!("{url}: no checksum for version {version}"))
+}
+
+/// The `cksum` of `version` in a sparse-index file (one JSON object a line).
+pub fn index_checksum(body: &str, version: &str) -> Option<String> {
+    body.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["vers"] == version)
+        .and_then(|e| e["cksum"].as_str().map(str::to_owned))
 }

@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::Path;
-use xtask::vendor::{check, index_path};
+use xtask::vendor::{check, index_checksum, index_path};
 
 const LIB: &str = "pub fn answer() -> u32 {\n    41\n}\n";
 const PATCHED: &str = "pub fn answer() -> u32 {\n    42\n}\n";
@@ -56,11 +56,23 @@ fn workspace(entries: &[(&str, &str)]) -> tempfile::TempDir {
     write(root, "vendor/pristine/fake-0.1.0.crate", krate);
     write(root, "vendor/VENDOR.toml", manifest(&sum, "[\"tests\"]"));
     write(root, "vendor/patches/fake/0001-answer.patch", PATCH);
-    write(root, "vendor/patches/fake/0001-answer.md", "# 42\n\nUpstream: none filed.\n");
+    write(
+        root,
+        "vendor/patches/fake/0001-answer.md",
+        "# 42\n\nUpstream: none filed.\n",
+    );
     write(root, "vendor/fake/Cargo.toml", CARGO_TOML);
     write(root, "vendor/fake/src/lib.rs", PATCHED);
-    write(root, "Cargo.toml", "[patch.crates-io]\nfake = { path = \"vendor/fake\" }\n");
-    write(root, "Cargo.lock", "version = 4\n\n[[package]]\nname = \"fake\"\nversion = \"0.1.0\"\n");
+    write(
+        root,
+        "Cargo.toml",
+        "[patch.crates-io]\nfake = { path = \"vendor/fake\" }\n",
+    );
+    write(
+        root,
+        "Cargo.lock",
+        "version = 4\n\n[[package]]\nname = \"fake\"\nversion = \"0.1.0\"\n",
+    );
     dir
 }
 
@@ -90,7 +102,11 @@ fn pristine_plus_patches_passes() {
 #[test]
 fn an_edited_patched_file_fails_naming_it() {
     let ws = fake();
-    write(ws.path(), "vendor/fake/src/lib.rs", PATCHED.replace("42", "43"));
+    write(
+        ws.path(),
+        "vendor/fake/src/lib.rs",
+        PATCHED.replace("42", "43"),
+    );
     let e = error(ws.path());
     assert!(
         e.contains("vendor/fake/src/lib.rs: differs from pristine + patches (first at line 2)"),
@@ -104,16 +120,26 @@ fn extra_and_missing_files_are_named() {
     write(ws.path(), "vendor/fake/src/extra.rs", "");
     fs::remove_file(ws.path().join("vendor/fake/Cargo.toml")).unwrap();
     let e = error(ws.path());
-    assert!(e.contains("vendor/fake/src/extra.rs: not in pristine + patches"), "{e}");
+    assert!(
+        e.contains("vendor/fake/src/extra.rs: not in pristine + patches"),
+        "{e}"
+    );
     assert!(e.contains("vendor/fake/Cargo.toml: missing"), "{e}");
 }
 
 #[test]
 fn a_wrong_checksum_fails() {
     let ws = fake();
-    write(ws.path(), "vendor/VENDOR.toml", manifest(&"0".repeat(64), "[\"tests\"]"));
+    write(
+        ws.path(),
+        "vendor/VENDOR.toml",
+        manifest(&"0".repeat(64), "[\"tests\"]"),
+    );
     let e = error(ws.path());
-    assert!(e.contains("vendor/pristine/fake-0.1.0.crate: sha256 is "), "{e}");
+    assert!(
+        e.contains("vendor/pristine/fake-0.1.0.crate: sha256 is "),
+        "{e}"
+    );
     assert!(e.contains(&format!("records {}", "0".repeat(64))), "{e}");
 }
 
@@ -126,7 +152,10 @@ fn a_patch_that_does_not_apply_fails_naming_it() {
         PATCH.replace("-    41", "-    40"),
     );
     let e = error(ws.path());
-    assert!(e.contains("vendor/patches/fake/0001-answer.patch: does not apply"), "{e}");
+    assert!(
+        e.contains("vendor/patches/fake/0001-answer.patch: does not apply"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -135,17 +164,30 @@ fn each_patch_needs_a_readme_and_a_manifest_entry() {
     fs::remove_file(ws.path().join("vendor/patches/fake/0001-answer.md")).unwrap();
     write(ws.path(), "vendor/patches/fake/0002-stray.patch", PATCH);
     let e = error(ws.path());
-    assert!(e.contains("vendor/patches/fake/0001-answer.md: missing"), "{e}");
-    assert!(e.contains("vendor/patches/fake/0002-stray.patch: not listed"), "{e}");
+    assert!(
+        e.contains("vendor/patches/fake/0001-answer.md: missing"),
+        "{e}"
+    );
+    assert!(
+        e.contains("vendor/patches/fake/0002-stray.patch: not listed"),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_remove_rule_must_match_the_crate() {
     let ws = fake();
     let sum = check_sum(ws.path());
-    write(ws.path(), "vendor/VENDOR.toml", manifest(&sum, "[\"tests\", \"benches\"]"));
+    write(
+        ws.path(),
+        "vendor/VENDOR.toml",
+        manifest(&sum, "[\"tests\", \"benches\"]"),
+    );
     let e = error(ws.path());
-    assert!(e.contains("`benches` (remove) is not in fake-0.1.0.crate"), "{e}");
+    assert!(
+        e.contains("`benches` (remove) is not in fake-0.1.0.crate"),
+        "{e}"
+    );
 }
 
 fn check_sum(root: &Path) -> String {
@@ -160,21 +202,34 @@ fn entries_outside_the_crate_folder_are_refused() {
         ("other/src/lib.rs", LIB),
     ]);
     let e = error(ws.path());
-    assert!(e.contains("entry other/src/lib.rs is not under fake-0.1.0/"), "{e}");
+    assert!(
+        e.contains("entry other/src/lib.rs is not under fake-0.1.0/"),
+        "{e}"
+    );
 }
 
 #[test]
 fn the_build_must_use_the_copy_at_the_manifest_version() {
     let ws = fake();
-    write(ws.path(), "Cargo.toml", "[patch.crates-io]\nfake = { path = \"elsewhere\" }\n");
+    write(
+        ws.path(),
+        "Cargo.toml",
+        "[patch.crates-io]\nfake = { path = \"elsewhere\" }\n",
+    );
     write(
         ws.path(),
         "Cargo.lock",
         "version = 4\n\n[[package]]\nname = \"fake\"\nversion = \"0.2.0\"\n",
     );
     let e = error(ws.path());
-    assert!(e.contains("Cargo.toml: [patch.crates-io] fake = elsewhere, not vendor/fake"), "{e}");
-    assert!(e.contains("Cargo.lock: fake resolves to the vendored copy at 0.2.0"), "{e}");
+    assert!(
+        e.contains("Cargo.toml: [patch.crates-io] fake = elsewhere, not vendor/fake"),
+        "{e}"
+    );
+    assert!(
+        e.contains("Cargo.lock: fake resolves to the vendored copy at 0.2.0"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -187,8 +242,29 @@ fn sparse_index_paths() {
 }
 
 #[test]
+fn the_checksum_is_read_from_the_index_line_of_the_version() {
+    let body = "{\"name\":\"fake\",\"vers\":\"0.1.0\",\"cksum\":\"aa\"}\n\
+                {\"name\":\"fake\",\"vers\":\"0.1.1\",\"cksum\":\"bb\"}\n";
+    assert_eq!(index_checksum(body, "0.1.1").as_deref(), Some("bb"));
+    assert_eq!(index_checksum(body, "0.1.0").as_deref(), Some("aa"));
+    assert_eq!(index_checksum(body, "0.2.0"), None);
+}
+
+#[test]
 fn the_repository_vendor_tree_is_pristine_plus_patches() {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let lines = check(root, false).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(lines.len(), 2, "{lines:?}");
+}
+
+/// Needs crates.io: `cargo test -p xtask --test vendor -- --ignored`.
+#[test]
+#[ignore = "needs network access to index.crates.io"]
+fn the_recorded_checksums_are_crates_ios() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let lines = check(root, true).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        lines.iter().all(|l| l.contains("(= crates.io index)")),
+        "{lines:?}"
+    );
 }
