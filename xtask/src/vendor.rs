@@ -82,7 +82,8 @@ pub fn check(root: &Path, online: bool) -> Result<Vec<String>> {
     check_build_uses(root, &manifest.crates, &mut problems);
     if !problems.is_empty() {
         bail!(
-            "vendor/ is not pristine + patches:\n  {}",
+            "check-vendor: {} problem(s):\n  {}",
+            problems.len(),
             problems.join("\n  ")
         );
     }
