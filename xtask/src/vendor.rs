@@ -131,7 +131,11 @@ fn check_crate(root: &Path, v: &Vendored, online: bool, problems: &mut Vec<Strin
         );
     }
     let tmp = tempfile::tempdir().context("creating a temporary folder")?;
-    let tree = tmp.path().canonicalize()?.join(&stem);
+    let tree = tmp
+        .path()
+        .canonicalize()
+        .context("resolving the temporary folder")?
+        .join(&stem);
     unpack(&krate, &stem, &tree)?;
     for r in &v.remove {
         ensure!(
@@ -159,7 +163,7 @@ fn check_crate(root: &Path, v: &Vendored, online: bool, problems: &mut Vec<Strin
             v.name
         );
         let shown = format!("vendor/patches/{}/{p}", v.name);
-        let readme = patch_dir.join(format!("{}.md", p.trim_end_matches(".patch")));
+        let readme = patch_dir.join(readme_name(p));
         match fs::read_to_string(&readme) {
             Ok(t) if t.lines().any(|l| l.starts_with("Upstream:")) => {}
             Ok(_) => problems.push(format!("{}: no `Upstream:` line", readme_name(&shown))),
@@ -189,8 +193,9 @@ fn check_crate(root: &Path, v: &Vendored, online: bool, problems: &mut Vec<Strin
     )
 }
 
+/// `NNNN-topic.md` for `NNNN-topic.patch` (any folder prefix kept).
 fn readme_name(patch: &str) -> String {
-    format!("{}.md", patch.trim_end_matches(".patch"))
+    format!("{}.md", patch.strip_suffix(".patch").unwrap_or(patch))
 }
 
 /// Hex sha256 of a file's bytes.
