@@ -5,3 +5,4 @@ pub mod bench;
 pub mod convprof;
 pub mod fetch;
 pub mod layers;
+pub mod vendor;

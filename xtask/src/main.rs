@@ -1,9 +1,10 @@
 //! Workspace tasks, run as `cargo xtask <task>`:
 //! - `check-layers`: the crate layering and feature rules (also a `#[test]`);
+//! - `check-vendor`: vendor/ is the pristine crates.io sources plus our patches;
 //! - `fetch-drive`: install and verify DRIVE from a zip, folder or URL;
 //! - `bench`: train/infer timings side by side with the PyTorch peer.
 
-use xtask::{bench, fetch, layers};
+use xtask::{bench, fetch, layers, vendor};
 
 /// The same allocator as seg-cli, so that `bench` measures what users run.
 #[global_allocator]
@@ -36,6 +37,12 @@ struct Cli {
 enum Task {
     /// Check that each crate depends only on lower layers and only seg-core names candle.
     CheckLayers,
+    /// Check that vendor/ is the pristine crates.io releases plus the patches in vendor/patches/.
+    CheckVendor {
+        /// Also compare the recorded checksums with the crates.io index.
+        #[arg(long)]
+        online: bool,
+    },
     /// Time train steps and inference, side by side with the PyTorch peer.
     Bench {
         /// One network (default: the standard set).
@@ -130,6 +137,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.task {
         Task::CheckLayers => layers::run(),
+        Task::CheckVendor { online } => vendor::run(online),
         Task::FetchDrive {
             from,
             url,
