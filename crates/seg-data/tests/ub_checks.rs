@@ -29,10 +29,13 @@ static ZERO_SIZE_ALLOC: AtomicUsize = AtomicUsize::new(0);
 static NULL_DEALLOC: AtomicUsize = AtomicUsize::new(0);
 static NULL_REALLOC: AtomicUsize = AtomicUsize::new(0);
 static BAD_ALIGN: AtomicUsize = AtomicUsize::new(0);
+/// The largest single allocation asked for since the last reset.
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
 struct Checked;
 
 fn check_layout(l: &Layout) {
+    LARGEST.fetch_max(l.size(), Ordering::Relaxed);
     if l.size() == 0 {
         ZERO_SIZE_ALLOC.fetch_add(1, Ordering::Relaxed);
     }
@@ -70,6 +73,7 @@ unsafe impl GlobalAlloc for Checked {
         if new == 0 {
             ZERO_SIZE_ALLOC.fetch_add(1, Ordering::Relaxed);
         }
+        LARGEST.fetch_max(new, Ordering::Relaxed);
         // SAFETY: same contract as ours.
         unsafe { System.realloc(p, l, new) }
     }
@@ -196,5 +200,52 @@ fn every_real_dicom_and_nifti_decodes_without_ub() {
         "undefined behaviour while decoding ({} of {checked} reads):\n{}",
         found.len(),
         found.join("\n")
+    );
+}
+
+/// Fuzzing finding of 2026-12-03 (docs/reliability.md): an encapsulated
+/// pixel data element whose Basic Offset Table item declares nearly 4 GiB
+/// made dicom-parser reserve 4 × that (it reserved `len` u32 entries for
+/// `len` bytes) and zero-fill a quarter of it before its read failed — the
+/// `dicom` fuzz target's out-of-memory (malloc of 7.45 GB from a 3.5 KB
+/// input). Vendored dicom-parser patch 0002 bounds those reservations by
+/// the file's size; the read must fail cleanly without any large allocation.
+#[test]
+fn an_offset_table_claiming_gigabytes_is_refused_before_allocation() {
+    let Some(shared) = shared() else {
+        skip("SKIP: ../shared not found; offset-table regression test not run");
+        return;
+    };
+    let src = shared.join("medical/dicom/SC_rgb_jpeg_dcmtk.dcm");
+    let mut bytes = std::fs::read(&src).expect("read SC_rgb_jpeg_dcmtk.dcm");
+    // (7FE0,0010) OB, 2 reserved bytes, undefined length, then the first
+    // item (FFFE,E000) — the offset table — and its 4-byte length.
+    let head = [0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+    let at = bytes
+        .windows(head.len())
+        .position(|w| w == head)
+        .expect("encapsulated pixel data in SC_rgb_jpeg_dcmtk.dcm");
+    let item = at + head.len();
+    assert_eq!(&bytes[item..item + 4], &[0xFE, 0xFF, 0x00, 0xE0]);
+    bytes[item + 4..item + 8].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    let dir = std::env::temp_dir().join(format!("seg-ub-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("offset_table_4gib.dcm");
+    std::fs::write(&path, &bytes).unwrap();
+
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    LARGEST.store(0, Ordering::Relaxed);
+    let res = seg_data::io::dicom::read_dicom(&path);
+    let largest = LARGEST.load(Ordering::Relaxed);
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = res.expect_err("a 4 GiB offset table in a small file must not decode");
+    assert!(
+        err.to_string().contains("offset_table_4gib.dcm"),
+        "the error names the file: {err}"
+    );
+    assert!(
+        largest < 64 << 20,
+        "largest single allocation {largest} bytes (file of {} bytes)",
+        bytes.len()
     );
 }

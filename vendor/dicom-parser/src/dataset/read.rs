@@ -456,11 +456,18 @@ where
                     None => return Some(UndefinedItemLengthSnafu.fail()),
                 };
 
+                // seg patch: reserve no more than the value-length bound
+                // (`with_max_value_length`) allows; a longer item then fails
+                // in the read below (too long, or the end of the file) instead
+                // of first reserving what its header claims (up to 4 GiB, and
+                // 16 GiB for an offset table, which reserved `len` u32s).
+                let bound = crate::stateful::decode::max_value_length()
+                    .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
                 if self.offset_table_next {
                     // offset table
                     let mut offset_table = Vec::new();
                     let res = offset_table
-                        .try_reserve_exact(len)
+                        .try_reserve_exact((len / 4).min(bound / 4))
                         .context(AllocateOffsetTableSnafu { len: len as u32 });
                     if let Err(e) = res {
                         return Some(Err(e));
@@ -481,7 +488,7 @@ where
                     // item value
                     let mut value = Vec::new();
                     let res = value
-                        .try_reserve_exact(len)
+                        .try_reserve_exact(len.min(bound))
                         .context(AllocateItemSnafu { len: len as u32 });
                     if let Err(e) = res {
                         return Some(Err(e));

@@ -172,6 +172,12 @@ pub fn with_max_value_length<R>(max: u64, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// seg patch: the bound set by [`with_max_value_length`] on this thread, if
+/// any (the data set reader caps its item and offset-table reservations by it).
+pub(crate) fn max_value_length() -> Option<u64> {
+    MAX_VALUE_LENGTH.with(|m| m.get())
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub trait StatefulDecode {
@@ -841,6 +847,16 @@ where
 
     fn read_u32(&mut self, n: usize, vec: &mut Vec<u32>) -> Result<()> {
         let base = vec.len();
+        if let Some(max) = max_value_length() {
+            if n as u64 * 4 > max {
+                return ValueTooLongSnafu {
+                    len: n as u64 * 4,
+                    max,
+                    position: self.position,
+                }
+                .fail();
+            }
+        }
 
         vec.try_reserve_exact(n)
             .ok()
