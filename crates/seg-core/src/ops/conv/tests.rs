@@ -119,12 +119,12 @@ fn direct_kernels_match_candle_on_odd_shapes() {
     ] {
         let (ho, wo) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
         let g = Geom::new(&[n, c, h, w], &[o, c, k, k], p).unwrap();
-        let route = |pass| choose(pass, &g);
-        assert_eq!(route(Pass::Forward), Route::Direct, "{g:?}");
-        assert_eq!(route(Pass::WeightGrad) == Route::Direct, k == 3, "{g:?}");
+        let kernel = |pass| choose(pass, &g);
+        assert_eq!(kernel(Pass::Forward), Route::Direct, "{g:?}");
+        assert_eq!(kernel(Pass::WeightGrad) == Route::Direct, k == 3, "{g:?}");
         let back = Geom::new(&[n, o, ho, wo], &[c, o, k, k], k - 1 - p).unwrap();
         assert_eq!(g.input_grad(), back);
-        assert_eq!(route(Pass::InputGrad) == Route::Direct, c >= 8, "{back:?}");
+        assert_eq!(kernel(Pass::InputGrad) == Route::Direct, c >= 8, "{back:?}");
         check_conv((n, c, h, w, o, k, p, bias), 11);
     }
 }
