@@ -9,10 +9,12 @@
 //!   with `align_corners=True`, padding to a size, ...);
 //! - [`layers`]: convolution, transposed convolution, batch and group norm;
 //! - [`params`]: the parameter store (seeded initialisation, loading and
-//!   saving safetensors files under PyTorch's names).
+//!   saving safetensors files under PyTorch's names);
+//! - [`fsutil`]: atomic file writes (temporary file + rename).
 
 pub mod device;
 pub mod error;
+pub mod fsutil;
 pub mod layers;
 pub mod ops;
 pub mod params;

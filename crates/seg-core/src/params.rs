@@ -13,8 +13,11 @@ use candle_nn::{Init, VarBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Re-exported from [`crate::fsutil`], where they live.
+pub use crate::fsutil::{atomic_write, remove_stale_temp_files};
 
 /// Suffixes of the tensors that are state, not parameters.
 pub const BUFFER_SUFFIXES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
@@ -322,76 +325,7 @@ pub fn write_safetensors(
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    atomic_write(path, &bytes)
-}
-
-/// The fault-injection pause of [`atomic_write`]: with
-/// `SEG_FAULT_PAUSE_MID_WRITE_MS=<ms>` set (and, if set, the file name
-/// containing `SEG_FAULT_PAUSE_MATCH`), each write stops for that long after
-/// writing half of the file, so that tests can kill the process mid-write.
-fn fault_pause_ms(name: &str) -> Option<u64> {
-    let ms = std::env::var("SEG_FAULT_PAUSE_MID_WRITE_MS")
-        .ok()?
-        .parse()
-        .ok()?;
-    match std::env::var("SEG_FAULT_PAUSE_MATCH") {
-        Ok(m) if !name.contains(&m) => None,
-        _ => Some(ms),
-    }
-}
-
-/// Removes the temporary files that killed writers of [`atomic_write`] left
-/// in `dir` (`.<name>.tmp-<pid>`); returns how many.
-pub fn remove_stale_temp_files(dir: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let own = format!(".tmp-{}", std::process::id());
-    rd.flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with('.') && n.contains(".tmp-") && !n.ends_with(&own)
-        })
-        .filter(|e| std::fs::remove_file(e.path()).is_ok())
-        .count()
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a
-/// rename, so that `path` is either the old file or the complete new one.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Some(ms) = fault_pause_ms(&name) {
-            // fault injection for the kill tests: stop halfway through
-            let half = bytes.len() / 2;
-            f.write_all(&bytes[..half])?;
-            f.flush()?;
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-            f.write_all(&bytes[half..])?;
-        } else {
-            f.write_all(bytes)?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    crate::fsutil::atomic_write(path, &bytes)
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub fn read_any(path: &Path) -> Result<Volume> {
 
 /// Writes `bytes` atomically (temporary file in the same folder, then rename).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    seg_core::params::atomic_write(path, bytes).map_err(|e| match e {
+    seg_core::fsutil::atomic_write(path, bytes).map_err(|e| match e {
         seg_core::Error::Io { path, source } => Error::Io { path, source },
         other => Error::Core(other),
     })

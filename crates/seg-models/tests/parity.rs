@@ -19,12 +19,21 @@
 //! branch at those inputs (fewest flips first). Outputs, loss and running
 //! statistics are always compared as they are.
 
-use seg_core::ops::{bce_with_logits_mean, relu_probe};
+use seg_core::ops::relu_probe;
 use seg_core::params::read_safetensors;
 use seg_core::{Device, Tensor};
 use seg_models::{ModelConfig, Network, CONFIG_METADATA_KEY};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+
+/// The fixtures' loss, PyTorch's `F.binary_cross_entropy_with_logits` (mean
+/// over all elements), in the stable form `max(x,0) - x*t + log(1 + exp(-|x|))`.
+/// (The training losses live in seg-train, which this layer cannot use.)
+fn bce_with_logits_mean(logits: &Tensor, target: &Tensor) -> seg_core::candle::Result<Tensor> {
+    let softplus = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    let per = ((logits.relu()? - (logits * target)?)? + softplus)?;
+    per.mean_all()
+}
 
 fn fixtures_dir() -> PathBuf {
     match std::env::var_os("SEG_PARITY_FIXTURES") {

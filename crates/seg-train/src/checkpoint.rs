@@ -1,12 +1,21 @@
+//! Checkpoints and resumption, in one format.
+//!
 //! A checkpoint is a self-contained model bundle: one `.safetensors` file with
 //! the weights under PyTorch's names and, in its metadata, the model config
 //! (`config`), the preprocessing plan, the patch size, the sliding-window
 //! settings and the threshold chosen on validation — `predict` needs nothing
-//! else. The optimiser and loop state go in a sidecar
-//! (`<name>.state.safetensors`) used only to resume training.
+//! else ([`save_bundle`], [`load_bundle`]). The resume state goes in a
+//! sidecar (`<name>.state.safetensors`, [`state_path`]) used only to resume
+//! training: the optimiser's tensors under their own names, the model's
+//! weights under `model.<name>`, and the loop state ([`TrainState`]) as JSON
+//! in the `seg.train_state` metadata ([`save_resume`], [`load_resume`]).
+//! Every file is written atomically, so a killed run leaves the previous
+//! checkpoint whole.
 
 use crate::error::{Error, Result};
 use crate::infer::SlidingWindow;
+use crate::optim::Optimizer;
+use crate::trainer::TrainState;
 use seg_core::params::{read_safetensors, write_safetensors};
 use seg_core::{Device, Tensor};
 use seg_data::Preprocess;
@@ -17,6 +26,13 @@ use std::path::{Path, PathBuf};
 
 /// Metadata keys of the bundle (besides `config`).
 pub const KEY_BUNDLE: &str = "seg.bundle";
+
+/// Metadata key of the sidecar's loop state (JSON).
+const KEY_TRAIN_STATE: &str = "seg.train_state";
+
+/// Prefix of the model's weights among the sidecar's tensors (the others
+/// are the optimiser's).
+const MODEL_PREFIX: &str = "model.";
 
 /// What a bundle carries besides the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,7 +89,7 @@ pub fn state_path(bundle: &Path) -> PathBuf {
 
 /// Writes the sidecar: optimiser tensors and a JSON state.
 pub fn save_state(path: &Path, tensors: &[(String, Tensor)], state_json: &str) -> Result<()> {
-    let meta = HashMap::from([("seg.train_state".to_string(), state_json.to_string())]);
+    let meta = HashMap::from([(KEY_TRAIN_STATE.to_string(), state_json.to_string())]);
     let cpu: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?)))
@@ -86,11 +102,54 @@ pub fn save_state(path: &Path, tensors: &[(String, Tensor)], state_json: &str) -
 pub fn load_state(path: &Path) -> Result<(HashMap<String, Tensor>, String)> {
     let (t, meta) = read_safetensors(path)?;
     let s = meta
-        .get("seg.train_state")
+        .get(KEY_TRAIN_STATE)
         .cloned()
         .ok_or_else(|| Error::Checkpoint {
             path: path.to_path_buf(),
             reason: "no training state in this file".into(),
         })?;
     Ok((t, s))
+}
+
+/// Writes the resume sidecar of a run at `path`: the optimiser's state, the
+/// model's weights and the loop state (with the optimiser's step count).
+pub fn save_resume(path: &Path, net: &Network, opt: &Optimizer, state: &TrainState) -> Result<()> {
+    let (mut tensors, steps) = opt.state_tensors();
+    for (k, t) in net.params().tensors() {
+        tensors.push((format!("{MODEL_PREFIX}{k}"), t));
+    }
+    let mut st = state.clone();
+    st.optimizer_steps = steps;
+    save_state(
+        path,
+        &tensors,
+        &serde_json::to_string(&st).expect("state serialises"),
+    )
+}
+
+/// Restores a run from the sidecar at `path`, written by [`save_resume`]:
+/// loads the weights into `net` and the optimiser's state into `opt`, and
+/// returns the loop state.
+pub fn load_resume(path: &Path, net: &Network, opt: &mut Optimizer) -> Result<TrainState> {
+    if !path.is_file() {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: "nothing to resume: no training state in this run folder".into(),
+        });
+    }
+    let (tensors, json) = load_state(path)?;
+    let weights = tensors
+        .iter()
+        .filter_map(|(k, t)| {
+            k.strip_prefix(MODEL_PREFIX)
+                .map(|n| (n.to_string(), t.clone()))
+        })
+        .collect();
+    net.params().load_tensors(&weights, path)?;
+    let state: TrainState = serde_json::from_str(&json).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: format!("bad training state: {e}"),
+    })?;
+    opt.load_state(&tensors, state.optimizer_steps)?;
+    Ok(state)
 }

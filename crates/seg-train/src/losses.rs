@@ -251,6 +251,28 @@ mod tests {
     }
 
     #[test]
+    fn bce_matches_the_naive_formula() {
+        // logits across the range, both classes; with and without pos_weight
+        let xs: Vec<f32> = (0..30).map(|i| (i as f32 - 14.5) * 0.37).collect();
+        let ts: Vec<f32> = (0..30).map(|i| ((i * 7) % 3 == 0) as u8 as f32).collect();
+        let x = Tensor::from_vec(xs.clone(), (2, 1, 3, 5), &Device::Cpu).unwrap();
+        let t = Tensor::from_vec(ts.clone(), (2, 1, 3, 5), &Device::Cpu).unwrap();
+        for w in [None, Some(3.0)] {
+            let got = bce(&x, &t, w).unwrap().to_scalar::<f32>().unwrap();
+            let want = xs
+                .iter()
+                .zip(&ts)
+                .map(|(&x, &t)| {
+                    let p = 1.0 / (1.0 + (-x as f64).exp());
+                    -(w.unwrap_or(1.0) * t as f64 * p.ln() + (1.0 - t as f64) * (1.0 - p).ln())
+                })
+                .sum::<f64>()
+                / xs.len() as f64;
+            assert!((got as f64 - want).abs() < 1e-5, "{w:?}: {got} vs {want}");
+        }
+    }
+
+    #[test]
     fn deep_supervision_averages_heads() {
         let a = Tensor::new(&[[[[0.5f32, -1.0]]]], &Device::Cpu).unwrap();
         let b = Tensor::new(&[[[[2.0f32, 0.3]]]], &Device::Cpu).unwrap();

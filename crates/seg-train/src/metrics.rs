@@ -81,6 +81,59 @@ pub fn in_fov(prob: &[f32], gt: &[u8], fov: Option<&[u8]>) -> (Vec<f32>, Vec<u8>
         .unzip()
 }
 
+/// Confusion counts at every threshold k / bins (k = 1 .. bins − 1) at
+/// once, for choosing a threshold: each pixel is counted once, in the bin
+/// ⌊p · bins⌋ (the last bin holding p = 1), and a pixel is positive at
+/// threshold k / bins when its bin is ≥ k.
+#[derive(Debug, Clone)]
+pub struct ThresholdSweep {
+    /// Foreground / background pixels per bin.
+    pos: Vec<u64>,
+    neg: Vec<u64>,
+}
+
+impl ThresholdSweep {
+    /// An empty sweep over `bins` bins (at least 1).
+    pub fn new(bins: usize) -> Self {
+        let bins = bins.max(1);
+        Self {
+            pos: vec![0; bins],
+            neg: vec![0; bins],
+        }
+    }
+
+    /// Counts (probability, label) pairs, e.g. those of [`in_fov`].
+    pub fn add(&mut self, prob: &[f32], gt: &[u8]) {
+        let bins = self.pos.len();
+        for (&p, &g) in prob.iter().zip(gt) {
+            let b = ((p * bins as f32) as usize).min(bins - 1);
+            if g != 0 {
+                self.pos[b] += 1;
+            } else {
+                self.neg[b] += 1;
+            }
+        }
+    }
+
+    /// (threshold, counts) for each threshold, from the highest down.
+    pub fn confusions(&self) -> impl Iterator<Item = (f32, Confusion)> + '_ {
+        let bins = self.pos.len();
+        let mut c = Confusion {
+            tp: 0,
+            fp: 0,
+            fn_: self.pos.iter().sum(),
+            tn: self.neg.iter().sum(),
+        };
+        (1..bins).rev().map(move |k| {
+            c.tp += self.pos[k];
+            c.fn_ -= self.pos[k];
+            c.fp += self.neg[k];
+            c.tn -= self.neg[k];
+            (k as f32 / bins as f32, c)
+        })
+    }
+}
+
 /// Exact area under the ROC curve (ties count one half, = Mann-Whitney U);
 /// `None` when only one class is present.
 pub fn auc_roc(prob: &[f32], gt: &[u8]) -> Option<f64> {
@@ -362,6 +415,27 @@ pub fn summarise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threshold_sweep_counts_as_confusion_does() {
+        // probabilities away from the bin edges, some outside the FOV
+        let n = 500;
+        let prob: Vec<f32> = (0..n)
+            .map(|i| ((i * 37) % 100) as f32 / 100.0 + 0.003)
+            .collect();
+        let gt: Vec<u8> = (0..n).map(|i| ((i * 11) % 7 < 3) as u8).collect();
+        let fov: Vec<u8> = (0..n).map(|i| (i % 9 != 0) as u8).collect();
+        let (p, g) = in_fov(&prob, &gt, Some(&fov));
+        let mut sweep = ThresholdSweep::new(100);
+        sweep.add(&p[..200], &g[..200]);
+        sweep.add(&p[200..], &g[200..]);
+        let all: Vec<(f32, Confusion)> = sweep.confusions().collect();
+        assert_eq!(all.len(), 99);
+        assert_eq!(all[0].0, 0.99);
+        for (t, c) in all {
+            assert_eq!(c, confusion(&prob, &gt, Some(&fov), t), "threshold {t}");
+        }
+    }
 
     #[test]
     fn distance_transform_matches_brute_force_with_anisotropic_spacing() {

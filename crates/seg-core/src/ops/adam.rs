@@ -3,6 +3,12 @@
 //! one pass updates both moments from the gradient, one updates the
 //! parameter from them. On the CPU both are parallel kernels that allocate
 //! nothing; elsewhere the same arithmetic is composed from tensor ops.
+//!
+//! Only the per-element update is here: it is a kernel (candle in-place
+//! custom ops, which only seg-core may name). The optimiser itself — the
+//! step count, gradient clipping, the moments kept per parameter, saving
+//! and restoring them, SGD — is seg-train's `optim.rs`, which calls
+//! [`adam_step`] once per parameter with the [`AdamStep`] it computed.
 
 use super::cpu_f32;
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};

@@ -11,35 +11,24 @@
 //! fused multiply-adds. Row tails use masked loads and stores; images whose
 //! rows are too short for the lanes are taken as one run over the padded
 //! grid (grid mode). The input gradient is the same kernel with the flipped
-//! weights; the 3×3 weight gradient has kernels of its own (below).
+//! weights; the 3×3 weight gradient has kernels of its own
+//! ([`weight_grad`]); the AVX-512 register tiles are in [`avx512`].
 //!
 //! Every output element is one sum over (channel, ky, kx) in that order,
 //! computed by one thread, so results do not depend on scheduling.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod weight_grad;
+
+pub(super) use weight_grad::{conv_weight_grad, suits_weight_grad};
+
+use super::route::cpu_has_avx512;
 use super::{Geom, SharedMut};
 use rayon::prelude::*;
 
 /// Output channels per register tile (the weights are packed in blocks of it).
 pub(super) const OB: usize = 8;
-
-/// True when this CPU runs the direct kernel and `SEG_CONV_DIRECT=0` does
-/// not switch it off (read once; for comparisons with the GEMM path).
-pub(super) fn available() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        let cpu = {
-            #[cfg(target_arch = "x86_64")]
-            {
-                std::is_x86_feature_detected!("avx512f")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                false
-            }
-        };
-        cpu && std::env::var("SEG_CONV_DIRECT").map_or(true, |v| v != "0")
-    })
-}
 
 /// Whether the direct kernel is the better choice for this geometry: enough
 /// output channels to fill a tile, and rows (row mode) or whole images (grid
@@ -143,18 +132,16 @@ pub(super) fn pad_planes(
 }
 
 /// Stride-1 convolution of NCHW `x` with the (O × C·k·k) weights `wt`, plus
-/// an optional bias, then an optional ReLU; `None` when the CPU lacks
-/// AVX-512 (the caller then takes the GEMM path).
+/// an optional bias, then an optional ReLU, on a CPU with AVX-512F (the
+/// caller, [`super::route`], checks it).
 pub(super) fn conv_forward(
     x: &[f32],
     wt: &[f32],
     bias: Option<&[f32]>,
     relu: bool,
     g: &Geom,
-) -> Option<Vec<f32>> {
-    if !available() {
-        return None;
-    }
+) -> Vec<f32> {
+    assert!(cpu_has_avx512(), "the direct convolution needs AVX-512");
     let wpk = pack_weights(wt, g);
     let (xp, hp, wp) = pad_input(x, g);
     let mut bias_p = vec![0f32; g.o.div_ceil(OB) * OB];
@@ -163,7 +150,7 @@ pub(super) fn conv_forward(
     }
     let plane_out = g.ho * g.wo;
     if !rows_fill_lanes(g) {
-        return Some(grid_forward(&xp, hp, wp, &wpk, &bias_p, relu, g));
+        return grid_forward(&xp, hp, wp, &wpk, &bias_p, relu, g);
     }
     let mut out: Vec<f32> = Vec::with_capacity(g.n * g.o * plane_out);
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -212,7 +199,7 @@ pub(super) fn conv_forward(
     // channels of it (the blocks cover 0..o), every column (the x-blocks
     // cover 0..wo).
     unsafe { out.set_len(g.n * g.o * plane_out) };
-    Some(out)
+    out
 }
 
 /// Grid mode of [`conv_forward`]: per (image, block of output channels), one
@@ -366,74 +353,6 @@ pub(super) unsafe fn row(
     }
 }
 
-/// The input zero-padded by `p` in a blocked channels-last layout: per image
-/// and block of 16 channels, hp × wp pixels of 16 channels (the channels
-/// past C zero), so that one block's pixels lie contiguous. Returns (data,
-/// hp, wp, number of blocks).
-fn pad_input_channels_last(x: &[f32], g: &Geom) -> (Vec<f32>, usize, usize, usize) {
-    let (hp, wp, blocks) = (g.h + 2 * g.p, g.w + 2 * g.p, g.c.div_ceil(16));
-    let zero = std::mem::MaybeUninit::new(0f32);
-    // SAFETY: each padded row of a block is written whole: zero when it is a
-    // border row; otherwise its border pixels zeroed and, for each inner
-    // pixel, its block's channels copied and those past C zeroed.
-    let xp = unsafe {
-        crate::ops::par_uninit(g.n * blocks * hp * wp * 16, wp * 16, |r, dst| {
-            let (img_block, y) = (r / hp, r % hp);
-            let (img, cb) = (img_block / blocks, img_block % blocks);
-            if y < g.p || y >= g.p + g.h {
-                dst.fill(zero);
-                return;
-            }
-            dst[..g.p * 16].fill(zero);
-            dst[(g.p + g.w) * 16..].fill(zero);
-            let iy = y - g.p;
-            let c_end = (cb * 16 + 16).min(g.c);
-            for c in cb * 16..c_end {
-                let src = &x[((img * g.c + c) * g.h + iy) * g.w..][..g.w];
-                let lane = c - cb * 16;
-                for (xx, &v) in src.iter().enumerate() {
-                    dst[(xx + g.p) * 16 + lane].write(v);
-                }
-            }
-            if c_end < cb * 16 + 16 {
-                for xx in 0..g.w {
-                    dst[(xx + g.p) * 16 + (c_end - cb * 16)..(xx + g.p + 1) * 16].fill(zero);
-                }
-            }
-        })
-    };
-    (xp, hp, wp, blocks)
-}
-
-/// The weight gradient with vectors over 16 input channels: the input in
-/// blocked channels-last layout ([`pad_input_channels_last`]), the output gradient
-/// broadcast one pixel at a time. For each pixel and tap, one aligned load
-/// of 16 channels feeds [`OW`] fused multiply-adds (one per output
-/// channel of the block); the 27 accumulators hold dW itself (no sums across
-/// lanes). Tasks, bands and summation order: [`wg_accumulate`].
-fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
-    let (xp, hp, wp, cblocks) = pad_input_channels_last(x, g);
-    let acc = wg_accumulate(&xp, WgLayout::ChannelBlocks, cblocks, hp, wp, dy, g);
-    let kk = g.c * 9;
-    let mut dw = vec![0f32; g.o * kk];
-    for (t, a) in acc.chunks(WG_ACC).enumerate() {
-        let (b, cb) = (t / cblocks, t % cblocks);
-        for j in 0..(g.o - b * OW).min(OW) {
-            let o = b * OW + j;
-            for tap in 0..9 {
-                let lanes = &a[(j * 9 + tap) * 16..][..16];
-                for (l, &v) in lanes.iter().enumerate() {
-                    let c = cb * 16 + l;
-                    if c < g.c {
-                        dw[o * kk + c * 9 + tap] = v;
-                    }
-                }
-            }
-        }
-    }
-    dw
-}
-
 /// The operands of one register tile.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the AVX-512 kernels
 struct Tile {
@@ -456,408 +375,4 @@ struct Tile {
     out: *mut f32,
     plane_out: usize,
     ob_valid: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{Tile, OB};
-    use std::arch::x86_64::*;
-
-    /// The weight-gradient accumulators [j][tap] from `mem` (16 lanes each).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn load_acc<const W: usize>(mem: *const f32) -> [[__m512; 9]; W] {
-        let mut acc = [[_mm512_setzero_ps(); 9]; W];
-        for (j, row) in acc.iter_mut().enumerate() {
-            for (t, a) in row.iter_mut().enumerate() {
-                // SAFETY: the callers' `mem` holds OW·9·16 floats, W <= OW
-                *a = unsafe { _mm512_loadu_ps(mem.add((j * 9 + t) * 16)) };
-            }
-        }
-        acc
-    }
-
-    /// Stores the accumulators back to `mem`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn store_acc<const W: usize>(acc: &[[__m512; 9]; W], mem: *mut f32) {
-        for (j, row) in acc.iter().enumerate() {
-            for (t, a) in row.iter().enumerate() {
-                // SAFETY: as in `load_acc`
-                unsafe { _mm512_storeu_ps(mem.add((j * 9 + t) * 16), *a) };
-            }
-        }
-    }
-
-    /// The channels-last weight-gradient tile: for each segment's output
-    /// pixels, `W` broadcast output-gradient values times the 16-channel
-    /// input vector of each tap, into the accumulators at `mem` ([j][tap][16
-    /// channels]), held in registers throughout.
-    ///
-    /// # Safety
-    /// AVX-512F available; each `x` valid for 16 floats at every
-    /// ((y + ky)·wp + xx + kx)·16 for the segment's rows y, xx < wo and ky,
-    /// kx < 3; each `d` for `W` planes of ho × wo; `mem` for OW·9·16 floats.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn wg_cl_tile<const W: usize>(
-        segs: &[Seg],
-        wp: usize,
-        ho: usize,
-        wo: usize,
-        mem: *mut f32,
-    ) {
-        unsafe {
-            let mut acc = load_acc::<W>(mem);
-            let plane = ho * wo;
-            for seg in segs {
-                for y in seg.rows.0..seg.rows.1 {
-                    let drow = seg.d.add(y * wo);
-                    for xx in 0..wo {
-                        let mut dv = [_mm512_setzero_ps(); W];
-                        for (j, slot) in dv.iter_mut().enumerate() {
-                            *slot = _mm512_set1_ps(*drow.add(j * plane + xx));
-                        }
-                        for ky in 0..3 {
-                            let xr = seg.x.add(((y + ky) * wp + xx) * 16);
-                            for kx in 0..3 {
-                                let xv = _mm512_loadu_ps(xr.add(kx * 16));
-                                for j in 0..W {
-                                    acc[j][ky * 3 + kx] =
-                                        _mm512_fmadd_ps(dv[j], xv, acc[j][ky * 3 + kx]);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            store_acc(&acc, mem);
-        }
-    }
-
-    /// A padded input channel plane, the first of the block's output
-    /// gradient planes, and the output rows to take.
-    pub(super) struct Seg {
-        pub x: *const f32,
-        pub d: *const f32,
-        pub rows: (usize, usize),
-    }
-
-    /// Adds the weight-gradient products of the segments, each for `W`
-    /// output channels (planes `ho·wo` apart at `d`) and one padded input
-    /// channel plane at `x`, into the vector accumulators at `mem` ([j][tap]
-    /// [16 lanes], tap = ky·3 + kx), held in registers through the segments.
-    ///
-    /// # Safety
-    /// AVX-512F available; each `x` valid for rows 0 .. ho + 2 and columns
-    /// 0 .. wo + 2 of rows `wp` long, each `d` for `W` planes of ho × wo,
-    /// rows within 0 .. ho; `mem` for OW·9·16 floats.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn wg_tile<const W: usize>(
-        segs: &[Seg],
-        wp: usize,
-        ho: usize,
-        wo: usize,
-        mem: *mut f32,
-    ) {
-        unsafe {
-            let mut acc = load_acc::<W>(mem);
-            let plane = ho * wo;
-            for seg in segs {
-                let (x, d) = (seg.x, seg.d);
-                for y in seg.rows.0..seg.rows.1 {
-                    let mut x0 = 0;
-                    while x0 < wo {
-                        let left = wo - x0;
-                        let m: u16 = if left >= 16 {
-                            u16::MAX
-                        } else {
-                            (1u16 << left) - 1
-                        };
-                        let full = m == u16::MAX;
-                        let load = |p: *const f32| {
-                            if full {
-                                _mm512_loadu_ps(p)
-                            } else {
-                                _mm512_maskz_loadu_ps(m, p)
-                            }
-                        };
-                        let mut dv = [_mm512_setzero_ps(); W];
-                        for (j, slot) in dv.iter_mut().enumerate() {
-                            *slot = load(d.add(j * plane + y * wo + x0));
-                        }
-                        for ky in 0..3 {
-                            let xr = x.add((y + ky) * wp + x0);
-                            for kx in 0..3 {
-                                let xv = load(xr.add(kx));
-                                for j in 0..W {
-                                    acc[j][ky * 3 + kx] =
-                                        _mm512_fmadd_ps(dv[j], xv, acc[j][ky * 3 + kx]);
-                                }
-                            }
-                        }
-                        x0 += 16;
-                    }
-                }
-            }
-            store_acc(&acc, mem);
-        }
-    }
-
-    /// `V` vectors × OB channels of one output row.
-    ///
-    /// # Safety
-    /// AVX-512F available; the pointers valid as described on [`Tile`] for
-    /// the columns and rows the tile covers.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile<const V: usize, const K: usize>(t: &Tile) {
-        // SAFETY: the caller's contract
-        unsafe { tile_body::<V, K>(t) }
-    }
-
-    #[inline(always)]
-    unsafe fn tile_body<const V: usize, const K: usize>(t: &Tile) {
-        unsafe {
-            // K: the kernel size fixed at compile time (loops unrolled), or
-            // 0 for any size (read from the tile)
-            let k = if K == 0 { t.k } else { K };
-            let mut acc = [[_mm512_setzero_ps(); OB]; V];
-            for ci in 0..t.c {
-                let xc = t.x.add(ci * t.plane);
-                let wc = t.w.add(ci * k * k * OB);
-                for ky in 0..k {
-                    let xr = xc.add(ky * t.wp);
-                    let wr = wc.add(ky * k * OB);
-                    for kx in 0..k {
-                        let xs = xr.add(kx);
-                        let mut xv = [_mm512_setzero_ps(); V];
-                        for (v, slot) in xv.iter_mut().enumerate() {
-                            *slot = if v + 1 == V {
-                                _mm512_maskz_loadu_ps(t.mask, xs.add(16 * v))
-                            } else {
-                                _mm512_loadu_ps(xs.add(16 * v))
-                            };
-                        }
-                        let wk = wr.add(kx * OB);
-                        for j in 0..OB {
-                            let wj = _mm512_set1_ps(*wk.add(j));
-                            for (a, &xvv) in acc.iter_mut().zip(&xv) {
-                                a[j] = _mm512_fmadd_ps(xvv, wj, a[j]);
-                            }
-                        }
-                    }
-                }
-            }
-            let zero = _mm512_setzero_ps();
-            for j in 0..t.ob_valid {
-                let b = _mm512_set1_ps(*t.bias.add(j));
-                let o = t.out.add(j * t.plane_out);
-                for (v, a) in acc.iter().enumerate() {
-                    let mut r = _mm512_add_ps(a[j], b);
-                    if t.relu {
-                        // max(r, 0) that keeps NaN (as PyTorch's ReLU does)
-                        let neg = _mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ);
-                        r = _mm512_mask_mov_ps(r, neg, zero);
-                    }
-                    if v + 1 == V {
-                        _mm512_mask_storeu_ps(o.add(16 * v), t.mask, r);
-                    } else {
-                        _mm512_storeu_ps(o.add(16 * v), r);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Output channels per weight-gradient tile (3 × 9 taps = 27 accumulators).
-const OW: usize = 3;
-
-/// Whether a direct weight-gradient kernel takes this geometry (3×3
-/// kernels; below 8 columns the GEMM path, which batches small images into
-/// long products, was faster in `cargo xtask conv-layers`).
-pub(super) fn suits_weight_grad(g: &Geom) -> bool {
-    // 16 input channels or more: the channels-last kernel; fewer: the
-    // pixel-vector kernel, on rows that fill its lanes
-    g.k == 3
-        && (g.c >= 16 && g.wo >= 8
-            || g.wo >= 16 && {
-                let lanes = g.wo.div_ceil(16) * 16;
-                g.wo * 100 >= lanes * 85
-            })
-}
-
-/// The weight gradient dW (O × C·3·3) = Σ over pixels of dy[o] · x shifted
-/// by each tap; `None` when the CPU lacks AVX-512. With 16 input channels or
-/// more, [`weight_grad_channels_last`]; otherwise vectors over 16 pixels of
-/// the padded input planes, the lanes summed at the end in a fixed order.
-pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f32>> {
-    if !available() || g.k != 3 {
-        return None;
-    }
-    if g.c >= 16 {
-        return Some(weight_grad_channels_last(x, dy, g));
-    }
-    let (xp, hp, wp) = pad_input(x, g);
-    let acc = wg_accumulate(&xp, WgLayout::Planes, g.c, hp, wp, dy, g);
-    let kk = g.c * 9;
-    let mut dw = vec![0f32; g.o * kk];
-    for (t, a) in acc.chunks(WG_ACC).enumerate() {
-        let (b, ci) = (t / g.c, t % g.c);
-        for j in 0..(g.o - b * OW).min(OW) {
-            let o = b * OW + j;
-            for tap in 0..9 {
-                let lanes = &a[(j * 9 + tap) * 16..][..16];
-                dw[o * kk + ci * 9 + tap] = lanes.iter().sum();
-            }
-        }
-    }
-    Some(dw)
-}
-
-/// Floats of one (output block, input unit) pair's accumulators: [j][tap][16
-/// lanes].
-const WG_ACC: usize = OW * 9 * 16;
-
-/// Runs the weight-gradient tiles and returns every pair's accumulators, pair
-/// t = (output block t / units, input unit t % units), an input unit being
-/// one channel plane ([`WgLayout::Planes`]) or one block of 16 channels
-/// ([`WgLayout::ChannelBlocks`]) of the padded input `xp`.
-///
-/// The pixels are taken in bands (rows of one image, or several small
-/// images, ≈ 2048 pixels); each task owns a run of pairs and goes through the
-/// bands in order, so that a band stays in the caches while the run's pairs
-/// read it and each pair's accumulators stay in registers through a band
-/// (in memory between bands). Every accumulator is thus summed in a fixed
-/// order: the result does not depend on scheduling.
-fn wg_accumulate(
-    xp: &[f32],
-    layout: WgLayout,
-    units: usize,
-    hp: usize,
-    wp: usize,
-    dy: &[f32],
-    g: &Geom,
-) -> Vec<f32> {
-    let plane_out = g.ho * g.wo;
-    let unit = hp * wp * if layout == WgLayout::Planes { 1 } else { 16 };
-    let oblocks = g.o.div_ceil(OW);
-    let pairs = oblocks * units;
-    let mut acc = vec![0f32; pairs * WG_ACC];
-    let per = pairs
-        .div_ceil(4 * rayon::current_num_threads().max(1))
-        .max(1);
-    let bands = wg_bands(g, 2048);
-    acc.par_chunks_mut(per * WG_ACC)
-        .enumerate()
-        .for_each(|(chunk, accs)| {
-            let mut segs = Vec::new();
-            for band in &bands {
-                for (i, a) in accs.chunks_mut(WG_ACC).enumerate() {
-                    let t = chunk * per + i;
-                    let (b, u) = (t / units, t % units);
-                    let ow = (g.o - b * OW).min(OW);
-                    segs.clear();
-                    for &(img, y0, y1) in band {
-                        let xi = &xp[(img * units + u) * unit..][..unit];
-                        let d0 = (img * g.o + b * OW) * plane_out;
-                        segs.push((xi, &dy[d0..d0 + ow * plane_out], (y0, y1)));
-                    }
-                    // SAFETY: `wg_band` checks the bounds it relies on.
-                    unsafe { wg_band(&segs, layout, hp, wp, ow, g, a) };
-                }
-            }
-        });
-    acc
-}
-
-/// Bands of the weight-gradient work: lists of (image, first row, end row)
-/// of about `target` output pixels each, in image and row order.
-fn wg_bands(g: &Geom, target: usize) -> Vec<Vec<(usize, usize, usize)>> {
-    let hw = (g.ho * g.wo).max(1);
-    let mut bands = Vec::new();
-    if hw >= target {
-        let rows = (target / g.wo.max(1)).max(1);
-        for img in 0..g.n {
-            let mut y0 = 0;
-            while y0 < g.ho {
-                let y1 = (y0 + rows).min(g.ho);
-                bands.push(vec![(img, y0, y1)]);
-                y0 = y1;
-            }
-        }
-    } else {
-        let per = (target / hw).max(1);
-        let imgs: Vec<usize> = (0..g.n).collect();
-        for run in imgs.chunks(per) {
-            bands.push(run.iter().map(|&i| (i, 0, g.ho)).collect());
-        }
-    }
-    bands
-}
-
-/// One image's share of a band: its padded input channel plane, its `ow`
-/// output-gradient planes, the output rows.
-type WgSeg<'a> = (&'a [f32], &'a [f32], (usize, usize));
-
-/// How a weight-gradient segment's input is laid out.
-#[derive(Clone, Copy, PartialEq)]
-enum WgLayout {
-    /// One padded channel plane (hp × wp floats): the pixel-vector kernel.
-    Planes,
-    /// One padded image's block of 16 channels (hp × wp pixels of 16
-    /// floats): the channels-last kernel.
-    ChannelBlocks,
-}
-
-/// Adds the products of the band's segments, for one input channel (or
-/// block of 16) and `ow` output channels, into the vector accumulators
-/// `acc` ([j][ky·3 + kx][16 lanes]).
-///
-/// # Safety
-/// AVX-512F must be available.
-unsafe fn wg_band(
-    segs: &[WgSeg],
-    layout: WgLayout,
-    hp: usize,
-    wp: usize,
-    ow: usize,
-    g: &Geom,
-    acc: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // every tap of every output row y < ho and column < wo reads rows
-        // < ho + 2 <= hp and columns < wo + 2 <= wp of a whole padded input
-        assert!(g.ho + 2 <= hp && g.wo + 2 <= wp && (1..=OW).contains(&ow));
-        assert!(acc.len() == OW * 9 * 16);
-        let floats = hp * wp * if layout == WgLayout::Planes { 1 } else { 16 };
-        let mut raw = Vec::with_capacity(segs.len());
-        for &(xc, d, (y0, y1)) in segs {
-            assert!(xc.len() == floats && d.len() == ow * g.ho * g.wo);
-            assert!(y0 <= y1 && y1 <= g.ho);
-            raw.push(avx512::Seg {
-                x: xc.as_ptr(),
-                d: d.as_ptr(),
-                rows: (y0, y1),
-            });
-        }
-        let a = acc.as_mut_ptr();
-        let (ho, wo) = (g.ho, g.wo);
-        // SAFETY: bounds asserted above; see `wg_tile` and `wg_cl_tile`.
-        unsafe {
-            match (layout, ow) {
-                (WgLayout::Planes, 3) => avx512::wg_tile::<3>(&raw, wp, ho, wo, a),
-                (WgLayout::Planes, 2) => avx512::wg_tile::<2>(&raw, wp, ho, wo, a),
-                (WgLayout::Planes, _) => avx512::wg_tile::<1>(&raw, wp, ho, wo, a),
-                (WgLayout::ChannelBlocks, 3) => avx512::wg_cl_tile::<3>(&raw, wp, ho, wo, a),
-                (WgLayout::ChannelBlocks, 2) => avx512::wg_cl_tile::<2>(&raw, wp, ho, wo, a),
-                (WgLayout::ChannelBlocks, _) => avx512::wg_cl_tile::<1>(&raw, wp, ho, wo, a),
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (segs, layout, hp, wp, ow, g, acc);
-        unreachable!("the direct convolution needs AVX-512");
-    }
 }

@@ -20,22 +20,17 @@
 //! the result equals the direct convolution; in f32 the two differ by a few
 //! units in the last place of the sums (tests compare them).
 
+use super::route::cpu_has_avx512;
 use super::{direct, Geom, SharedMut};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 const OB: usize = direct::OB;
 
-/// True unless `SEG_CONV_WINOGRAD=0` switches Winograd off (read once; for
-/// comparisons with the direct kernel).
-fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SEG_CONV_WINOGRAD").map_or(true, |v| v != "0"))
-}
-
-/// Whether this convolution takes the Winograd path: 3×3, stride 1,
-/// padding 1 (output the size of the input), on an AVX-512 CPU, with enough
-/// channels in and out for the products to outweigh the transforms.
+/// Whether Winograd suits this geometry: 3×3, stride 1, padding 1 (output
+/// the size of the input), with enough channels in and out for the products
+/// to outweigh the transforms. The CPU and the switches are checked by
+/// [`super::route`].
 pub(super) fn suits(g: &Geom) -> bool {
     g.k == 3
         && g.p == 1
@@ -44,8 +39,6 @@ pub(super) fn suits(g: &Geom) -> bool {
         && g.c >= 16
         && g.o >= OB
         && g.n * g.h.div_ceil(2) * g.w.div_ceil(2) >= MIN_TILES
-        && enabled()
-        && direct::available()
 }
 
 /// Fewest tiles (2×2 output blocks, all images) for Winograd: with fewer,
@@ -174,7 +167,7 @@ fn chunks(t: Tiles, start: usize, end: usize) -> Vec<Chunk> {
 /// Stride-1, padding-1 3×3 convolution of NCHW `x` with the (O × C·9)
 /// weights `wt` (or the flipped weights of a forward convolution:
 /// [`Kernel`]), plus an optional bias, then an optional ReLU (NaN kept).
-/// The caller checks [`suits`].
+/// The caller checks [`suits`] and the CPU ([`super::route`]).
 pub(super) fn conv_forward(
     x: &[f32],
     wt: &[f32],
@@ -183,6 +176,7 @@ pub(super) fn conv_forward(
     relu: bool,
     g: &Geom,
 ) -> Vec<f32> {
+    assert!(cpu_has_avx512(), "the Winograd convolution needs AVX-512");
     assert!(suits(g) && x.len() == g.n * g.c * g.h * g.w && wt.len() == g.o * g.c * 9);
     let t = Tiles::new(g);
     // zero-padded to hp × wp per (image, channel) plane, plus SLACK zeros

@@ -1,0 +1,168 @@
+//! Kernel routing: [`choose`] is the one place that decides which kernel
+//! computes each pass of a stride-1 convolution, and [`forward`],
+//! [`input_grad`] and [`weight_grad`] are the only callers of the kernels.
+
+use super::{direct, gemm, winograd, Geom};
+use std::sync::OnceLock;
+
+/// A pass of the stride-1 convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// y = x ⋆ w (+ bias, ReLU).
+    Forward,
+    /// dx: the forward convolution of dy with the kernel flipped in space
+    /// and its channel axes swapped, padding k − 1 − p ([`Geom::input_grad`]).
+    InputGrad,
+    /// dW = Σ over pixels of dy · the shifted input.
+    WeightGrad,
+}
+
+/// The kernels a pass can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    /// Winograd F(2×2, 3×3) ([`winograd`]).
+    Winograd,
+    /// The direct AVX-512 kernels ([`direct`]).
+    Direct,
+    /// im2col + `gemm` ([`gemm`]).
+    Gemm,
+}
+
+/// True when this CPU has AVX-512F, which the direct and Winograd kernels
+/// need (they assert it: running them without it would be undefined).
+pub(super) fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// True when the AVX-512 kernels (direct and Winograd) may run: the CPU has
+/// AVX-512F and `SEG_CONV_DIRECT=0` does not switch them off (read once).
+pub(super) fn simd_kernels() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| cpu_has_avx512() && switched_on("SEG_CONV_DIRECT"))
+}
+
+/// True unless `SEG_CONV_WINOGRAD=0` switches Winograd off (read once).
+fn winograd_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| switched_on("SEG_CONV_WINOGRAD"))
+}
+
+/// An environment switch: on unless set to `0`.
+fn switched_on(var: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v != "0")
+}
+
+/// The kernel for `pass` of the convolution with forward geometry `g`.
+///
+/// The rules, in order:
+/// 1. Without AVX-512F, or with `SEG_CONV_DIRECT=0` (for comparisons with
+///    the GEMM path), every pass runs on [`Route::Gemm`].
+/// 2. Forward and input gradient (the input gradient judged on its own
+///    geometry, [`Geom::input_grad`]): [`Route::Winograd`] when
+///    [`winograd::suits`] (3×3, padding 1, ≥ 16 input and ≥ 8 output
+///    channels, ≥ 64 2×2 tiles over the batch) and `SEG_CONV_WINOGRAD=0`
+///    does not switch it off; otherwise [`Route::Direct`] when
+///    [`direct::suits`] (≥ 8 output channels, rows or whole images that fill
+///    the 16-float vectors); otherwise [`Route::Gemm`].
+/// 3. Weight gradient: [`Route::Direct`] when [`direct::suits_weight_grad`]
+///    (3×3 kernels, with ≥ 16 input channels and ≥ 8 columns, or rows that
+///    fill the vectors), otherwise [`Route::Gemm`]; never Winograd (a
+///    Winograd weight gradient was measured no faster here).
+///
+/// Every kernel gives each output element a fixed order of operations, so
+/// for a given route and thread count results are bit-for-bit repeatable.
+pub(super) fn choose(pass: Pass, g: &Geom) -> Route {
+    if !simd_kernels() {
+        return Route::Gemm;
+    }
+    match pass {
+        Pass::Forward | Pass::InputGrad => {
+            let g = if pass == Pass::InputGrad {
+                g.input_grad()
+            } else {
+                *g
+            };
+            if winograd::suits(&g) && winograd_on() {
+                Route::Winograd
+            } else if direct::suits(&g) {
+                Route::Direct
+            } else {
+                Route::Gemm
+            }
+        }
+        Pass::WeightGrad => {
+            if direct::suits_weight_grad(g) {
+                Route::Direct
+            } else {
+                Route::Gemm
+            }
+        }
+    }
+}
+
+/// The forward pass: NCHW `x` convolved with the (O × C·k·k) weights `wt`,
+/// plus an optional bias, then an optional ReLU; returns NCHW (n, o, ho, wo).
+pub(super) fn forward(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &Geom,
+) -> Vec<f32> {
+    match choose(Pass::Forward, g) {
+        Route::Winograd => winograd::conv_forward(x, wt, winograd::Kernel::Plain, bias, relu, g),
+        Route::Direct => direct::conv_forward(x, wt, bias, relu, g),
+        Route::Gemm => gemm::conv_forward(x, wt, bias, relu, g),
+    }
+}
+
+/// The input gradient dx (NCHW, the input's shape) of the convolution `g`
+/// from the output gradient `dy`: a forward convolution of `dy` with the
+/// flipped kernel (Winograd reads the forward weights flipped, no copy).
+pub(super) fn input_grad(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+    let back = g.input_grad();
+    match choose(Pass::InputGrad, g) {
+        Route::Winograd => {
+            winograd::conv_forward(dy, wt, winograd::Kernel::Flipped, None, false, &back)
+        }
+        Route::Direct => direct::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back),
+        Route::Gemm => gemm::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back),
+    }
+}
+
+/// The weight gradient dW (O × C·k·k) of the convolution `g`.
+pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
+    match choose(Pass::WeightGrad, g) {
+        Route::Direct => direct::conv_weight_grad(x, dy, g),
+        // `choose` never picks Winograd for the weight gradient
+        Route::Gemm | Route::Winograd => gemm::conv_weight_grad(x, dy, g),
+    }
+}
+
+/// The kernel of the input gradient: flipped in space with the channel axes
+/// swapped, as a (C × O·k·k) matrix.
+fn flipped_kernel(wt: &[f32], g: &Geom) -> Vec<f32> {
+    use rayon::prelude::*;
+    let (o, c, k) = (g.o, g.c, g.k);
+    let kk = k * k;
+    let mut f = vec![0f32; wt.len()];
+    // one destination row (input channel ci) per task, written in order
+    f.par_chunks_mut((o * kk).max(1))
+        .enumerate()
+        .for_each(|(ci, row)| {
+            for oc in 0..o {
+                let src = &wt[(oc * c + ci) * kk..][..kk];
+                for (t, d) in row[oc * kk..][..kk].iter_mut().enumerate() {
+                    *d = src[kk - 1 - t];
+                }
+            }
+        });
+    f
+}

@@ -1,0 +1,312 @@
+//! The 2×2 stride-2 transposed convolution on the CPU, a custom op with its
+//! own backward pass: a (4·O × C) · (C × pixels) product (the GEMM path's
+//! [`matmul`] on its chunks) followed by a pixel shuffle into the doubled
+//! image; its backward is the reverse shuffle and two products.
+
+use super::gemm::{chunks, in_one_image, matmul, nchw_to_tile, tile_to_nchw};
+use super::{channel_sums, SharedMut};
+use crate::ops::cpu_f32;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Sizes of a transposed 2×2/2 convolution: input (n, c, h, w), weight
+/// (c, o, 2, 2), output (n, o, 2h, 2w).
+#[derive(Debug, Clone, Copy)]
+struct UpGeom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+}
+
+impl UpGeom {
+    fn new(x: &[usize], wt: &[usize]) -> Result<Self> {
+        let (&[n, c, h, w], &[wc, o, 2, 2]) = (x, wt) else {
+            candle_core::bail!("seg conv-transpose 2x2: expected input (N,C,H,W) and weight (C,O,2,2), got {x:?} and {wt:?}")
+        };
+        if wc != c {
+            candle_core::bail!("seg conv-transpose 2x2: weight {wt:?} does not fit input {x:?}");
+        }
+        Ok(Self { n, c, h, w, o })
+    }
+
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn chunks(&self) -> Vec<(usize, usize)> {
+        chunks(self.n, self.hw(), self.c, 4 * self.o)
+    }
+
+    /// Visits every output pixel of the chunk `[start, end)` of input
+    /// pixels, one parallel task per (image, channel) plane:
+    /// `f(row_of_z_matrix_times_len_plus_j, index_in_doubled_image, channel)`.
+    /// Row `oc·4 + a·2 + b` of the (4·O × len) matrix holds output pixel
+    /// (2y + a, 2x + b) of channel `oc` for input pixel `start + j`.
+    fn each_pixel(&self, start: usize, end: usize, f: impl Fn(usize, usize, usize) + Sync) {
+        let (hw, len) = (self.hw(), end - start);
+        let (w2, h2) = (2 * self.w, 2 * self.h);
+        let (first, last) = (start / hw, (end - 1) / hw);
+        (first..=last)
+            .flat_map(|i| (0..self.o).map(move |oc| (i, oc)))
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(|(i, oc)| {
+                for pos in start.max(i * hw)..end.min((i + 1) * hw) {
+                    let (pix, j) = (pos - i * hw, pos - start);
+                    let (y, x) = (pix / self.w, pix % self.w);
+                    let base = (i * self.o + oc) * h2 * w2 + 2 * y * w2 + 2 * x;
+                    for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        f((oc * 4 + a * 2 + b) * len + j, base + a * w2 + b, oc);
+                    }
+                }
+            });
+    }
+
+    /// Matrix → doubled image (adding the bias).
+    fn scatter(&self, z: &[f32], img: &mut [f32], start: usize, end: usize, bias: &[f32]) {
+        let il = img.len();
+        let ip = SharedMut(img.as_mut_ptr());
+        self.each_pixel(start, end, |zi, ii, oc| {
+            assert!(ii < il);
+            // SAFETY: in bounds (checked); each image element is written by
+            // the one task of its (image, channel) plane.
+            unsafe { *ip.ptr().add(ii) = z[zi] + bias[oc] };
+        });
+    }
+
+    /// Doubled image → matrix.
+    fn gather(&self, img: &[f32], z: &mut [f32], start: usize, end: usize) {
+        let zl = z.len();
+        let zp = SharedMut(z.as_mut_ptr());
+        self.each_pixel(start, end, |zi, ii, _| {
+            assert!(zi < zl);
+            // SAFETY: in bounds (checked); each matrix element belongs to
+            // one (image, channel) plane, visited by one task.
+            unsafe { *zp.ptr().add(zi) = img[ii] };
+        });
+    }
+}
+
+fn up_forward(x: &[f32], wt: &[f32], bias: &[f32], g: &UpGeom) -> Vec<f32> {
+    let (hw, o4, c) = (g.hw(), 4 * g.o, g.c);
+    let mut out = vec![0f32; g.n * g.o * hw * 4];
+    let (mut xt, mut z) = (Vec::new(), Vec::new());
+    for (start, end) in g.chunks() {
+        let len = end - start;
+        z.resize(o4 * len, 0.0);
+        // z (4O × len) = Wᵀ (4O × C) · x (C × len); W is (C × 4O) row-major
+        match in_one_image(start, end, c, hw) {
+            Some(off) => matmul(
+                o4,
+                len,
+                c,
+                &mut z,
+                len,
+                false,
+                wt,
+                (1, o4),
+                &x[off..],
+                (hw, 1),
+                true,
+            ),
+            None => {
+                xt.resize(c * len, 0.0);
+                nchw_to_tile(x, &mut xt, c, hw, start, end);
+                matmul(
+                    o4,
+                    len,
+                    c,
+                    &mut z,
+                    len,
+                    false,
+                    wt,
+                    (1, o4),
+                    &xt,
+                    (len, 1),
+                    true,
+                );
+            }
+        }
+        g.scatter(&z, &mut out, start, end, bias);
+    }
+    out
+}
+
+/// (dx, [dW flattened, dB]) of the transposed convolution.
+fn up_backward(x: &[f32], wt: &[f32], dy: &[f32], g: &UpGeom) -> (Vec<f32>, Vec<f32>) {
+    let (hw, o4, c) = (g.hw(), 4 * g.o, g.c);
+    let mut dx = vec![0f32; g.n * c * hw];
+    let mut dw = vec![0f32; c * o4];
+    let (mut xt, mut dz, mut dxt) = (Vec::new(), Vec::new(), Vec::new());
+    for (start, end) in g.chunks() {
+        let len = end - start;
+        dz.resize(o4 * len, 0.0);
+        g.gather(dy, &mut dz, start, end);
+        let xs: (&[f32], (usize, usize)) = match in_one_image(start, end, c, hw) {
+            Some(off) => {
+                // dx (C × len) = W (C × 4O) · dz (4O × len), straight into dx
+                matmul(
+                    c,
+                    len,
+                    o4,
+                    &mut dx[off..],
+                    hw,
+                    false,
+                    wt,
+                    (o4, 1),
+                    &dz,
+                    (len, 1),
+                    true,
+                );
+                (&x[off..], (hw, 1))
+            }
+            None => {
+                dxt.resize(c * len, 0.0);
+                matmul(
+                    c,
+                    len,
+                    o4,
+                    &mut dxt,
+                    len,
+                    false,
+                    wt,
+                    (o4, 1),
+                    &dz,
+                    (len, 1),
+                    true,
+                );
+                tile_to_nchw(&dxt, &mut dx, c, hw, start, end);
+                xt.resize(c * len, 0.0);
+                nchw_to_tile(x, &mut xt, c, hw, start, end);
+                (&xt, (len, 1))
+            }
+        };
+        // dW (C × 4O) += x (C × len) · dzᵀ (len × 4O)
+        matmul(
+            c,
+            o4,
+            len,
+            &mut dw,
+            o4,
+            true,
+            xs.0,
+            xs.1,
+            &dz,
+            (1, len),
+            true,
+        );
+    }
+    let db = channel_sums(dy, g.n, g.o, 4 * hw);
+    dw.extend(db.iter().map(|&v| v as f32));
+    (dx, dw)
+}
+
+struct ConvTranspose2x2Op;
+
+impl CustomOp3 for ConvTranspose2x2Op {
+    fn name(&self) -> &'static str {
+        "seg-conv-transpose-2x2"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = UpGeom::new(l1.dims(), l2.dims())?;
+        if l3.dims() != [g.o] {
+            candle_core::bail!(
+                "seg conv-transpose 2x2: bias shape {:?}, expected [{}]",
+                l3.dims(),
+                g.o
+            )
+        }
+        let what = "seg conv-transpose 2x2";
+        let y = up_forward(
+            cpu_f32(s1, l1, what)?,
+            cpu_f32(s2, l2, what)?,
+            cpu_f32(s3, l3, what)?,
+            &g,
+        );
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((g.n, g.o, 2 * g.h, 2 * g.w)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let both = grad.apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &UpBackward)?;
+        let (xn, wn, o) = (x.elem_count(), w.elem_count(), w.dim(1)?);
+        let dx = both.narrow(0, 0, xn)?.reshape(x.dims())?;
+        let dw = both.narrow(0, xn, wn)?.reshape(w.dims())?;
+        let db = both.narrow(0, xn + wn, o)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Backward op of the transposed convolution: (dy, x, w) → [dx, dW, dB] flat.
+struct UpBackward;
+
+impl CustomOp3 for UpBackward {
+    fn name(&self) -> &'static str {
+        "seg-conv-transpose-2x2-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = UpGeom::new(l2.dims(), l3.dims())?;
+        if l1.dims() != [g.n, g.o, 2 * g.h, 2 * g.w] {
+            candle_core::bail!(
+                "seg conv-transpose 2x2 backward: gradient shape {:?} does not fit",
+                l1.dims()
+            )
+        }
+        let what = "seg conv-transpose 2x2 backward";
+        let (mut dx, dwb) = up_backward(
+            cpu_f32(s2, l2, what)?,
+            cpu_f32(s3, l3, what)?,
+            cpu_f32(s1, l1, what)?,
+            &g,
+        );
+        dx.extend(dwb);
+        let len = dx.len();
+        Ok((CpuStorage::F32(dx), Shape::from(len)))
+    }
+}
+
+/// `F.conv_transpose2d(x, w, b, stride=2)` with a (C, O, 2, 2) kernel:
+/// doubles H and W. CPU f32 tensors use seg's GEMM kernel.
+pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !crate::ops::use_cpu_kernel(x) {
+        return conv_transpose2x2_reference(x, w, b);
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, ConvTranspose2x2Op)
+}
+
+/// The plain reference of [`conv_transpose2x2`] (candle's kernels).
+pub fn conv_transpose2x2_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let y = x.conv_transpose2d(w, 0, 0, 2, 1)?;
+    y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)
+}

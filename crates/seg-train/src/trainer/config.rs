@@ -1,0 +1,186 @@
+//! The run's settings: [`TrainConfig`] (serde; the TOML of `seg-cli train
+//! --config`, with documented defaults) and [`TrainConfig::validate`], which
+//! refuses values training cannot use before any work starts.
+
+use crate::error::{Error, Result};
+use crate::infer::SlidingWindow;
+use crate::losses::Loss;
+use crate::optim::OptimizerConfig;
+use crate::schedule::Schedule;
+use seg_data::augment::AugmentConfig;
+use seg_data::sampling::PatchSampler;
+use seg_data::synthetic::SyntheticConfig;
+use seg_data::Preprocess;
+use seg_models::ModelConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Where training images come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum DataSource {
+    /// The built-in synthetic vessel set.
+    Synthetic(SyntheticConfig),
+    /// The DRIVE layout (training split) under `root`.
+    Drive { root: PathBuf },
+    /// `root/images` + `root/masks` (+ optional `root/fov`), matched by stem.
+    Folders { root: PathBuf },
+}
+
+/// Everything a training run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub data: DataSource,
+    pub preprocess: Preprocess,
+    pub epochs: usize,
+    /// Batches per epoch.
+    pub steps_per_epoch: usize,
+    pub batch: usize,
+    pub sampler: PatchSampler,
+    pub augment: AugmentConfig,
+    pub loss: Loss,
+    pub optimizer: OptimizerConfig,
+    pub schedule: Schedule,
+    pub seed: u64,
+    /// Images held out for validation (by image, seeded).
+    pub val_count: usize,
+    /// Stop after this many epochs without a better validation Dice.
+    pub early_stop_patience: Option<usize>,
+    pub sliding_window: SlidingWindow,
+    pub out_dir: PathBuf,
+}
+
+impl TrainConfig {
+    /// Checks every setting for a value training cannot use (zero sizes,
+    /// non-finite or out-of-range rates, sizes past sane limits), naming the
+    /// setting. Loading data is not part of it.
+    pub fn validate(&self) -> Result<()> {
+        fn bad(msg: String) -> Result<()> {
+            Err(Error::Invalid(msg))
+        }
+        /// Upper bound on any size in pixels or count (keeps products far from overflow).
+        const MAX: usize = 1 << 16;
+        self.model.validate()?;
+        for (name, v) in [
+            ("epochs", self.epochs),
+            ("steps_per_epoch", self.steps_per_epoch),
+            ("batch", self.batch),
+            ("sampler.size", self.sampler.size),
+            ("sliding_window.roi", self.sliding_window.roi),
+            ("sliding_window.batch", self.sliding_window.batch),
+        ] {
+            if v == 0 || v > MAX {
+                return bad(format!("{name} must be between 1 and {MAX}, got {v}"));
+            }
+        }
+        let o = &self.optimizer;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return bad(format!(
+                "optimizer.lr must be a positive number, got {}",
+                o.lr
+            ));
+        }
+        for (name, v) in [
+            ("beta1", o.beta1),
+            ("beta2", o.beta2),
+            ("momentum", o.momentum),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(format!("optimizer.{name} must be in [0, 1), got {v}"));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return bad(format!(
+                "optimizer.eps must be a positive number, got {}",
+                o.eps
+            ));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return bad(format!(
+                "optimizer.weight_decay must be ≥ 0, got {}",
+                o.weight_decay
+            ));
+        }
+        if let Some(c) = o.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!(
+                    "optimizer.clip_grad_norm must be a positive number, got {c}"
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sampler.foreground_ratio) {
+            return bad(format!(
+                "sampler.foreground_ratio must be in [0, 1], got {}",
+                self.sampler.foreground_ratio
+            ));
+        }
+        if !(0.0..1.0).contains(&self.sliding_window.overlap) {
+            return bad(format!(
+                "sliding_window.overlap must be in [0, 1), got {}",
+                self.sliding_window.overlap
+            ));
+        }
+        if let DataSource::Synthetic(s) = &self.data {
+            if s.count == 0 || s.count > 10_000 || s.size < 8 || s.size > 4096 {
+                return bad(format!(
+                    "synthetic data needs 1–10000 images of 8–4096 pixels, got {} of {}",
+                    s.count, s.size
+                ));
+            }
+            if !(s.noise.is_finite() && s.noise >= 0.0) {
+                return bad(format!("synthetic noise must be ≥ 0, got {}", s.noise));
+            }
+        }
+        self.schedule.validate()?;
+        Ok(())
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::from_name("resunet")
+                .expect("registered")
+                .with_base(8),
+            data: DataSource::Synthetic(SyntheticConfig {
+                count: 20,
+                size: 96,
+                seed: 0,
+                noise: 0.03,
+            }),
+            preprocess: Preprocess::fundus(),
+            epochs: 8,
+            steps_per_epoch: 25,
+            batch: 8,
+            sampler: PatchSampler {
+                size: 64,
+                foreground_ratio: 0.5,
+                inside_fov: true,
+            },
+            augment: AugmentConfig::default(),
+            loss: Loss::BceDice {
+                bce_weight: 0.5,
+                dice_weight: 1.0,
+            },
+            optimizer: OptimizerConfig {
+                lr: 3e-3,
+                ..OptimizerConfig::default()
+            },
+            schedule: Schedule::Cosine {
+                warmup_epochs: 1,
+                min_lr: 1e-4,
+            },
+            seed: 0,
+            val_count: 4,
+            early_stop_patience: Some(10),
+            sliding_window: SlidingWindow {
+                roi: 64,
+                overlap: 0.5,
+                ..SlidingWindow::default()
+            },
+            out_dir: PathBuf::from("runs/latest"),
+        }
+    }
+}

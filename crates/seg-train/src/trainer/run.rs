@@ -1,0 +1,376 @@
+//! The training loop: epochs of sampled patch batches, validation every
+//! epoch ([`super::validate`]), threshold choice, early stopping on
+//! validation Dice, atomic best/last checkpoints and the resume sidecar
+//! ([`crate::checkpoint`]), a clear stop on a non-finite loss, and a
+//! cooperative stop flag (Ctrl-C) that writes a checkpoint first.
+
+use super::config::{DataSource, TrainConfig};
+use super::validate::validate;
+use crate::checkpoint::{self, BundleInfo};
+use crate::error::{Error, Result};
+use crate::optim::Optimizer;
+use crate::schedule::Scheduler;
+use seg_core::{Device, Tensor};
+use seg_data::dataset::{self, DriveSplit};
+use seg_data::sampling::random_batch;
+use seg_data::Sample;
+use seg_models::Network;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// One epoch's record (a row of metrics.csv).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    /// Pooled validation Dice at 0.5.
+    pub val_dice: Option<f64>,
+    /// Best pooled validation Dice over thresholds, and that threshold.
+    pub val_dice_best: Option<f64>,
+    pub threshold: f32,
+    pub val_auc: Option<f64>,
+    pub seconds: f64,
+}
+
+/// The loop state saved for resumption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Next epoch to run (0-based) and next step within it.
+    pub epoch: usize,
+    pub step: usize,
+    pub global_step: u64,
+    pub optimizer_steps: u64,
+    pub scheduler: Scheduler,
+    pub best_dice: Option<f64>,
+    pub epochs_since_best: usize,
+    pub loss_sum: f64,
+    pub loss_count: usize,
+    pub history: Vec<EpochRecord>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// All epochs ran.
+    Finished,
+    /// Early stopping after `epoch` epochs.
+    EarlyStopped { epoch: usize },
+    /// The stop flag was raised; a checkpoint was written.
+    Interrupted { epoch: usize, step: usize },
+}
+
+/// Called as training progresses (progress bars, logs).
+pub trait Observer {
+    fn on_start(
+        &mut self,
+        _cfg: &TrainConfig,
+        _state: &TrainState,
+        _train_images: usize,
+        _val_images: usize,
+    ) {
+    }
+    fn on_step(&mut self, _epoch: usize, _step: usize, _loss: f32, _lr: f64) {}
+    fn on_epoch(&mut self, _record: &EpochRecord, _improved: bool) {}
+}
+
+/// An observer that does nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// Paths of a run's outputs.
+pub struct RunPaths {
+    pub best: PathBuf,
+    pub last: PathBuf,
+    pub state: PathBuf,
+    pub csv: PathBuf,
+    pub json: PathBuf,
+    pub config: PathBuf,
+}
+
+impl RunPaths {
+    pub fn new(dir: &Path) -> Self {
+        let last = dir.join("last.safetensors");
+        Self {
+            best: dir.join("best.safetensors"),
+            state: checkpoint::state_path(&last),
+            last,
+            csv: dir.join("metrics.csv"),
+            json: dir.join("metrics.json"),
+            config: dir.join("config.json"),
+        }
+    }
+}
+
+/// Loads the training and validation images of a run.
+pub fn load_data(cfg: &TrainConfig) -> Result<(Vec<Sample>, Vec<Sample>)> {
+    let all = match &cfg.data {
+        DataSource::Synthetic(s) => dataset::load_synthetic(s, &cfg.preprocess)?,
+        DataSource::Drive { root } => {
+            let cases = dataset::drive_cases(root, DriveSplit::Training)?;
+            dataset::load_drive(&cases, &cfg.preprocess)?
+        }
+        DataSource::Folders { root } => {
+            let (cases, unpaired) = dataset::paired_cases(root)?;
+            for p in unpaired {
+                tracing::warn!("unpaired file ignored: {}", p.display());
+            }
+            dataset::load_paired(&cases, &cfg.preprocess)?
+        }
+    };
+    if all.len() < 2 {
+        return Err(Error::Invalid(format!(
+            "{} labelled image(s): training needs at least 2 (one for validation)",
+            all.len()
+        )));
+    }
+    let val_count = cfg.val_count.clamp(1, all.len() - 1);
+    let (train, val) = dataset::split_cases(&all, val_count, cfg.seed);
+    Ok((train, val))
+}
+
+fn write_metrics(paths: &RunPaths, history: &[EpochRecord]) -> Result<()> {
+    let mut csv =
+        String::from("epoch,lr,train_loss,val_dice,val_dice_best,threshold,val_auc,seconds\n");
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+    for r in history {
+        csv.push_str(&format!(
+            "{},{:.6e},{:.6},{},{},{:.3},{},{:.2}\n",
+            r.epoch,
+            r.lr,
+            r.train_loss,
+            opt(r.val_dice),
+            opt(r.val_dice_best),
+            r.threshold,
+            opt(r.val_auc),
+            r.seconds
+        ));
+    }
+    seg_data::io::atomic_write(&paths.csv, csv.as_bytes())?;
+    let json = serde_json::to_vec_pretty(history).expect("records serialise");
+    seg_data::io::atomic_write(&paths.json, &json)?;
+    Ok(())
+}
+
+/// A training run.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub net: Network,
+    pub device: Device,
+    opt: Optimizer,
+    pub state: TrainState,
+    train: Vec<Sample>,
+    val: Vec<Sample>,
+    pub paths: RunPaths,
+    threshold: f32,
+}
+
+impl Trainer {
+    /// Prepares a run: loads the data, builds the network (fresh, or from the
+    /// run folder's last state when `resume`), and the optimiser.
+    pub fn new(cfg: TrainConfig, device: &Device, resume: bool) -> Result<Self> {
+        cfg.validate()?;
+        let (train, val) = load_data(&cfg)?;
+        let channels = train[0].channels;
+        if channels != cfg.model.in_channels() {
+            return Err(Error::Invalid(format!(
+                "the data has {channels} channel(s) after preprocessing but the model expects {}",
+                cfg.model.in_channels()
+            )));
+        }
+        if cfg.loss.is_multiclass() != (cfg.model.out_channels() > 1) {
+            return Err(Error::Invalid(format!(
+                "loss {:?} needs {} output channels, the model has {}",
+                cfg.loss,
+                if cfg.loss.is_multiclass() {
+                    "2 or more"
+                } else {
+                    "1"
+                },
+                cfg.model.out_channels()
+            )));
+        }
+        std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
+        let stale = seg_core::fsutil::remove_stale_temp_files(&cfg.out_dir);
+        if stale > 0 {
+            tracing::warn!(
+                "removed {stale} unfinished temporary file(s) a killed run left in {}",
+                cfg.out_dir.display()
+            );
+        }
+        let paths = RunPaths::new(&cfg.out_dir);
+        let net = Network::new(&cfg.model, device, cfg.seed)?;
+        let mut opt = Optimizer::new(cfg.optimizer.clone(), net.params().trainable());
+        let mut state = TrainState {
+            epoch: 0,
+            step: 0,
+            global_step: 0,
+            optimizer_steps: 0,
+            scheduler: Scheduler::new(cfg.schedule.clone(), cfg.optimizer.lr, cfg.epochs),
+            best_dice: None,
+            epochs_since_best: 0,
+            loss_sum: 0.0,
+            loss_count: 0,
+            history: Vec::new(),
+        };
+        let mut threshold = 0.5;
+        if resume {
+            state = checkpoint::load_resume(&paths.state, &net, &mut opt)?;
+            threshold = state.history.last().map(|r| r.threshold).unwrap_or(0.5);
+            tracing::info!("resuming at epoch {}, step {}", state.epoch + 1, state.step);
+        }
+        let cfg_json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
+        seg_data::io::atomic_write(&paths.config, &cfg_json)?;
+        let split = serde_json::json!({
+            "seed": cfg.seed,
+            "train": train.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+            "val": val.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+        });
+        seg_data::io::atomic_write(
+            &cfg.out_dir.join("split.json"),
+            serde_json::to_string_pretty(&split)
+                .expect("json")
+                .as_bytes(),
+        )?;
+        Ok(Self {
+            cfg,
+            net,
+            device: device.clone(),
+            opt,
+            state,
+            train,
+            val,
+            paths,
+            threshold,
+        })
+    }
+
+    /// Number of training and validation images.
+    pub fn split_sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.val.len())
+    }
+
+    fn bundle_info(&self, epoch: usize, val_dice: Option<f64>) -> BundleInfo {
+        BundleInfo {
+            format_version: 1,
+            preprocess: self.cfg.preprocess.clone(),
+            patch: self.cfg.sampler.size,
+            sliding_window: self.cfg.sliding_window.clone(),
+            threshold: self.threshold,
+            epoch,
+            val_dice,
+        }
+    }
+
+    /// Writes `last` (bundle) and its resume state.
+    fn save_last(&self) -> Result<()> {
+        checkpoint::save_resume(&self.paths.state, &self.net, &self.opt, &self.state)?;
+        let val = self.state.history.last().and_then(|r| r.val_dice_best);
+        checkpoint::save_bundle(
+            &self.net,
+            &self.bundle_info(self.state.epoch, val),
+            &self.paths.last,
+        )
+    }
+
+    /// Runs (or continues) training until the last epoch, early stopping, or `stop`.
+    pub fn run(&mut self, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
+        obs.on_start(&self.cfg, &self.state, self.train.len(), self.val.len());
+        let multiclass = self.cfg.loss.is_multiclass();
+        while self.state.epoch < self.cfg.epochs {
+            let epoch = self.state.epoch;
+            let started = Instant::now();
+            let lr = self.state.scheduler.lr(epoch);
+            while self.state.step < self.cfg.steps_per_epoch {
+                if stop.load(Ordering::SeqCst) {
+                    self.save_last()?;
+                    return Ok(Outcome::Interrupted {
+                        epoch,
+                        step: self.state.step,
+                    });
+                }
+                let batch = random_batch(
+                    &self.train,
+                    &self.cfg.sampler,
+                    &self.cfg.augment,
+                    self.cfg.batch,
+                    self.cfg.seed,
+                    self.state.global_step,
+                )?;
+                let (x, mut y, _fov) = batch.to_tensors(&self.device)?;
+                if multiclass {
+                    y = Tensor::cat(&[&y.affine(-1.0, 1.0)?, &y], 1)?;
+                }
+                // the step runs on a worker of the kernels' thread pool
+                // (see `seg_core::on_worker`)
+                let (net, loss_kind, opt) = (&self.net, &self.cfg.loss, &mut self.opt);
+                let lv = seg_core::on_worker(|| -> Result<f32> {
+                    let logits = net.forward_t(&x, true)?;
+                    let loss = loss_kind.compute(&logits, &y)?;
+                    let lv = loss.to_scalar::<f32>()?;
+                    if lv.is_finite() {
+                        let grads = loss.backward()?;
+                        opt.step(&grads, lr)?;
+                    }
+                    Ok(lv)
+                })?;
+                if !lv.is_finite() {
+                    return Err(Error::NonFiniteLoss {
+                        epoch: epoch + 1,
+                        step: self.state.step + 1,
+                        value: lv,
+                        checkpoint: self.paths.last.clone(),
+                    });
+                }
+                self.state.global_step += 1;
+                self.state.step += 1;
+                self.state.loss_sum += lv as f64;
+                self.state.loss_count += 1;
+                obs.on_step(epoch, self.state.step, lv, lr);
+            }
+            // validation on full images
+            let (dice05, dice_best, thr, auc) =
+                validate(&self.net, &self.val, &self.cfg.sliding_window)?;
+            let record = EpochRecord {
+                epoch: epoch + 1,
+                lr,
+                train_loss: self.state.loss_sum / self.state.loss_count.max(1) as f64,
+                val_dice: Some(dice05),
+                val_dice_best: Some(dice_best),
+                threshold: thr,
+                val_auc: auc,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            let improved = self.state.best_dice.is_none_or(|b| dice_best > b);
+            self.state.scheduler.observe(dice_best);
+            self.state.history.push(record.clone());
+            self.state.epoch += 1;
+            self.state.step = 0;
+            self.state.loss_sum = 0.0;
+            self.state.loss_count = 0;
+            if improved {
+                self.state.best_dice = Some(dice_best);
+                self.state.epochs_since_best = 0;
+                self.threshold = thr;
+                checkpoint::save_bundle(
+                    &self.net,
+                    &self.bundle_info(epoch + 1, Some(dice_best)),
+                    &self.paths.best,
+                )?;
+            } else {
+                self.state.epochs_since_best += 1;
+            }
+            self.save_last()?;
+            write_metrics(&self.paths, &self.state.history)?;
+            obs.on_epoch(&record, improved);
+            if let Some(p) = self.cfg.early_stop_patience {
+                if self.state.epochs_since_best >= p {
+                    return Ok(Outcome::EarlyStopped { epoch: epoch + 1 });
+                }
+            }
+        }
+        Ok(Outcome::Finished)
+    }
+}

@@ -1,0 +1,71 @@
+//! Full-image validation after each epoch: sliding-window inference on the
+//! held-out images, every count taken by [`crate::metrics`] (the confusion
+//! at 0.5, the pixels inside the FOV, the threshold sweep, the AUC).
+
+use crate::error::{Error, Result};
+use crate::infer::{self, SlidingWindow};
+use crate::metrics::{self, ThresholdSweep};
+use seg_data::Sample;
+use seg_models::Network;
+
+/// Thresholds tried on validation: k / BINS for k = 1 .. BINS − 1.
+const BINS: usize = 200;
+
+/// Foreground probability plane of a prediction (channel 0 of a sigmoid
+/// output, channel 1 of a softmax one).
+fn foreground(probs: Vec<f32>, channels: usize, plane: usize) -> Vec<f32> {
+    if channels == 1 {
+        probs
+    } else {
+        probs[plane..2 * plane].to_vec()
+    }
+}
+
+/// Validation metrics of `net` on `val`: pooled Dice at 0.5, the best
+/// threshold and its pooled Dice, pooled AUC.
+pub fn validate(
+    net: &Network,
+    val: &[Sample],
+    sw: &SlidingWindow,
+) -> Result<(f64, f64, f32, Option<f64>)> {
+    let model = net.inference_model()?;
+    let mut sweep = ThresholdSweep::new(BINS);
+    let (mut all_p, mut all_g) = (Vec::new(), Vec::new());
+    let mut total = metrics::Confusion::default();
+    for s in val {
+        let (probs, c) = infer::predict(
+            &model,
+            &s.image,
+            s.channels,
+            s.height,
+            s.width,
+            sw,
+            net.device(),
+        )?;
+        let p = foreground(probs, c, s.height * s.width);
+        let label = s
+            .label
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("validation image {} has no label", s.id)))?;
+        total = total + metrics::confusion(&p, label, s.fov.as_deref(), 0.5);
+        let (fp, fg) = metrics::in_fov(&p, label, s.fov.as_deref());
+        sweep.add(&fp, &fg);
+        all_p.extend(fp);
+        all_g.extend(fg);
+    }
+    // the threshold with the best pooled Dice (the highest on ties)
+    let (mut best_d, mut best_t) = (-1.0f64, 0.5f32);
+    for (t, counts) in sweep.confusions() {
+        let d = counts.scores().dice;
+        if d > best_d {
+            best_d = d;
+            best_t = t;
+        }
+    }
+    Ok((
+        total.scores().dice,
+        best_d.max(0.0),
+        best_t,
+        metrics::auc_roc(&all_p, &all_g),
+    ))
+}
