@@ -220,7 +220,9 @@ fn an_offset_table_claiming_gigabytes_is_refused_before_allocation() {
     let mut bytes = std::fs::read(&src).expect("read SC_rgb_jpeg_dcmtk.dcm");
     // (7FE0,0010) OB, 2 reserved bytes, undefined length, then the first
     // item (FFFE,E000) — the offset table — and its 4-byte length.
-    let head = [0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+    let head = [
+        0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ];
     let at = bytes
         .windows(head.len())
         .position(|w| w == head)
