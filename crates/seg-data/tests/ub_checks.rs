@@ -138,6 +138,8 @@ fn files_in(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
 }
 
 #[test]
+// the constant is the point: it is fixed by the profile this test was built with
+#[allow(clippy::assertions_on_constants)]
 fn std_ub_checks_are_on_in_this_build() {
     // The test profile must keep debug assertions (and with them the
     // standard library's precondition checks) on; if someone turns them off
