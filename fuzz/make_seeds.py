@@ -51,6 +51,12 @@ def main():
         # nifti_gz: first byte 0 = the bytes are the .nii.gz file, 1 = compress the rest
         out("nifti_gz", name + ".raw", b"\x00" + gzip.compress(plain))
         out("nifti_gz", name + ".plain", b"\x01" + plain)
+    hip = os.path.join(SHARED, "datasets", "Hippocampus", "dataset.json")
+    if os.path.isfile(hip):
+        out("dataset_json", "hippocampus_v1.json", open(hip, "rb").read())
+    out("dataset_json", "nnunet_v2.json",
+        b'{"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumour": [1, 2]},'
+        b' "numTraining": 2, "file_ending": ".nii.gz"}')
     for p in files(os.path.join(SHARED, "reference", "fixtures"), (".safetensors",)):
         if os.path.getsize(p) < 1 << 20:
             out("checkpoint", os.path.basename(p), open(p, "rb").read())
