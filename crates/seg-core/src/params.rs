@@ -16,9 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Re-exported from [`crate::fsutil`], where they live.
-pub use crate::fsutil::{atomic_write, remove_stale_temp_files};
-
 /// Suffixes of the tensors that are state, not parameters.
 pub const BUFFER_SUFFIXES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
 
