@@ -54,7 +54,7 @@ enum Command {
     Info(info::InfoArgs),
     /// Train a network (on the built-in synthetic vessel set when no data is given).
     #[command(
-        after_help = "Examples:\n  seg-cli train --model resunet\n  seg-cli train --model unet --data datasets/DRIVE --epochs 40 --out runs/drive\n  seg-cli train --resume --out runs/drive\n  seg-cli train --config my_run.toml\n  seg-cli train --model unetpp --deep-supervision --norm instance --augment heavy --data my_ct_slices --window=-600,1500"
+        after_help = "Examples:\n  seg-cli train --model resunet\n  seg-cli train --model unet --data datasets/DRIVE --epochs 40 --out runs/drive\n  seg-cli train --data my_dataset --max-time 20m --out runs/mine\n  seg-cli train --resume --out runs/drive\n  seg-cli train --config my_run.toml\n  seg-cli train --model unetpp --deep-supervision --norm instance --augment heavy --data my_ct_slices --window=-600,1500"
     )]
     Train(Box<train::TrainArgs>),
     /// Predict probability maps and masks with a trained model bundle.

@@ -56,6 +56,10 @@ pub struct TrainArgs {
     /// Images held out for validation.
     #[arg(long)]
     val: Option<usize>,
+    /// Wall-clock budget, e.g. 20m, 1h30m, 90s: training stops inside it (validating and keeping best and last)
+    /// and the learning-rate schedule spans the epochs that fit; --epochs becomes an upper bound.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_time: Option<std::time::Duration>,
     /// Early stopping patience in epochs (0 disables).
     #[arg(long)]
     patience: Option<usize>,
@@ -131,6 +135,10 @@ fn data_source(dir: &Path, kind: Option<&str>) -> Result<DataSource> {
     })
 }
 
+/// Upper bound on epochs under `--max-time` when neither `--epochs` nor the
+/// config file gives one: the budget decides.
+const EPOCH_CAP_UNDER_BUDGET: usize = 1000;
+
 /// Group count of `--norm group` without `--groups`.
 const DEFAULT_GROUPS: usize = 8;
 
@@ -194,13 +202,20 @@ pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
         if let Some(e) = a.epochs {
             cfg.epochs = e;
         }
+        if let Some(t) = a.max_time {
+            cfg.max_seconds = Some(t.as_secs_f64());
+        }
         cfg.out_dir = out;
         return Ok(cfg);
     }
+    let mut config_sets_epochs = false;
     let mut cfg = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read {}", p.display()))?;
+            config_sets_epochs = text
+                .parse::<toml::Table>()
+                .is_ok_and(|t| t.contains_key("epochs"));
             toml::from_str(&text)
                 .with_context(|| format!("{}: not a valid training config", p.display()))?
         }
@@ -251,6 +266,15 @@ pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
                 $field = v;
             }
         };
+    }
+    if let Some(t) = a.max_time {
+        if t.is_zero() {
+            bail!("--max-time must be longer than zero");
+        }
+        cfg.max_seconds = Some(t.as_secs_f64());
+        if a.epochs.is_none() && !config_sets_epochs {
+            cfg.epochs = EPOCH_CAP_UNDER_BUDGET;
+        }
     }
     set!(cfg.epochs, a.epochs);
     set!(cfg.steps_per_epoch, a.steps);
@@ -313,6 +337,19 @@ impl Observer for Progress {
             cfg.sampler.size,
             cfg.out_dir.display()
         );
+        if let Some(t) = cfg.max_seconds {
+            eprintln!(
+                "time budget {}: training stops inside it; the {:?} schedule spans the epochs that fit (at most {})",
+                humantime::format_duration(std::time::Duration::from_secs(t.round() as u64)),
+                cfg.schedule,
+                cfg.epochs
+            );
+        }
+    }
+
+    fn on_horizon(&mut self, epochs: usize) {
+        tracing::info!("time budget: the schedule now spans {epochs} epochs");
+        self.epochs = epochs;
     }
 
     fn on_step(&mut self, epoch: usize, step: usize, loss: f32, lr: f64) {
@@ -413,6 +450,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         ),
         Outcome::EarlyStopped { epoch } => eprintln!(
             "early stop after epoch {epoch}: best validation Dice {:.4}; model bundle {}",
+            best.unwrap_or(0.0),
+            out.join("best.safetensors").display()
+        ),
+        Outcome::TimeUp { epoch } => eprintln!(
+            "time budget reached after epoch {epoch}: best validation Dice {:.4}; model bundle {}",
             best.unwrap_or(0.0),
             out.join("best.safetensors").display()
         ),

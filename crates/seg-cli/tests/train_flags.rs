@@ -183,3 +183,46 @@ fn the_window_is_applied_in_training_and_recorded_in_the_bundle() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn max_time_sets_the_budget_and_lifts_the_epoch_count() {
+    let out = temp("budget");
+    let o = dry_run(&out, &["--max-time", "1h30m"]);
+    ok(&o);
+    let c = config(&out);
+    assert_eq!(c["max_seconds"], 5400.0);
+    assert_eq!(c["epochs"], 1000, "without --epochs the budget decides");
+    let o = dry_run(&out, &["--max-time", "20m", "--epochs", "7"]);
+    ok(&o);
+    let c = config(&out);
+    assert_eq!(
+        (c["max_seconds"].as_f64(), c["epochs"].as_u64()),
+        (Some(1200.0), Some(7))
+    );
+    fails_with(&dry_run(&out, &["--max-time", "0s"]), &["--max-time"]);
+    fails_with(&dry_run(&out, &["--max-time", "soon"]), &["--max-time"]);
+}
+
+#[test]
+fn a_run_under_max_time_stops_inside_it_with_best_and_last() {
+    let out = temp("budget-run");
+    let started = std::time::Instant::now();
+    let o = bin()
+        .args([
+            "train", "--base", "2", "--patch", "32", "--steps", "2", "--batch", "2",
+        ])
+        .args(["--max-time", "6s", "--patience", "0", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("time budget reached after epoch"), "{err}");
+    // process start-up and the final plot come on top of the budget; 3 s of
+    // slack for a loaded machine
+    assert!(secs < 9.0, "the run took {secs:.1} s for a 6 s budget");
+    for f in ["best.safetensors", "last.safetensors", "metrics.csv"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+}

@@ -86,10 +86,10 @@ fn drive_split_dir(root: &Path, split: DriveSplit) -> Result<PathBuf> {
     if root.join("images").is_dir() {
         return Ok(root.to_path_buf());
     }
-    Err(Error::Invalid(format!(
-        "{}: no DRIVE {name}/images folder here",
-        root.display()
-    )))
+    Err(Error::NoDriveSplit {
+        root: root.to_path_buf(),
+        split: name,
+    })
 }
 
 /// Lists the cases of a DRIVE split: `images/NN_<split>.tif` ↔
@@ -112,19 +112,20 @@ pub fn drive_cases(root: &Path, split: DriveSplit) -> Result<Vec<DriveCase>> {
     let labels = by_id("1st_manual")?;
     let masks = by_id("mask")?;
     if images.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{}: no images",
-            dir.join("images").display()
-        )));
+        return Err(Error::NoCases {
+            dir: dir.join("images"),
+        });
     }
     let mut cases = Vec::new();
     for (id, image) in images {
         let label = labels.get(&id).cloned();
         if split == DriveSplit::Training && label.is_none() {
-            return Err(Error::Invalid(format!(
-                "{}: no label 1st_manual/{id}_manual1.gif for this image",
-                image.display()
-            )));
+            return Err(Error::UnpairedCase {
+                case: id.clone(),
+                found: image.clone(),
+                what: "label".into(),
+                expected: dir.join("1st_manual").join(format!("{id}_manual1.gif")),
+            });
         }
         cases.push(DriveCase {
             id: id.clone(),
@@ -174,7 +175,13 @@ fn load_case(
     let (img, channels) = plan
         .apply_image(&vol, fov.as_deref())
         .map_err(|e| match e {
-            Error::Invalid(msg) => Error::Invalid(format!("{}: {msg}", image.display())),
+            e @ (Error::NonFinite { .. }
+            | Error::NoFiniteValue { .. }
+            | Error::Shape { .. }
+            | Error::Setting { .. }) => Error::InFile {
+                path: image.to_path_buf(),
+                error: Box::new(e),
+            },
             other => other,
         })?;
     let s = Sample {
@@ -225,10 +232,9 @@ pub fn paired_cases(root: &Path) -> Result<(Vec<PairedCase>, Vec<PathBuf>)> {
     };
     let images = list("images")?;
     if images.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{}: no images/ folder with images",
-            root.display()
-        )));
+        return Err(Error::NoCases {
+            dir: root.join("images"),
+        });
     }
     let labels = if root.join("masks").is_dir() {
         "masks"

@@ -45,9 +45,57 @@ pub enum Error {
         a: Vec<usize>,
         b: Vec<usize>,
     },
-    /// A dataset or argument problem.
-    #[error("{0}")]
-    Invalid(String),
+    /// A setting outside what the operation accepts.
+    #[error("{setting}: expected {expected}, got {got}")]
+    Setting {
+        setting: &'static str,
+        expected: String,
+        got: String,
+    },
+    /// A value that must be a finite number is not.
+    #[error("{what}: value {value} at index {index} is not finite")]
+    NonFinite {
+        what: String,
+        index: usize,
+        value: f32,
+    },
+    /// An operation found no finite value to compute its statistics from.
+    #[error("{operation}: no finite value{}", if *masked { " inside the mask" } else { "" })]
+    NoFiniteValue {
+        operation: &'static str,
+        masked: bool,
+    },
+    /// Data of a shape the operation does not take.
+    #[error("{what}: expected {expected}, got shape {got:?}")]
+    Shape {
+        what: &'static str,
+        expected: &'static str,
+        got: Vec<usize>,
+    },
+    /// A collection that must not be empty is.
+    #[error("{what}: empty")]
+    Empty { what: &'static str },
+    /// A value to write is outside what the format stores.
+    #[error("{}: {what} {value} at index {index} is outside {range}", path.display())]
+    ValueOutOfRange {
+        path: PathBuf,
+        what: &'static str,
+        index: usize,
+        value: f32,
+        range: &'static str,
+    },
+    /// The DRIVE split folder is not under the root.
+    #[error("{}: no DRIVE {split}/images folder here", root.display())]
+    NoDriveSplit { root: PathBuf, split: &'static str },
+    /// A problem with one file: the file and the cause (whose text is part
+    /// of the message, so it is not repeated as `source()`).
+    #[error("{}: {error}", path.display())]
+    InFile { path: PathBuf, error: Box<Error> },
+    /// The built-in synthetic set was asked for files.
+    #[error(
+        "the built-in synthetic set is generated, not read from files: it has no cases on disk"
+    )]
+    GeneratedDataset,
     /// A DICOM series folder problem.
     #[error("{}: {reason}", path.display())]
     Series { path: PathBuf, reason: String },

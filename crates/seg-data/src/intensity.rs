@@ -141,9 +141,11 @@ impl ScaleIntensityRange {
     /// Applies the mapping in place.
     pub fn apply(&self, values: &mut [f32]) -> Result<()> {
         if self.a_max == self.a_min {
-            return Err(Error::Invalid(
-                "ScaleIntensityRange: a_min equals a_max".into(),
-            ));
+            return Err(Error::Setting {
+                setting: "ScaleIntensityRange a_max",
+                expected: "a value other than a_min".into(),
+                got: self.a_max.to_string(),
+            });
         }
         let scale = (self.b_max - self.b_min) / (self.a_max - self.a_min);
         let (lo, hi) = (self.b_min.min(self.b_max), self.b_min.max(self.b_max));
@@ -191,8 +193,10 @@ pub fn zscore(values: &mut [f32], mask: Option<&[u8]>) -> Result<()> {
             });
         }
     }
-    let (m, s) = mean_std(values, mask)
-        .ok_or_else(|| Error::Invalid("z-score: no finite value (inside the mask)".into()))?;
+    let (m, s) = mean_std(values, mask).ok_or(Error::NoFiniteValue {
+        operation: "z-score",
+        masked: mask.is_some(),
+    })?;
     let s = if s > 0.0 { s } else { 1.0 };
     for v in values.iter_mut() {
         *v = ((*v as f64 - m) / s) as f32;
@@ -230,8 +234,10 @@ pub fn percentile(values: &[f32], q: f64) -> Option<f32> {
 
 /// Clips values to the [lower, upper] percentiles.
 pub fn percentile_clip(values: &mut [f32], lower: f64, upper: f64) -> Result<()> {
-    let lo = percentile(values, lower)
-        .ok_or_else(|| Error::Invalid("percentile clip: no finite value".into()))?;
+    let lo = percentile(values, lower).ok_or(Error::NoFiniteValue {
+        operation: "percentile clip",
+        masked: false,
+    })?;
     let hi = percentile(values, upper).unwrap_or(lo);
     for v in values.iter_mut() {
         *v = v.clamp(lo, hi);
@@ -299,9 +305,11 @@ pub fn clahe(
         });
     }
     if tiles == 0 || height == 0 || width == 0 {
-        return Err(Error::Invalid(
-            "CLAHE needs a non-empty image and at least one tile".into(),
-        ));
+        return Err(Error::Setting {
+            setting: "CLAHE",
+            expected: "a non-empty image and at least one tile".into(),
+            got: format!("{height}x{width} image, {tiles} tiles"),
+        });
     }
     const BINS: usize = 256;
     let bin = |v: f32| ((v.clamp(0.0, 1.0) * (BINS - 1) as f32).round() as usize).min(BINS - 1);

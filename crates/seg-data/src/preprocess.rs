@@ -136,10 +136,11 @@ impl Preprocess {
             intensity::min_max(&mut v);
         }
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "value {} at index {i} is not finite after scaling",
-                v[i]
-            )));
+            return Err(Error::NonFinite {
+                what: "intensity after scaling".into(),
+                index: i,
+                value: v[i],
+            });
         }
         Ok(v)
     }
@@ -147,10 +148,11 @@ impl Preprocess {
     /// Applies the whole plan to a 2D image volume (`[h, w, c]`).
     pub fn apply_image(&self, vol: &Volume, fov: Option<&[u8]>) -> Result<(Vec<f32>, usize)> {
         if vol.shape.len() != 3 || vol.format != Format::Image {
-            return Err(Error::Invalid(format!(
-                "expected a 2D image, got {:?} shape {:?}",
-                vol.format, vol.shape
-            )));
+            return Err(Error::Shape {
+                what: "image preprocessing",
+                expected: "a 2D image [height, width, channels]",
+                got: vol.shape.clone(),
+            });
         }
         let (h, w, c) = (vol.shape[0], vol.shape[1], vol.shape[2]);
         let unit = self.to_unit(&vol.values, vol.stored, vol.format, false)?;

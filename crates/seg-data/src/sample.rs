@@ -42,10 +42,11 @@ impl Sample {
             }
         }
         if let Some(i) = self.image.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "case {}: image value {} at index {i} is not finite",
-                self.id, self.image[i]
-            )));
+            return Err(Error::NonFinite {
+                what: format!("case {} image", self.id),
+                index: i,
+                value: self.image[i],
+            });
         }
         Ok(())
     }

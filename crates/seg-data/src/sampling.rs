@@ -174,7 +174,9 @@ pub fn random_batch(
     batch_index: u64,
 ) -> Result<Batch> {
     if images.is_empty() {
-        return Err(Error::Invalid("no images to sample patches from".into()));
+        return Err(Error::Empty {
+            what: "images to sample patches from",
+        });
     }
     let patches: Vec<Sample> = (0..batch_size)
         .into_par_iter()
@@ -191,9 +193,9 @@ pub fn random_batch(
 
 /// Stacks equally sized samples into a batch.
 pub fn stack(patches: &[Sample]) -> Result<Batch> {
-    let first = patches
-        .first()
-        .ok_or_else(|| Error::Invalid("empty batch".into()))?;
+    let first = patches.first().ok_or(Error::Empty {
+        what: "patches to stack into a batch",
+    })?;
     let (c, h, w) = (first.channels, first.height, first.width);
     let mut b = Batch {
         n: patches.len(),

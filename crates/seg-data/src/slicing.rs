@@ -12,10 +12,11 @@ fn strides(vol: &Volume) -> Result<([usize; 3], [usize; 3])> {
         (Layout::RowMajor, [f, r, c, 1]) => [*f, *r, *c],
         (Layout::RowMajor, [f, r, c]) => [*f, *r, *c],
         _ => {
-            return Err(Error::Invalid(format!(
-                "slicing needs a single-channel 3D volume, got shape {:?}",
-                vol.shape
-            )))
+            return Err(Error::Shape {
+                what: "slicing",
+                expected: "a single-channel 3D volume",
+                got: vol.shape.clone(),
+            })
         }
     };
     let s = match vol.layout {
@@ -28,9 +29,11 @@ fn strides(vol: &Volume) -> Result<([usize; 3], [usize; 3])> {
 /// Number of slices along `axis` (0, 1 or 2).
 pub fn slice_count(vol: &Volume, axis: usize) -> Result<usize> {
     let (dims, _) = strides(vol)?;
-    dims.get(axis)
-        .copied()
-        .ok_or_else(|| Error::Invalid(format!("axis {axis} is not 0, 1 or 2")))
+    dims.get(axis).copied().ok_or_else(|| Error::Setting {
+        setting: "slice axis",
+        expected: "0, 1 or 2".into(),
+        got: axis.to_string(),
+    })
 }
 
 /// Slice `index` along `axis` with `context` neighbours on each side as
@@ -45,9 +48,11 @@ pub fn slice(
 ) -> Result<(Vec<f32>, (usize, usize))> {
     let (dims, st) = strides(vol)?;
     if axis > 2 || index >= dims[axis] {
-        return Err(Error::Invalid(format!(
-            "slice {index} along axis {axis} is outside {dims:?}"
-        )));
+        return Err(Error::Setting {
+            setting: "slice index",
+            expected: format!("a slice along axis {axis} of a {dims:?} volume"),
+            got: index.to_string(),
+        });
     }
     let (a, b) = match axis {
         0 => (1, 2),

@@ -211,9 +211,7 @@ impl DatasetSpec {
                     .collect(),
                 unpaired: Vec::new(),
             }),
-            Self::Synthetic(_) => Err(Error::Invalid(
-                "the built-in synthetic set is generated, not read from files: it has no cases on disk".into(),
-            )),
+            Self::Synthetic(_) => Err(Error::GeneratedDataset),
         }
     }
 }

@@ -14,12 +14,55 @@ pub enum Error {
         value: f32,
         checkpoint: PathBuf,
     },
+    /// The time budget ended before the first training step (data loading
+    /// took it, or it is too small for one step and a validation).
+    #[error("the time budget of {limit:.0} s was spent before the first training step ({elapsed:.1} s elapsed); give a larger --max-time")]
+    BudgetExhausted { limit: f64, elapsed: f64 },
     /// A checkpoint lacks what is needed.
     #[error("{}: {reason}", path.display())]
     Checkpoint { path: PathBuf, reason: String },
-    /// A configuration or argument problem.
-    #[error("{0}")]
-    Invalid(String),
+    /// A setting training or inference cannot use: which, what it takes,
+    /// what it got.
+    #[error("{setting} must be {expected}, got {got}")]
+    Setting {
+        setting: String,
+        expected: String,
+        got: String,
+    },
+    /// Too few labelled cases to train and validate.
+    #[error("{found} labelled case(s): training needs at least {needed} (one for validation)")]
+    TooFewCases { found: usize, needed: usize },
+    /// The loss and the network's output channels do not fit together.
+    #[error("loss {loss} needs {expected} output channels, the model has {got}")]
+    LossOutputs {
+        loss: String,
+        expected: &'static str,
+        got: usize,
+    },
+    /// An image buffer whose length is not channels × height × width.
+    #[error("image buffer of {len} values does not match {channels}x{height}x{width}")]
+    BufferSize {
+        len: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
+    /// An input value that is not a finite number.
+    #[error("input value {value} at index {index} is not finite")]
+    NonFiniteInput { index: usize, value: f32 },
+    /// Saved optimiser state of another shape than its parameter.
+    #[error("optimiser state {name} has shape {got:?}, the parameter {expected:?}")]
+    StateShape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    /// Saved optimiser state with one moment but not the other.
+    #[error("optimiser state has {found} without {missing}")]
+    StateIncomplete { found: String, missing: String },
+    /// A validation case without a label.
+    #[error("validation case {case} has no label")]
+    NoLabel { case: String },
     /// A file problem.
     #[error("{}: {source}", path.display())]
     Io {

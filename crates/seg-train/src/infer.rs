@@ -83,16 +83,18 @@ pub fn predict(
     device: &Device,
 ) -> Result<(Vec<f32>, usize)> {
     if image.len() != c * h * w || h == 0 || w == 0 {
-        return Err(Error::Invalid(format!(
-            "image buffer of {} values does not match {c}x{h}x{w}",
-            image.len()
-        )));
+        return Err(Error::BufferSize {
+            len: image.len(),
+            channels: c,
+            height: h,
+            width: w,
+        });
     }
     if let Some(i) = image.iter().position(|v| !v.is_finite()) {
-        return Err(Error::Invalid(format!(
-            "input value {} at index {i} is not finite",
-            image[i]
-        )));
+        return Err(Error::NonFiniteInput {
+            index: i,
+            value: image[i],
+        });
     }
     let roi = sw.roi.max(16);
     let (ph, pw) = (h.max(roi), w.max(roi));

@@ -198,11 +198,11 @@ impl Optimizer {
         for (name, var) in &self.params {
             let get = |k: &str| -> Result<Option<Tensor>> {
                 match tensors.get(&format!("{k}.{name}")) {
-                    Some(t) if t.dims() != var.dims() => Err(Error::Invalid(format!(
-                        "optimiser state {k}.{name} has shape {:?}, parameter {:?}",
-                        t.dims(),
-                        var.dims()
-                    ))),
+                    Some(t) if t.dims() != var.dims() => Err(Error::StateShape {
+                        name: format!("{k}.{name}"),
+                        expected: var.dims().to_vec(),
+                        got: t.dims().to_vec(),
+                    }),
                     Some(t) => Ok(Some(t.to_device(var.device())?)),
                     None => Ok(None),
                 }
@@ -211,9 +211,10 @@ impl Optimizer {
                 (Some(m), Some(v)) => Slot::Moments(Tensor::stack(&[m, v], 0)?),
                 (Some(m), None) => Slot::Momentum(m),
                 (None, Some(_)) => {
-                    return Err(Error::Invalid(format!(
-                        "optimiser state has v.{name} without m.{name}"
-                    )))
+                    return Err(Error::StateIncomplete {
+                        found: format!("v.{name}"),
+                        missing: format!("m.{name}"),
+                    })
                 }
                 (None, None) => continue,
             };

@@ -34,34 +34,42 @@ pub enum Schedule {
 impl Schedule {
     /// Checks the schedule's numbers (finite, in range).
     pub fn validate(&self) -> crate::error::Result<()> {
-        let bad = |m: String| Err(crate::error::Error::Invalid(format!("schedule: {m}")));
+        let bad = |setting: &str, expected: &str, got: String| {
+            Err(crate::error::Error::Setting {
+                setting: format!("schedule.{setting}"),
+                expected: expected.into(),
+                got,
+            })
+        };
         match *self {
             Self::Constant => Ok(()),
             Self::Step { step_size, gamma } => {
-                if step_size == 0 || !(gamma.is_finite() && gamma > 0.0) {
-                    return bad(format!(
-                        "step needs step_size ≥ 1 and gamma > 0 (got {step_size}, {gamma})"
-                    ));
+                if step_size == 0 {
+                    return bad("step_size", "≥ 1", step_size.to_string());
+                }
+                if !(gamma.is_finite() && gamma > 0.0) {
+                    return bad("gamma", "> 0", gamma.to_string());
                 }
                 Ok(())
             }
             Self::Cosine { min_lr, .. } => {
                 if !(min_lr.is_finite() && min_lr >= 0.0) {
-                    return bad(format!("cosine min_lr must be ≥ 0 (got {min_lr})"));
+                    return bad("min_lr", "≥ 0", min_lr.to_string());
                 }
                 Ok(())
             }
             Self::Poly { power } => {
                 if !(power.is_finite() && power >= 0.0) {
-                    return bad(format!("poly power must be ≥ 0 (got {power})"));
+                    return bad("power", "≥ 0", power.to_string());
                 }
                 Ok(())
             }
             Self::ReduceOnPlateau { factor, min_lr, .. } => {
-                if !(factor > 0.0 && factor < 1.0 && min_lr.is_finite() && min_lr >= 0.0) {
-                    return bad(format!(
-                        "reduce-on-plateau needs 0 < factor < 1 and min_lr ≥ 0 (got {factor}, {min_lr})"
-                    ));
+                if !(factor > 0.0 && factor < 1.0) {
+                    return bad("factor", "in (0, 1)", factor.to_string());
+                }
+                if !(min_lr.is_finite() && min_lr >= 0.0) {
+                    return bad("min_lr", "≥ 0", min_lr.to_string());
                 }
                 Ok(())
             }

@@ -9,12 +9,15 @@
 //! - `trainer/config.rs`: [`TrainConfig`], [`DataSource`];
 //! - `trainer/run.rs`: [`Trainer`], its records and state, [`Observer`];
 //! - `trainer/validate.rs`: [`validate`];
+//! - `trainer/budget.rs`: [`TimeBudget`], the wall-clock budget (`max_seconds`);
 //! - the checkpoint and resume format: [`crate::checkpoint`].
 
+mod budget;
 mod config;
 mod run;
 mod validate;
 
+pub use budget::{horizon, TimeBudget};
 pub use config::{DataSource, TrainConfig};
 pub use run::{load_data, EpochRecord, Observer, Outcome, RunPaths, Silent, TrainState, Trainer};
 pub use validate::validate;

@@ -174,3 +174,47 @@ fn bad_configurations_fail_before_training() {
         .expect("nothing to resume");
     assert!(err.to_string().contains("nothing to resume"), "{err}");
 }
+
+#[test]
+fn a_time_budget_ends_the_run_inside_it_and_the_schedule_spans_it() {
+    let mut cfg = tiny(tmp("budget"));
+    cfg.epochs = 1000;
+    cfg.early_stop_patience = None;
+    cfg.max_seconds = Some(5.0);
+    let started = std::time::Instant::now();
+    let mut t = Trainer::new(cfg, &Device::Cpu, false).unwrap();
+    let never = AtomicBool::new(false);
+    let out = t.run(&mut Silent, &never).unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let Outcome::TimeUp { epoch } = out else {
+        panic!("expected TimeUp, got {out:?}")
+    };
+    // the stop rule keeps the run inside the limit when steps and validation
+    // take what they took before; 2 s of slack for a loaded machine
+    assert!(secs < 7.0, "{secs:.2} s for a 5 s budget");
+    assert_eq!(epoch, t.state.history.len());
+    assert!(epoch >= 2, "only {epoch} epochs in 5 s");
+    assert!(
+        t.state.scheduler.epochs < 1000,
+        "the cosine schedule was not re-spanned to the budget"
+    );
+    // the cosine schedule ran over the budget: the last epoch's rate is far down its tail
+    let lrs: Vec<f64> = t.state.history.iter().map(|r| r.lr).collect();
+    let base = t.cfg.optimizer.lr;
+    assert!(
+        *lrs.last().unwrap() < 0.5 * base,
+        "last lr {:?} of base {base}: the schedule did not decay within the budget",
+        lrs.last()
+    );
+    assert!(t.paths.best.is_file() && t.paths.last.is_file());
+}
+
+#[test]
+fn a_budget_spent_before_the_first_step_is_a_typed_error() {
+    let mut cfg = tiny(tmp("budget-spent"));
+    cfg.max_seconds = Some(1e-6);
+    let mut t = Trainer::new(cfg, &Device::Cpu, false).unwrap();
+    let never = AtomicBool::new(false);
+    let e = t.run(&mut Silent, &never).unwrap_err();
+    assert!(matches!(e, Error::BudgetExhausted { .. }), "{e}");
+}

@@ -221,10 +221,11 @@ pub fn write_png_u8(
         3 => image::ExtendedColorType::Rgb8,
         4 => image::ExtendedColorType::Rgba8,
         c => {
-            return Err(Error::Invalid(format!(
-                "{}: cannot write a {c}-channel PNG",
-                path.display()
-            )))
+            return Err(Error::Unsupported {
+                path: path.to_path_buf(),
+                format: "PNG",
+                reason: format!("cannot write {c} channels (1 to 4)"),
+            })
         }
     };
     if data.len() != height * width * channels {
@@ -253,11 +254,13 @@ pub fn write_probability_png(
         });
     }
     if let Some(i) = probs.iter().position(|p| !(0.0..=1.0).contains(p)) {
-        return Err(Error::Invalid(format!(
-            "{}: probability {} at pixel {i} is not in [0, 1]",
-            path.display(),
-            probs[i]
-        )));
+        return Err(Error::ValueOutOfRange {
+            path: path.to_path_buf(),
+            what: "probability",
+            index: i,
+            value: probs[i],
+            range: "[0, 1]",
+        });
     }
     // the encoder takes 16-bit samples in native byte order
     let bytes: Vec<u8> = probs

@@ -48,6 +48,10 @@ pub struct TrainConfig {
     pub val_count: usize,
     /// Stop after this many epochs without a better validation Dice.
     pub early_stop_patience: Option<usize>,
+    /// Wall-clock budget of the run in seconds (`--max-time`): training stops
+    /// inside it, keeping best and last, and the schedule spans the epochs
+    /// that fit (`epochs` is then an upper bound). See [`super::budget`].
+    pub max_seconds: Option<f64>,
     pub sliding_window: SlidingWindow,
     pub out_dir: PathBuf,
 }
@@ -57,8 +61,12 @@ impl TrainConfig {
     /// non-finite or out-of-range rates, sizes past sane limits), naming the
     /// setting. Loading data is not part of it.
     pub fn validate(&self) -> Result<()> {
-        fn bad(msg: String) -> Result<()> {
-            Err(Error::Invalid(msg))
+        fn bad(setting: impl Into<String>, expected: &str, got: impl ToString) -> Result<()> {
+            Err(Error::Setting {
+                setting: setting.into(),
+                expected: expected.into(),
+                got: got.to_string(),
+            })
         }
         /// Upper bound on any size in pixels or count (keeps products far from overflow).
         const MAX: usize = 1 << 16;
@@ -72,15 +80,12 @@ impl TrainConfig {
             ("sliding_window.batch", self.sliding_window.batch),
         ] {
             if v == 0 || v > MAX {
-                return bad(format!("{name} must be between 1 and {MAX}, got {v}"));
+                return bad(name, &format!("between 1 and {MAX}"), v);
             }
         }
         let o = &self.optimizer;
         if !(o.lr.is_finite() && o.lr > 0.0) {
-            return bad(format!(
-                "optimizer.lr must be a positive number, got {}",
-                o.lr
-            ));
+            return bad("optimizer.lr", "a positive number", o.lr);
         }
         for (name, v) in [
             ("beta1", o.beta1),
@@ -88,49 +93,49 @@ impl TrainConfig {
             ("momentum", o.momentum),
         ] {
             if !(0.0..1.0).contains(&v) {
-                return bad(format!("optimizer.{name} must be in [0, 1), got {v}"));
+                return bad(format!("optimizer.{name}"), "in [0, 1)", v);
             }
         }
         if !(o.eps.is_finite() && o.eps > 0.0) {
-            return bad(format!(
-                "optimizer.eps must be a positive number, got {}",
-                o.eps
-            ));
+            return bad("optimizer.eps", "a positive number", o.eps);
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            return bad(format!(
-                "optimizer.weight_decay must be ≥ 0, got {}",
-                o.weight_decay
-            ));
+            return bad("optimizer.weight_decay", "≥ 0", o.weight_decay);
         }
         if let Some(c) = o.clip_grad_norm {
             if !(c.is_finite() && c > 0.0) {
-                return bad(format!(
-                    "optimizer.clip_grad_norm must be a positive number, got {c}"
-                ));
+                return bad("optimizer.clip_grad_norm", "a positive number", c);
             }
         }
         if !(0.0..=1.0).contains(&self.sampler.foreground_ratio) {
-            return bad(format!(
-                "sampler.foreground_ratio must be in [0, 1], got {}",
-                self.sampler.foreground_ratio
-            ));
+            return bad(
+                "sampler.foreground_ratio",
+                "in [0, 1]",
+                self.sampler.foreground_ratio,
+            );
         }
         if !(0.0..1.0).contains(&self.sliding_window.overlap) {
-            return bad(format!(
-                "sliding_window.overlap must be in [0, 1), got {}",
-                self.sliding_window.overlap
-            ));
+            return bad(
+                "sliding_window.overlap",
+                "in [0, 1)",
+                self.sliding_window.overlap,
+            );
         }
         if let DataSource::Synthetic(s) = &self.data {
             if s.count == 0 || s.count > 10_000 || s.size < 8 || s.size > 4096 {
-                return bad(format!(
-                    "synthetic data needs 1–10000 images of 8–4096 pixels, got {} of {}",
-                    s.count, s.size
-                ));
+                return bad(
+                    "synthetic data",
+                    "1–10000 images of 8–4096 pixels",
+                    format!("{} of {}", s.count, s.size),
+                );
             }
             if !(s.noise.is_finite() && s.noise >= 0.0) {
-                return bad(format!("synthetic noise must be ≥ 0, got {}", s.noise));
+                return bad("synthetic noise", "≥ 0", s.noise);
+            }
+        }
+        if let Some(t) = self.max_seconds {
+            if !(t.is_finite() && t > 0.0) {
+                return bad("max_seconds", "a positive number", t);
             }
         }
         self.schedule.validate()?;
@@ -175,6 +180,7 @@ impl Default for TrainConfig {
             seed: 0,
             val_count: 4,
             early_stop_patience: Some(10),
+            max_seconds: None,
             sliding_window: SlidingWindow {
                 roi: 64,
                 overlap: 0.5,

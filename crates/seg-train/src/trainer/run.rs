@@ -4,6 +4,7 @@
 //! ([`crate::checkpoint`]), a clear stop on a non-finite loss, and a
 //! cooperative stop flag (Ctrl-C) that writes a checkpoint first.
 
+use super::budget::TimeBudget;
 use super::config::{DataSource, TrainConfig};
 use super::validate::validate;
 use crate::checkpoint::{self, BundleInfo};
@@ -60,6 +61,9 @@ pub enum Outcome {
     EarlyStopped { epoch: usize },
     /// The stop flag was raised; a checkpoint was written.
     Interrupted { epoch: usize, step: usize },
+    /// The time budget (`max_seconds`) ended the run after `epoch` epochs
+    /// (the last possibly cut short); best and last are written.
+    TimeUp { epoch: usize },
 }
 
 /// Called as training progresses (progress bars, logs).
@@ -74,6 +78,8 @@ pub trait Observer {
     }
     fn on_step(&mut self, _epoch: usize, _step: usize, _loss: f32, _lr: f64) {}
     fn on_epoch(&mut self, _record: &EpochRecord, _improved: bool) {}
+    /// Under a time budget: the schedule now spans `epochs` epochs.
+    fn on_horizon(&mut self, _epochs: usize) {}
 }
 
 /// An observer that does nothing.
@@ -121,10 +127,10 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Vec<Sample>, Vec<Sample>)> {
         }
     };
     if all.len() < 2 {
-        return Err(Error::Invalid(format!(
-            "{} labelled image(s): training needs at least 2 (one for validation)",
-            all.len()
-        )));
+        return Err(Error::TooFewCases {
+            found: all.len(),
+            needed: 2,
+        });
     }
     let val_count = cfg.val_count.clamp(1, all.len() - 1);
     let (train, val) = dataset::split_cases(&all, val_count, cfg.seed);
@@ -165,32 +171,34 @@ pub struct Trainer {
     val: Vec<Sample>,
     pub paths: RunPaths,
     threshold: f32,
+    /// When [`Trainer::new`] began: the start of the time budget.
+    created: Instant,
 }
 
 impl Trainer {
     /// Prepares a run: loads the data, builds the network (fresh, or from the
     /// run folder's last state when `resume`), and the optimiser.
     pub fn new(cfg: TrainConfig, device: &Device, resume: bool) -> Result<Self> {
+        let created = Instant::now();
         cfg.validate()?;
         let (train, val) = load_data(&cfg)?;
         let channels = train[0].channels;
         if channels != cfg.model.in_channels() {
-            return Err(Error::Invalid(format!(
-                "the data has {channels} channel(s) after preprocessing but the model expects {}",
-                cfg.model.in_channels()
-            )));
+            return Err(Error::Channels {
+                got: channels,
+                expected: cfg.model.in_channels(),
+            });
         }
         if cfg.loss.is_multiclass() != (cfg.model.out_channels() > 1) {
-            return Err(Error::Invalid(format!(
-                "loss {:?} needs {} output channels, the model has {}",
-                cfg.loss,
-                if cfg.loss.is_multiclass() {
+            return Err(Error::LossOutputs {
+                loss: format!("{:?}", cfg.loss),
+                expected: if cfg.loss.is_multiclass() {
                     "2 or more"
                 } else {
                     "1"
                 },
-                cfg.model.out_channels()
-            )));
+                got: cfg.model.out_channels(),
+            });
         }
         std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
         let stale = seg_core::fsutil::remove_stale_temp_files(&cfg.out_dir);
@@ -219,6 +227,11 @@ impl Trainer {
         if resume {
             state = checkpoint::load_resume(&paths.state, &net, &mut opt)?;
             threshold = state.history.last().map(|r| r.threshold).unwrap_or(0.5);
+            if cfg.max_seconds.is_none() {
+                // the schedule spans the configured epochs (a budget's estimate, or a
+                // changed --epochs, is replaced); under a budget it is re-estimated
+                state.scheduler.epochs = cfg.epochs.max(1);
+            }
             tracing::info!("resuming at epoch {}, step {}", state.epoch + 1, state.step);
         }
         let cfg_json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
@@ -244,6 +257,7 @@ impl Trainer {
             val,
             paths,
             threshold,
+            created,
         })
     }
 
@@ -279,10 +293,15 @@ impl Trainer {
     pub fn run(&mut self, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
         obs.on_start(&self.cfg, &self.state, self.train.len(), self.val.len());
         let multiclass = self.cfg.loss.is_multiclass();
+        let mut budget = self
+            .cfg
+            .max_seconds
+            .map(|s| TimeBudget::new(s, self.created));
         while self.state.epoch < self.cfg.epochs {
             let epoch = self.state.epoch;
             let started = Instant::now();
             let lr = self.state.scheduler.lr(epoch);
+            let mut cut = false;
             while self.state.step < self.cfg.steps_per_epoch {
                 if stop.load(Ordering::SeqCst) {
                     self.save_last()?;
@@ -291,6 +310,11 @@ impl Trainer {
                         step: self.state.step,
                     });
                 }
+                if budget.as_ref().is_some_and(|b| b.step_would_overrun()) {
+                    cut = true;
+                    break;
+                }
+                let step_started = Instant::now();
                 let batch = random_batch(
                     &self.train,
                     &self.cfg.sampler,
@@ -328,11 +352,37 @@ impl Trainer {
                 self.state.step += 1;
                 self.state.loss_sum += lv as f64;
                 self.state.loss_count += 1;
+                if let Some(b) = &mut budget {
+                    b.record_step(step_started.elapsed().as_secs_f64());
+                }
                 obs.on_step(epoch, self.state.step, lv, lr);
             }
+            if cut && self.state.step == 0 {
+                // nothing trained in this epoch: `last` is the previous epoch's
+                let b = budget.as_ref().expect("cut under a budget");
+                if self.state.history.is_empty() {
+                    return Err(Error::BudgetExhausted {
+                        limit: b.limit(),
+                        elapsed: b.elapsed(),
+                    });
+                }
+                return Ok(Outcome::TimeUp { epoch });
+            }
+            if cut {
+                tracing::info!(
+                    "time budget: epoch {} cut after {} of {} steps to validate inside it",
+                    epoch + 1,
+                    self.state.step,
+                    self.cfg.steps_per_epoch
+                );
+            }
             // validation on full images
+            let val_started = Instant::now();
             let (dice05, dice_best, thr, auc) =
                 validate(&self.net, &self.val, &self.cfg.sliding_window)?;
+            if let Some(b) = &mut budget {
+                b.record_validation(val_started.elapsed().as_secs_f64());
+            }
             let record = EpochRecord {
                 epoch: epoch + 1,
                 lr,
@@ -368,6 +418,20 @@ impl Trainer {
             if let Some(p) = self.cfg.early_stop_patience {
                 if self.state.epochs_since_best >= p {
                     return Ok(Outcome::EarlyStopped { epoch: epoch + 1 });
+                }
+            }
+            if let Some(b) = &mut budget {
+                b.record_epoch(started.elapsed().as_secs_f64());
+                let horizon = b.horizon(self.state.epoch, self.cfg.epochs);
+                if cut || horizon <= self.state.epoch {
+                    return Ok(Outcome::TimeUp {
+                        epoch: self.state.epoch,
+                    });
+                }
+                if horizon != self.state.scheduler.epochs {
+                    tracing::debug!("time budget: the schedule spans {horizon} epochs");
+                    self.state.scheduler.epochs = horizon;
+                    obs.on_horizon(horizon);
                 }
             }
         }

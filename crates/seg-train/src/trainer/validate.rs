@@ -46,7 +46,7 @@ pub fn validate(
         let label = s
             .label
             .as_ref()
-            .ok_or_else(|| Error::Invalid(format!("validation image {} has no label", s.id)))?;
+            .ok_or_else(|| Error::NoLabel { case: s.id.clone() })?;
         total = total + metrics::confusion(&p, label, s.fov.as_deref(), 0.5);
         let (fp, fg) = metrics::in_fov(&p, label, s.fov.as_deref());
         sweep.add(&fp, &fg);
