@@ -8,11 +8,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use seg_core::parse_device;
 use seg_data::augment::{AugmentConfig, AUGMENT_PRESETS};
 use seg_data::intensity::{ChannelChoice, WindowSpec};
+use seg_data::labelmap::IntensityNorm;
 use seg_data::spec::{DatasetKind, DatasetSpec};
 use seg_data::synthetic::SyntheticConfig;
 use seg_models::{ModelConfig, NormKind, Upsample, MODEL_NAMES};
 use seg_train::losses::{Loss, LOSS_NAMES};
 use seg_train::optim::OptimizerKind;
+use seg_train::plan::{Fingerprint, Plan};
 use seg_train::schedule::Schedule;
 use seg_train::trainer::{
     DataSource, EpochRecord, Observer, Outcome, TrainConfig, TrainState, Trainer,
@@ -88,6 +90,15 @@ pub struct TrainArgs {
     /// Skip CLAHE.
     #[arg(long)]
     no_clahe: bool,
+    /// Planned (multi-class / volume) data: neighbouring slices on each side given as channels (0 = 2D, 1 = 2.5D with 3 slices).
+    #[arg(long)]
+    context: Option<usize>,
+    /// Planned volume data: cut slices perpendicular to this axis (0, 1 or 2 of the NIfTI volume).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..3))]
+    slice_axis: Option<u8>,
+    /// Planned data: intensity normalisation, zscore (per case) or ct (clip to the foreground's 0.5/99.5 percentiles, dataset z-score).
+    #[arg(long, value_parser = ["zscore", "ct"])]
+    intensity: Option<String>,
     #[arg(long)]
     seed: Option<u64>,
     /// cpu, cuda:N, metal:N or auto.
@@ -107,9 +118,9 @@ pub struct TrainArgs {
     dry_run: bool,
 }
 
-/// The training data of `dir`: the `--dataset` layout, else the detected one.
-fn data_source(dir: &Path, kind: Option<&str>) -> Result<DataSource> {
-    let spec = match kind {
+/// The dataset at `dir`: the `--dataset` layout, else the detected one.
+fn dataset_spec(dir: &Path, kind: Option<&str>) -> Result<DatasetSpec> {
+    Ok(match kind {
         Some(k) => {
             let kind = DatasetKind::from_name(k).expect("value checked by clap");
             DatasetSpec::open(kind, dir)?
@@ -118,22 +129,90 @@ fn data_source(dir: &Path, kind: Option<&str>) -> Result<DataSource> {
             seg_data::Error::NoLayout { .. } => anyhow::anyhow!("{e}; pass --dataset"),
             e => e.into(),
         })?,
-    };
-    Ok(match spec {
-        DatasetSpec::Drive { root } => DataSource::Drive { root },
-        DatasetSpec::Folders { root } => DataSource::Folders { root },
-        DatasetSpec::Synthetic(_) => DataSource::Synthetic(SyntheticConfig::default()),
-        DatasetSpec::Msd(m) => {
-            return Err(seg_data::Error::NotSupportedYet {
-                name: m.name(),
-                path: m.root,
-                layout: "MSD/nnU-Net",
-                what: "multi-class volume training".into(),
-            }
-            .into())
-        }
     })
 }
+
+/// The automatic plan of a dataset and its fingerprint.
+pub type Auto = (Plan, Fingerprint);
+
+/// The training data of `dir`: DRIVE, the synthetic set and binary 2D
+/// paired folders as they are; MSD/nnU-Net folders, volumes and multi-class
+/// label maps through the automatic plan (returned, with the flags that
+/// override its data decisions applied).
+fn data_source(a: &TrainArgs, dir: &Path) -> Result<(DataSource, Option<Auto>)> {
+    let spec = dataset_spec(dir, a.dataset.as_deref())?;
+    match &spec {
+        DatasetSpec::Drive { root } => return Ok((DataSource::Drive { root: root.clone() }, None)),
+        DatasetSpec::Synthetic(_) => {
+            return Ok((DataSource::Synthetic(SyntheticConfig::default()), None))
+        }
+        DatasetSpec::Folders { .. } | DatasetSpec::Msd(_) => {}
+    }
+    let (mut p, fp) = seg_train::plan::plan_dataset(&spec)
+        .with_context(|| format!("planning from {}", dir.display()))?;
+    if matches!(spec, DatasetSpec::Folders { .. }) && !seg_train::plan::needs_label_maps(&fp) {
+        return Ok((
+            DataSource::Folders {
+                root: dir.to_path_buf(),
+            },
+            None,
+        ));
+    }
+    let modalities = fp.cases[0].modalities;
+    if let Some(c) = a.context {
+        p.context = c;
+        p.reasons.push(format!("--context {c}"));
+    }
+    p.in_channels = modalities * (2 * p.context + 1);
+    if let Some(ax) = a.slice_axis {
+        p.slice_axis = ax as usize;
+        p.reasons.push(format!("--slice-axis {ax}"));
+    }
+    match (a.intensity.as_deref(), a.window) {
+        (Some(_), Some(_)) => {
+            bail!("--intensity and --window both set the normalisation: give one")
+        }
+        (Some("ct"), None) => {
+            let f = fp.foreground;
+            p.norm = IntensityNorm::Ct {
+                lower: f.p00_5,
+                upper: f.p99_5,
+                mean: f.mean,
+                std: f.std,
+            };
+            p.reasons.push("--intensity ct".into());
+        }
+        (Some(_), None) => {
+            p.norm = IntensityNorm::ZscoreCase;
+            p.reasons.push("--intensity zscore".into());
+        }
+        (None, Some(w)) => {
+            // the window onto [-1, 1]
+            let (c, half) = (
+                w.center as f32,
+                (w.width as f32 / 2.0).max(f32::MIN_POSITIVE),
+            );
+            p.norm = IntensityNorm::Ct {
+                lower: c - half,
+                upper: c + half,
+                mean: c,
+                std: half,
+            };
+            p.reasons.push(format!(
+                "--window: clip to [{}, {}], onto [-1, 1]",
+                c - half,
+                c + half
+            ));
+        }
+        (None, None) => {}
+    }
+    let layout = spec.kind().name();
+    let cfg = p.train_config(dir, layout)?;
+    Ok((cfg.data, Some((p, fp))))
+}
+
+/// Budget of a planned run given neither `--max-time` nor `--epochs`.
+const DEFAULT_PLANNED_BUDGET_S: f64 = 20.0 * 60.0;
 
 /// Upper bound on epochs under `--max-time` when neither `--epochs` nor the
 /// config file gives one: the budget decides.
@@ -187,8 +266,9 @@ fn set_model_options(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// Turns the arguments into a complete, checked configuration.
-pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
+/// Turns the arguments into a complete, checked configuration, with the
+/// automatic plan when the data went through it.
+pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
     let out = a
         .out
         .clone()
@@ -206,7 +286,7 @@ pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
             cfg.max_seconds = Some(t.as_secs_f64());
         }
         cfg.out_dir = out;
-        return Ok(cfg);
+        return Ok((cfg, None));
     }
     let mut config_sets_epochs = false;
     let mut cfg = match &a.config {
@@ -221,25 +301,49 @@ pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
         }
         None => TrainConfig::default(),
     };
+    let mut auto = None;
     let synthetic = match (&a.data, a.dataset.as_deref()) {
         (None, None | Some("synthetic")) => true,
         (None, Some(d)) => bail!("--dataset {d} needs --data DIR"),
-        (Some(dir), kind) => {
+        (Some(dir), _) => {
             if !dir.is_dir() {
                 bail!("{}: no such folder", dir.display());
             }
-            cfg.data = data_source(dir, kind)?;
+            let (data, planned) = data_source(a, dir)?;
+            if let Some((p, _)) = &planned {
+                let layout = match &data {
+                    DataSource::Labelled { layout, .. } => layout.clone(),
+                    _ => unreachable!("planned data is labelled"),
+                };
+                cfg = TrainConfig {
+                    out_dir: cfg.out_dir.clone(),
+                    ..p.train_config(dir, &layout)?
+                };
+                cfg.data = data;
+                auto = planned;
+            } else {
+                cfg.data = data;
+            }
             matches!(cfg.data, DataSource::Synthetic(_))
         }
     };
+    let planned_io = auto
+        .as_ref()
+        .map(|(p, _)| (p.in_channels, p.labels.classes()));
     if let Some(m) = &a.model {
         let base = a.base.unwrap_or(if synthetic { 8 } else { 16 });
         cfg.model = ModelConfig::from_name(m)?.with_base(base);
+        if let Some((i, k)) = planned_io {
+            cfg.model = cfg.model.with_in_channels(i).with_out_channels(k);
+        }
     } else if let Some(b) = a.base {
         cfg.model = cfg.model.with_base(b);
     }
     set_model_options(a, &mut cfg)?;
-    if let Some(w) = a.window {
+    if auto.is_some() && (a.channels.is_some() || a.no_clahe) {
+        bail!("--channels and --no-clahe apply to 2D fundus-style data; planned (multi-class or volume) data is normalised by the plan (--intensity, --window)");
+    }
+    if let (Some(w), None) = (a.window, &auto) {
         if matches!(cfg.data, DataSource::Synthetic(_)) {
             bail!("--window applies to image files (raw values such as Hounsfield units); the built-in synthetic set is generated in [0, 1] and is not windowed: pass --data DIR");
         }
@@ -258,8 +362,12 @@ pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
     if a.no_clahe {
         cfg.preprocess.clahe = None;
     }
-    let in_ch = cfg.preprocess.out_channels(3);
-    cfg.model = cfg.model.with_in_channels(in_ch);
+    if auto.is_none() {
+        let in_ch = cfg.preprocess.out_channels(3);
+        cfg.model = cfg.model.with_in_channels(in_ch);
+    } else if a.epochs.is_none() && a.max_time.is_none() && !config_sets_epochs {
+        cfg.max_seconds = Some(DEFAULT_PLANNED_BUDGET_S);
+    }
     macro_rules! set {
         ($field:expr, $v:expr) => {
             if let Some(v) = $v {
@@ -288,6 +396,11 @@ pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(l) = &a.loss {
         cfg.loss = Loss::from_name(l).expect("value checked by clap");
+        if auto.is_some() && !cfg.loss.is_multiclass() {
+            bail!(
+                "--loss {l}: planned (multi-class) data trains with a softmax loss: ce or ce_dice"
+            );
+        }
         if cfg.loss.is_multiclass() && cfg.model.out_channels() == 1 {
             cfg.model = cfg.model.with_out_channels(2);
         }
@@ -309,7 +422,7 @@ pub fn plan(a: &TrainArgs) -> Result<TrainConfig> {
     if !(cfg.optimizer.lr > 0.0 && cfg.optimizer.lr.is_finite()) {
         bail!("--lr must be a positive number");
     }
-    Ok(cfg)
+    Ok((cfg, auto))
 }
 
 struct Progress {
@@ -381,18 +494,34 @@ impl Observer for Progress {
         self.loss_sum = 0.0;
         self.loss_n = 0;
         let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
-        let line = format!(
-            "epoch {}/{}: loss {:.4}  val Dice {} @0.5, {} @{:.2}  AUC {}  {:.1}s{}",
-            r.epoch,
-            self.epochs,
-            r.train_loss,
-            f(r.val_dice),
-            f(r.val_dice_best),
-            r.threshold,
-            f(r.val_auc),
-            r.seconds,
-            if improved { "  * best" } else { "" }
-        );
+        let line = match &r.val_class_dice {
+            Some(per_class) => format!(
+                "epoch {}/{}: loss {:.4}  val mean Dice {} (per class {})  {:.1}s{}",
+                r.epoch,
+                self.epochs,
+                r.train_loss,
+                f(r.val_dice),
+                per_class
+                    .iter()
+                    .map(|d| format!("{d:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.seconds,
+                if improved { "  * best" } else { "" }
+            ),
+            None => format!(
+                "epoch {}/{}: loss {:.4}  val Dice {} @0.5, {} @{:.2}  AUC {}  {:.1}s{}",
+                r.epoch,
+                self.epochs,
+                r.train_loss,
+                f(r.val_dice),
+                f(r.val_dice_best),
+                r.threshold,
+                f(r.val_auc),
+                r.seconds,
+                if improved { "  * best" } else { "" }
+            ),
+        };
         eprintln!("{line}");
         tracing::info!("{line}");
         self.history.push(r.clone());
@@ -403,7 +532,22 @@ impl Observer for Progress {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let cfg = plan(&a)?;
+    let (cfg, auto) = plan(&a)?;
+    if let Some((p, fp)) = &auto {
+        eprintln!(
+            "plan from {} cases ({} classes: values {:?}):",
+            fp.cases.len(),
+            p.labels.classes(),
+            p.labels.values
+        );
+        for r in &p.reasons {
+            eprintln!("  {r}");
+            tracing::info!("plan: {r}");
+        }
+        std::fs::create_dir_all(&cfg.out_dir)
+            .with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
+        seg_train::plan::write_plan(&cfg.out_dir.join("plan.json"), p, fp)?;
+    }
     let device = parse_device(&a.device)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -424,8 +568,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut trainer = Trainer::new(cfg, &device, a.resume).context("preparing the run")?;
     if a.dry_run {
         let (t, v) = trainer.split_sizes();
+        let what = if auto.is_some() {
+            "training slices and"
+        } else {
+            "training and"
+        };
         println!(
-            "plan ok: {t} training and {v} validation images; wrote {} and {}",
+            "plan ok: {t} {what} {v} validation images; wrote {} and {}",
             out.join("config.json").display(),
             out.join("split.json").display()
         );

@@ -46,7 +46,7 @@ fn an_unknown_folder_says_which_layouts_were_looked_for() {
 }
 
 #[test]
-fn msd_hippocampus_is_checked_and_refused_for_training() {
+fn msd_hippocampus_is_checked_and_planned_for_training() {
     let Some(shared) = shared() else {
         skip_notice("SKIP: ../shared not found; MSD Hippocampus CLI test not run");
         return;
@@ -77,14 +77,31 @@ fn msd_hippocampus_is_checked_and_refused_for_training() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(out.status.success(), "{err}");
         assert!(
-            err.contains("multi-class volume training is not supported yet")
-                && err.contains("\"Hippocampus\""),
+            err.contains("plan from 208 cases (3 classes: values [0, 1, 2])")
+                && err.contains("slice axis 2")
+                && err.contains("per-case z-score"),
             "{err}"
         );
+        let plan: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("run/plan.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            plan["plan"]["labels"]["values"],
+            serde_json::json!([0, 1, 2])
+        );
+        assert_eq!(plan["fingerprint"]["cases"].as_array().unwrap().len(), 208);
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("run/config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["data"]["kind"], "labelled");
+        assert_eq!(cfg["model"]["out_channels"], 3);
+        assert_eq!(
+            cfg["max_seconds"], 1200.0,
+            "planned runs default to 20 minutes"
+        );
     }
-    assert!(!d.join("run/config.json").exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
 

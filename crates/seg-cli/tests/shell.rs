@@ -38,6 +38,7 @@ fn tiny_bundle(dir: &Path) -> PathBuf {
         threshold: 0.5,
         epoch: 1,
         val_dice: None,
+        slices: None,
     };
     let path = dir.join("bundle.safetensors");
     save_bundle(&net, &info, &path).unwrap();

@@ -91,6 +91,20 @@ pub enum Error {
     /// of the message, so it is not repeated as `source()`).
     #[error("{}: {error}", path.display())]
     InFile { path: PathBuf, error: Box<Error> },
+    /// A label value that is not an integer.
+    #[error("{}: label value {value} at voxel {index} is not an integer", path.display())]
+    NonIntegralLabel {
+        path: std::path::PathBuf,
+        index: usize,
+        value: f32,
+    },
+    /// A label value outside the dataset's label set.
+    #[error("{}: label value {value} is not one of the dataset's values {known:?}", path.display())]
+    UnknownLabel {
+        path: std::path::PathBuf,
+        value: i64,
+        known: Vec<i64>,
+    },
     /// The built-in synthetic set was asked for files.
     #[error(
         "the built-in synthetic set is generated, not read from files: it has no cases on disk"

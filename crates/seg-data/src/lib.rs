@@ -7,7 +7,9 @@
 //! - [`intensity`]: DICOM windowing and presets, ScaleIntensityRange,
 //!   z-score, min-max, percentiles, channel choice, CLAHE, gamma;
 //!   [`preprocess`]: the serialisable plan applying them.
-//! - [`slicing`]: volumes into 2D/2.5D slices and back.
+//! - [`slicing`]: volumes into 2D/2.5D slices and back; [`labelmap`]:
+//!   integer label maps, label values ↔ classes, whole-case normalisation,
+//!   a case as a stack of planes for multi-class training.
 //! - [`spec`]: one [`spec::DatasetSpec`] for every layout, detected from a
 //!   folder; [`dataset`]: DRIVE, paired folders, NIfTI pairs, [`synthetic`]
 //!   vessels; [`msd`] and [`dataset_json`]: the MSD/nnU-Net layout.
@@ -21,6 +23,7 @@ pub mod dataset_json;
 pub mod error;
 pub mod intensity;
 pub mod io;
+pub mod labelmap;
 pub mod msd;
 pub mod preprocess;
 pub mod sample;

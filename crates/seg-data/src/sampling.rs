@@ -71,13 +71,30 @@ pub fn crop(s: &Sample, y0: isize, x0: isize, size: usize) -> Sample {
 }
 
 impl PatchSampler {
-    /// Draws one patch from `s`.
+    /// Draws one patch from `s`: centred on a foreground (any non-zero
+    /// label) pixel with probability `foreground_ratio`, else anywhere.
     pub fn sample(&self, s: &Sample, rng: &mut ChaCha8Rng) -> Sample {
-        let n = s.height * s.width;
         let want_fg = rng.random::<f32>() < self.foreground_ratio;
+        self.sample_centred(s, want_fg.then_some(Target::Foreground), rng)
+    }
+
+    /// Draws one patch from `s` centred on a pixel of `target` (inside the
+    /// FOV when `inside_fov`), or anywhere when `target` is `None` or `s` has
+    /// no such pixel.
+    pub fn sample_centred(
+        &self,
+        s: &Sample,
+        target: Option<Target>,
+        rng: &mut ChaCha8Rng,
+    ) -> Sample {
+        let n = s.height * s.width;
         let ok = |i: usize| -> bool {
             let in_fov = !self.inside_fov || s.fov.as_ref().is_none_or(|f| f[i] != 0);
-            let fg = !want_fg || s.label.as_ref().is_some_and(|l| l[i] != 0);
+            let fg = match target {
+                None => true,
+                Some(Target::Foreground) => s.label.as_ref().is_some_and(|l| l[i] != 0),
+                Some(Target::Class(c)) => s.label.as_ref().is_some_and(|l| l[i] == c),
+            };
             in_fov && fg
         };
         // rejection sampling, then a scan from a random start
@@ -98,6 +115,96 @@ impl PatchSampler {
         let half = (self.size / 2) as isize;
         crop(s, cy - half, cx - half, self.size)
     }
+}
+
+/// What a patch is centred on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Any non-zero label.
+    Foreground,
+    /// This class index.
+    Class(u8),
+}
+
+/// For each foreground class (1..K), the samples that contain it: the
+/// index class-balanced sampling draws from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClassIndex {
+    /// `by_class[k - 1]`: samples holding class `k`.
+    pub by_class: Vec<Vec<usize>>,
+}
+
+impl ClassIndex {
+    /// Indexes `samples` for classes 1..`classes`.
+    pub fn new(samples: &[Sample], classes: usize) -> Self {
+        let per_sample: Vec<Vec<bool>> = samples
+            .par_iter()
+            .map(|s| {
+                let mut has = vec![false; classes];
+                if let Some(l) = &s.label {
+                    for &v in l {
+                        if (v as usize) < classes {
+                            has[v as usize] = true;
+                        }
+                    }
+                }
+                has
+            })
+            .collect();
+        let by_class = (1..classes)
+            .map(|k| {
+                per_sample
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, h)| h[k])
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
+        Self { by_class }
+    }
+}
+
+/// Like [`random_batch`], with class-balanced foreground: a patch is centred
+/// on a foreground class with probability `sampler.foreground_ratio`, the
+/// class drawn uniformly among those present (so rare structures are seen
+/// as often as large ones), from a sample that holds it.
+pub fn random_batch_balanced(
+    images: &[Sample],
+    index: &ClassIndex,
+    sampler: &PatchSampler,
+    aug: &AugmentConfig,
+    batch_size: usize,
+    seed: u64,
+    batch_index: u64,
+) -> Result<Batch> {
+    if images.is_empty() {
+        return Err(Error::Empty {
+            what: "images to sample patches from",
+        });
+    }
+    let present: Vec<usize> = (0..index.by_class.len())
+        .filter(|&k| !index.by_class[k].is_empty())
+        .collect();
+    let patches: Vec<Sample> = (0..batch_size)
+        .into_par_iter()
+        .map(|k| {
+            let mut rng = patch_rng(seed, batch_index, k as u64);
+            let want_fg = rng.random::<f32>() < sampler.foreground_ratio;
+            let mut p = if want_fg && !present.is_empty() {
+                let class = present[rng.random_range(0..present.len())];
+                let list = &index.by_class[class];
+                let img = &images[list[rng.random_range(0..list.len())]];
+                sampler.sample_centred(img, Some(Target::Class(class as u8 + 1)), &mut rng)
+            } else {
+                let img = &images[rng.random_range(0..images.len())];
+                sampler.sample_centred(img, None, &mut rng)
+            };
+            augment(&mut p, aug, &mut rng);
+            p
+        })
+        .collect();
+    stack(&patches)
 }
 
 /// Top-left corners of overlapping `size` patches covering an `h × w`

@@ -142,6 +142,30 @@ pub struct Volume {
 }
 
 impl Volume {
+    /// An in-memory float32 NIfTI-style volume (column-major `dims`, x
+    /// fastest) with `spacing` and a diagonal affine: for building volumes in
+    /// code (tests, synthetic data) rather than reading them.
+    pub fn from_nifti_values(dims: &[usize], values: Vec<f32>, spacing: [f64; 3]) -> Self {
+        let raw = Stats::of(values.iter().map(|&v| v as f64));
+        let mut affine = [[0.0; 4]; 4];
+        for (i, row) in affine.iter_mut().enumerate() {
+            row[i] = if i < 3 { spacing[i] } else { 1.0 };
+        }
+        Self {
+            format: Format::Nifti,
+            shape: dims.to_vec(),
+            layout: Layout::ColumnMajor,
+            stored: StoredType::Float32,
+            raw,
+            values,
+            spacing: spacing.to_vec(),
+            affine: Some(affine),
+            window: None,
+            transfer_syntax: None,
+            photometric: None,
+        }
+    }
+
     /// Statistics of the values (after scaling), NaN counted.
     pub fn value_stats(&self) -> Stats {
         Stats::of(self.values.iter().map(|&v| v as f64))

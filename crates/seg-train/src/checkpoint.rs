@@ -18,6 +18,7 @@ use crate::optim::Optimizer;
 use crate::trainer::TrainState;
 use seg_core::params::{read_safetensors, write_safetensors};
 use seg_core::{Device, Tensor};
+use seg_data::labelmap::SlicePlan;
 use seg_data::Preprocess;
 use seg_models::Network;
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,10 @@ pub struct BundleInfo {
     pub epoch: usize,
     /// Validation Dice (pooled, at `threshold`) of these weights, if validated.
     pub val_dice: Option<f64>,
+    /// Multi-class models: how volumes are sliced and normalised, and the
+    /// label values of the classes (outputs are written as those values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices: Option<SlicePlan>,
 }
 
 /// Writes the bundle atomically.

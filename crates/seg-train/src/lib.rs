@@ -18,6 +18,7 @@ pub mod infer;
 pub mod losses;
 pub mod metrics;
 pub mod optim;
+pub mod plan;
 pub mod schedule;
 pub mod segment;
 pub mod trainer;

@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+mod labels;
 mod volume;
 mod write;
 
@@ -211,6 +212,21 @@ impl Segmenter {
                     image: (h, w),
                 });
             }
+        }
+        if let Some(sp) = &self.info.slices {
+            if fov.is_some() {
+                tracing::warn!(
+                    "the FOV mask is ignored: multi-class bundles segment the whole image"
+                );
+            }
+            return self.segment_planned(
+                vol,
+                sp,
+                Geometry::Image {
+                    height: h,
+                    width: w,
+                },
+            );
         }
         let fov = fov.map(|m| m.data.as_slice());
         let (img, c) = self.info.preprocess.apply_image(vol, fov)?;

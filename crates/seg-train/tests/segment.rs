@@ -62,6 +62,7 @@ fn tiny_bundle(dir: &Path, threshold: f32) -> PathBuf {
         threshold,
         epoch: 1,
         val_dice: None,
+        slices: None,
     };
     let path = dir.join("bundle.safetensors");
     save_bundle(&net, &info, &path).unwrap();

@@ -238,6 +238,37 @@ pub fn write_png_u8(
     encode_png(path, width, height, data, color)
 }
 
+/// Writes an integer label map as a greyscale PNG of its values: 8-bit
+/// when every value is in 0..=255, else 16-bit (0..=65535), atomically.
+pub fn write_label_png(path: &Path, height: usize, width: usize, values: &[i64]) -> Result<()> {
+    if values.len() != height * width {
+        return Err(Error::ShapeMismatch {
+            what: format!("label map {}", path.display()),
+            a: vec![values.len()],
+            b: vec![height, width],
+        });
+    }
+    if let Some(i) = values.iter().position(|v| !(0..=65535).contains(v)) {
+        return Err(Error::ValueOutOfRange {
+            path: path.to_path_buf(),
+            what: "label value",
+            index: i,
+            value: values[i] as f32,
+            range: "0..=65535 (PNG)",
+        });
+    }
+    if values.iter().all(|&v| v <= 255) {
+        let bytes: Vec<u8> = values.iter().map(|&v| v as u8).collect();
+        encode_png(path, width, height, &bytes, image::ExtendedColorType::L8)
+    } else {
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| (v as u16).to_ne_bytes())
+            .collect();
+        encode_png(path, width, height, &bytes, image::ExtendedColorType::L16)
+    }
+}
+
 /// Writes a probability map in [0, 1] as a 16-bit greyscale PNG (value ×
 /// 65535, rounded), atomically. NaN or out-of-range values are an error.
 pub fn write_probability_png(

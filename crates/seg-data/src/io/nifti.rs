@@ -315,6 +315,44 @@ pub fn write_nifti(
     values: &[f32],
     affine: &[[f64; 4]; 4],
 ) -> Result<()> {
+    write_typed(path, dims, values, affine)
+}
+
+/// Writes an integer label map as NIfTI-1 (uint8 when every value fits,
+/// else int16, else int32; the smallest type viewers read as labels), with
+/// the same geometry rules as [`write_nifti`]. A value no int32 holds is an
+/// error.
+pub fn write_nifti_labels(
+    path: &Path,
+    dims: &[usize],
+    values: &[i64],
+    affine: &[[f64; 4]; 4],
+) -> Result<()> {
+    let (lo, hi) = values
+        .iter()
+        .fold((0i64, 0i64), |(l, h), &v| (l.min(v), h.max(v)));
+    if lo >= 0 && hi <= u8::MAX as i64 {
+        let v: Vec<u8> = values.iter().map(|&x| x as u8).collect();
+        write_typed(path, dims, &v, affine)
+    } else if lo >= i16::MIN as i64 && hi <= i16::MAX as i64 {
+        let v: Vec<i16> = values.iter().map(|&x| x as i16).collect();
+        write_typed(path, dims, &v, affine)
+    } else if lo >= i32::MIN as i64 && hi <= i32::MAX as i64 {
+        let v: Vec<i32> = values.iter().map(|&x| x as i32).collect();
+        write_typed(path, dims, &v, affine)
+    } else {
+        Err(Error::Unsupported {
+            path: path.to_path_buf(),
+            format: FORMAT,
+            reason: format!("label values {lo}..{hi} do not fit in int32"),
+        })
+    }
+}
+
+fn write_typed<T>(path: &Path, dims: &[usize], values: &[T], affine: &[[f64; 4]; 4]) -> Result<()>
+where
+    T: nifti::DataElement + bytemuck::Pod,
+{
     use ndarray::ShapeBuilder;
     let n: usize = dims.iter().product();
     if n != values.len() || dims.is_empty() || dims.len() > 4 {

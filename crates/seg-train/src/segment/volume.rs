@@ -12,12 +12,6 @@ impl Segmenter {
     /// a series, as read by seg-data) slice by slice. The probabilities and
     /// labels are in NIfTI order (x fastest) over [`Geometry::Volume`]'s dims.
     pub fn segment_volume(&self, vol: &Volume) -> Result<Segmentation> {
-        let plan = &self.info.preprocess;
-        let invert = vol.photometric.as_deref() == Some("MONOCHROME1");
-        let unit = Volume {
-            values: plan.to_unit(&vol.values, vol.stored, vol.format, invert)?,
-            ..vol.clone()
-        };
         let (axis, dims, affine) = match vol.format {
             Format::Nifti => {
                 if vol.shape.len() != 3 {
@@ -56,6 +50,20 @@ impl Segmenter {
                     shape: vol.shape.clone(),
                 })
             }
+        };
+        if let Some(sp) = &self.info.slices {
+            let v = if vol.format == Format::Dicom {
+                super::labels::dicom_as_nifti_order(vol)
+            } else {
+                vol.clone()
+            };
+            return self.segment_planned(&v, sp, Geometry::Volume { dims, affine });
+        }
+        let plan = &self.info.preprocess;
+        let invert = vol.photometric.as_deref() == Some("MONOCHROME1");
+        let unit = Volume {
+            values: plan.to_unit(&vol.values, vol.stored, vol.format, invert)?,
+            ..vol.clone()
         };
         let in_ch = self.in_channels;
         let context = if in_ch > 1 { (in_ch - 1) / 2 } else { 0 };

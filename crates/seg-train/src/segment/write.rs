@@ -4,8 +4,8 @@
 //! is written to a temporary file in the target folder, then renamed.
 
 use crate::error::{Error, Result};
-use seg_data::io::image2d::{write_mask_png, write_probability_png};
-use seg_data::io::nifti::write_nifti;
+use seg_data::io::image2d::{write_label_png, write_mask_png, write_probability_png};
+use seg_data::io::nifti::{write_nifti, write_nifti_labels};
 use seg_data::Mask;
 use std::path::{Path, PathBuf};
 
@@ -28,9 +28,13 @@ pub struct Segmentation {
     pub geometry: Geometry,
     /// In [0, 1]; 0 outside the field of view when one was given.
     pub probabilities: Vec<f32>,
-    /// 1 where the probability is at least `threshold`, else 0.
+    /// Binary bundles: 1 where the probability is at least `threshold`,
+    /// else 0. Multi-class bundles: the class index of each pixel.
     pub labels: Vec<u8>,
     pub threshold: f32,
+    /// Multi-class bundles: the stored label value of each class (class `k`
+    /// is written as `label_values[k]`); `None` for binary bundles.
+    pub label_values: Option<Vec<i64>>,
 }
 
 /// The files [`Segmentation::write`] wrote.
@@ -52,6 +56,33 @@ impl Segmentation {
             probabilities,
             labels,
             threshold,
+            label_values: None,
+        }
+    }
+
+    /// A multi-class result: foreground probabilities (1 − background),
+    /// class indices, and the label value of each class.
+    pub fn with_classes(
+        geometry: Geometry,
+        probabilities: Vec<f32>,
+        classes: Vec<u8>,
+        label_values: Vec<i64>,
+    ) -> Self {
+        Self {
+            geometry,
+            probabilities,
+            labels: classes,
+            threshold: 0.5,
+            label_values: Some(label_values),
+        }
+    }
+
+    /// The label map as stored values: the class values of a multi-class
+    /// result, else the 0/1 mask.
+    pub fn label_map(&self) -> Vec<i64> {
+        match &self.label_values {
+            Some(v) => self.labels.iter().map(|&k| v[k as usize]).collect(),
+            None => self.labels.iter().map(|&l| l as i64).collect(),
         }
     }
 
@@ -78,17 +109,25 @@ impl Segmentation {
         match &self.geometry {
             Geometry::Image { height, width } => {
                 write_probability_png(&paths.probabilities, *height, *width, &self.probabilities)?;
-                let mask = Mask {
-                    height: *height,
-                    width: *width,
-                    data: self.labels.clone(),
-                };
-                write_mask_png(&paths.mask, &mask)?;
+                if self.label_values.is_some() {
+                    write_label_png(&paths.mask, *height, *width, &self.label_map())?;
+                } else {
+                    let mask = Mask {
+                        height: *height,
+                        width: *width,
+                        data: self.labels.clone(),
+                    };
+                    write_mask_png(&paths.mask, &mask)?;
+                }
             }
             Geometry::Volume { dims, affine } => {
                 write_nifti(&paths.probabilities, dims, &self.probabilities, affine)?;
-                let mask: Vec<f32> = self.labels.iter().map(|&l| l as f32).collect();
-                write_nifti(&paths.mask, dims, &mask, affine)?;
+                if self.label_values.is_some() {
+                    write_nifti_labels(&paths.mask, dims, &self.label_map(), affine)?;
+                } else {
+                    let mask: Vec<f32> = self.labels.iter().map(|&l| l as f32).collect();
+                    write_nifti(&paths.mask, dims, &mask, affine)?;
+                }
             }
         }
         Ok(paths)

@@ -8,6 +8,7 @@ use crate::losses::Loss;
 use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
 use seg_data::augment::AugmentConfig;
+use seg_data::labelmap::SlicePlan;
 use seg_data::sampling::PatchSampler;
 use seg_data::synthetic::SyntheticConfig;
 use seg_data::Preprocess;
@@ -25,6 +26,15 @@ pub enum DataSource {
     Drive { root: PathBuf },
     /// `root/images` + `root/masks` (+ optional `root/fov`), matched by stem.
     Folders { root: PathBuf },
+    /// Multi-class label maps — 2D images or volumes, paired folders or the
+    /// MSD/nnU-Net layout (`layout`: a `--dataset` name) — cut into 2D /
+    /// 2.5D slices as `slices` says, split into training and validation by
+    /// case (see [`crate::plan`]).
+    Labelled {
+        root: PathBuf,
+        layout: String,
+        slices: SlicePlan,
+    },
 }
 
 /// Everything a training run needs.

@@ -6,14 +6,16 @@
 
 use super::budget::TimeBudget;
 use super::config::{DataSource, TrainConfig};
-use super::validate::validate;
+use super::validate::{validate, validate_stacks};
 use crate::checkpoint::{self, BundleInfo};
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
 use crate::schedule::Scheduler;
 use seg_core::{Device, Tensor};
 use seg_data::dataset::{self, DriveSplit};
-use seg_data::sampling::random_batch;
+use seg_data::labelmap::{SlicePlan, Stack};
+use seg_data::sampling::{random_batch, random_batch_balanced, ClassIndex};
+use seg_data::spec::{DatasetKind, DatasetSpec};
 use seg_data::Sample;
 use seg_models::Network;
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,9 @@ pub struct EpochRecord {
     pub threshold: f32,
     pub val_auc: Option<f64>,
     pub seconds: f64,
+    /// Multi-class runs: mean validation Dice per foreground class (1..K).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_class_dice: Option<Vec<f64>>,
 }
 
 /// The loop state saved for resumption.
@@ -110,9 +115,94 @@ impl RunPaths {
     }
 }
 
+/// A multi-class run's data: validation cases whole, and the index that
+/// balances classes in training batches.
+pub struct LabelledData {
+    pub plan: SlicePlan,
+    pub val: Vec<Stack>,
+    pub index: ClassIndex,
+}
+
+/// Loads a [`DataSource::Labelled`] dataset: cases split by the seed (whole
+/// cases, never slices of one case on both sides), read in parallel, cut
+/// into slices.
+pub fn load_labelled(
+    root: &Path,
+    layout: &str,
+    slices: &SlicePlan,
+    val_count: usize,
+    seed: u64,
+) -> Result<(Vec<Sample>, LabelledData)> {
+    let kind = DatasetKind::from_name(layout).ok_or_else(|| Error::Setting {
+        setting: "data.layout".into(),
+        expected: "folders or msd".into(),
+        got: layout.into(),
+    })?;
+    let spec = DatasetSpec::open(kind, root)?;
+    let cases: Vec<_> = spec
+        .cases()?
+        .cases
+        .into_iter()
+        .filter(|c| c.label.is_some())
+        .collect();
+    if cases.len() < 2 {
+        return Err(Error::TooFewCases {
+            found: cases.len(),
+            needed: 2,
+        });
+    }
+    let val_count = val_count.clamp(1, cases.len() - 1);
+    let (train_cases, val_cases) = dataset::split_cases(&cases, val_count, seed);
+    let stacks = |cases: &[seg_data::spec::Case]| -> Result<Vec<Stack>> {
+        use rayon::prelude::*;
+        crate::plan::read_cases(cases)?
+            .par_iter()
+            .map(|c| {
+                let images: Vec<(&seg_data::Volume, &Path)> =
+                    c.images.iter().map(|(v, p)| (v, p.as_path())).collect();
+                Ok(Stack::new(
+                    &c.id,
+                    &images,
+                    Some((&c.label.0, &c.label.1)),
+                    &slices.labels,
+                    slices.axis,
+                    &slices.norm,
+                )?)
+            })
+            .collect()
+    };
+    let train: Vec<Sample> = stacks(&train_cases)?
+        .iter()
+        .flat_map(|s| s.samples(slices.context))
+        .collect();
+    let index = ClassIndex::new(&train, slices.labels.classes());
+    let val = stacks(&val_cases)?;
+    Ok((
+        train,
+        LabelledData {
+            plan: slices.clone(),
+            val,
+            index,
+        },
+    ))
+}
+
 /// Loads the training and validation images of a run.
 pub fn load_data(cfg: &TrainConfig) -> Result<(Vec<Sample>, Vec<Sample>)> {
     let all = match &cfg.data {
+        DataSource::Labelled {
+            root,
+            layout,
+            slices,
+        } => {
+            let (train, data) = load_labelled(root, layout, slices, cfg.val_count, cfg.seed)?;
+            let val = data
+                .val
+                .iter()
+                .flat_map(|s| s.samples(slices.context))
+                .collect();
+            return Ok((train, val));
+        }
         DataSource::Synthetic(s) => dataset::load_synthetic(s, &cfg.preprocess)?,
         DataSource::Drive { root } => {
             let cases = dataset::drive_cases(root, DriveSplit::Training)?;
@@ -173,6 +263,8 @@ pub struct Trainer {
     threshold: f32,
     /// When [`Trainer::new`] began: the start of the time budget.
     created: Instant,
+    /// Multi-class runs: validation cases and the class index.
+    labelled: Option<LabelledData>,
 }
 
 impl Trainer {
@@ -181,7 +273,33 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, device: &Device, resume: bool) -> Result<Self> {
         let created = Instant::now();
         cfg.validate()?;
-        let (train, val) = load_data(&cfg)?;
+        let (train, val, labelled) = match &cfg.data {
+            DataSource::Labelled {
+                root,
+                layout,
+                slices,
+            } => {
+                let (train, data) = load_labelled(root, layout, slices, cfg.val_count, cfg.seed)?;
+                if cfg.model.out_channels() != slices.labels.classes() {
+                    return Err(Error::Setting {
+                        setting: "model.out_channels".into(),
+                        expected: format!("{} (the label classes)", slices.labels.classes()),
+                        got: cfg.model.out_channels().to_string(),
+                    });
+                }
+                (train, Vec::new(), Some(data))
+            }
+            _ => {
+                let (t, v) = load_data(&cfg)?;
+                (t, v, None)
+            }
+        };
+        if train.is_empty() {
+            return Err(Error::TooFewCases {
+                found: 0,
+                needed: 2,
+            });
+        }
         let channels = train[0].channels;
         if channels != cfg.model.in_channels() {
             return Err(Error::Channels {
@@ -236,10 +354,19 @@ impl Trainer {
         }
         let cfg_json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
         seg_data::io::atomic_write(&paths.config, &cfg_json)?;
+        let val_ids: Vec<String> = match &labelled {
+            Some(d) => d.val.iter().map(|s| s.id.clone()).collect(),
+            None => val.iter().map(|s| s.id.clone()).collect(),
+        };
+        let mut train_ids: Vec<String> = train
+            .iter()
+            .map(|s| s.id.split('#').next().unwrap_or(&s.id).to_string())
+            .collect();
+        train_ids.dedup();
         let split = serde_json::json!({
             "seed": cfg.seed,
-            "train": train.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
-            "val": val.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+            "train": train_ids,
+            "val": val_ids,
         });
         seg_data::io::atomic_write(
             &cfg.out_dir.join("split.json"),
@@ -258,12 +385,17 @@ impl Trainer {
             paths,
             threshold,
             created,
+            labelled,
         })
     }
 
-    /// Number of training and validation images.
+    /// Number of training and validation images (multi-class runs: training
+    /// slices and validation cases).
     pub fn split_sizes(&self) -> (usize, usize) {
-        (self.train.len(), self.val.len())
+        match &self.labelled {
+            Some(d) => (self.train.len(), d.val.len()),
+            None => (self.train.len(), self.val.len()),
+        }
     }
 
     fn bundle_info(&self, epoch: usize, val_dice: Option<f64>) -> BundleInfo {
@@ -275,6 +407,7 @@ impl Trainer {
             threshold: self.threshold,
             epoch,
             val_dice,
+            slices: self.labelled.as_ref().map(|d| d.plan.clone()),
         }
     }
 
@@ -291,7 +424,8 @@ impl Trainer {
 
     /// Runs (or continues) training until the last epoch, early stopping, or `stop`.
     pub fn run(&mut self, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
-        obs.on_start(&self.cfg, &self.state, self.train.len(), self.val.len());
+        let (n_train, n_val) = self.split_sizes();
+        obs.on_start(&self.cfg, &self.state, n_train, n_val);
         let multiclass = self.cfg.loss.is_multiclass();
         let mut budget = self
             .cfg
@@ -315,16 +449,29 @@ impl Trainer {
                     break;
                 }
                 let step_started = Instant::now();
-                let batch = random_batch(
-                    &self.train,
-                    &self.cfg.sampler,
-                    &self.cfg.augment,
-                    self.cfg.batch,
-                    self.cfg.seed,
-                    self.state.global_step,
-                )?;
+                let batch = match &self.labelled {
+                    Some(d) => random_batch_balanced(
+                        &self.train,
+                        &d.index,
+                        &self.cfg.sampler,
+                        &self.cfg.augment,
+                        self.cfg.batch,
+                        self.cfg.seed,
+                        self.state.global_step,
+                    )?,
+                    None => random_batch(
+                        &self.train,
+                        &self.cfg.sampler,
+                        &self.cfg.augment,
+                        self.cfg.batch,
+                        self.cfg.seed,
+                        self.state.global_step,
+                    )?,
+                };
                 let (x, mut y, _fov) = batch.to_tensors(&self.device)?;
-                if multiclass {
+                if self.labelled.is_some() {
+                    y = one_hot(&y, self.cfg.model.out_channels())?;
+                } else if multiclass {
                     y = Tensor::cat(&[&y.affine(-1.0, 1.0)?, &y], 1)?;
                 }
                 // the step runs on a worker of the kernels' thread pool
@@ -378,8 +525,22 @@ impl Trainer {
             }
             // validation on full images
             let val_started = Instant::now();
-            let (dice05, dice_best, thr, auc) =
-                validate(&self.net, &self.val, &self.cfg.sliding_window)?;
+            let (dice05, dice_best, thr, auc, class_dice) = match &self.labelled {
+                Some(d) => {
+                    let (mean, per_class) = validate_stacks(
+                        &self.net,
+                        &d.val,
+                        d.plan.context,
+                        d.plan.labels.classes(),
+                        &self.cfg.sliding_window,
+                    )?;
+                    (mean, mean, 0.5, None, Some(per_class))
+                }
+                None => {
+                    let (a, b, c, d) = validate(&self.net, &self.val, &self.cfg.sliding_window)?;
+                    (a, b, c, d, None)
+                }
+            };
             if let Some(b) = &mut budget {
                 b.record_validation(val_started.elapsed().as_secs_f64());
             }
@@ -392,6 +553,7 @@ impl Trainer {
                 threshold: thr,
                 val_auc: auc,
                 seconds: started.elapsed().as_secs_f64(),
+                val_class_dice: class_dice,
             };
             let improved = self.state.best_dice.is_none_or(|b| dice_best > b);
             self.state.scheduler.observe(dice_best);
@@ -437,4 +599,16 @@ impl Trainer {
         }
         Ok(Outcome::Finished)
     }
+}
+
+/// Class indices `(N, 1, H, W)` as one-hot `(N, K, H, W)` f32.
+fn one_hot(y: &Tensor, k: usize) -> Result<Tensor> {
+    let (n, _, h, w) = y.dims4()?;
+    let classes = Tensor::arange(0u32, k as u32, y.device())?
+        .to_dtype(seg_core::DType::F32)?
+        .reshape((1, k, 1, 1))?
+        .broadcast_as((n, k, h, w))?;
+    Ok(y.broadcast_as((n, k, h, w))?
+        .eq(&classes)?
+        .to_dtype(seg_core::DType::F32)?)
 }

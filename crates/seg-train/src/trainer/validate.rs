@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::infer::{self, SlidingWindow};
 use crate::metrics::{self, ThresholdSweep};
+use seg_data::labelmap::Stack;
 use seg_data::Sample;
 use seg_models::Network;
 
@@ -68,4 +69,77 @@ pub fn validate(
         best_t,
         metrics::auc_roc(&all_p, &all_g),
     ))
+}
+
+/// Per-class validation of a multi-class model on whole cases: every slice
+/// of each held-out stack predicted (sliding window, softmax, arg-max) and
+/// a Dice per case and foreground class. Returns the mean foreground Dice
+/// (the mean of the per-class means) and the per-class means (class 1..K).
+/// A class absent from both a case's label and its prediction is not
+/// counted for that case (nnU-Net's convention); a class never defined
+/// counts as 0.
+pub fn validate_stacks(
+    net: &Network,
+    stacks: &[Stack],
+    context: usize,
+    classes: usize,
+    sw: &SlidingWindow,
+) -> Result<(f64, Vec<f64>)> {
+    let model = net.inference_model()?;
+    let fg = classes.saturating_sub(1);
+    let mut sums = vec![0f64; fg];
+    let mut counts = vec![0usize; fg];
+    for st in stacks {
+        let label = st.label.as_ref().ok_or_else(|| Error::NoLabel {
+            case: st.id.clone(),
+        })?;
+        let plane = st.height * st.width;
+        let mut tp = vec![0u64; classes];
+        let mut npred = vec![0u64; classes];
+        let mut ngt = vec![0u64; classes];
+        for k in 0..st.slices {
+            let s = st.sample(k, context);
+            let (probs, c) = infer::predict(
+                &model,
+                &s.image,
+                s.channels,
+                s.height,
+                s.width,
+                sw,
+                net.device(),
+            )?;
+            let gt = &label[k * plane..(k + 1) * plane];
+            for (i, &g) in gt.iter().enumerate() {
+                let mut best = 0;
+                for ch in 1..c {
+                    if probs[ch * plane + i] > probs[best * plane + i] {
+                        best = ch;
+                    }
+                }
+                npred[best] += 1;
+                ngt[g as usize] += 1;
+                if best == g as usize {
+                    tp[best] += 1;
+                }
+            }
+        }
+        for k in 1..classes {
+            let den = npred[k] + ngt[k];
+            if den > 0 {
+                sums[k - 1] += 2.0 * tp[k] as f64 / den as f64;
+                counts[k - 1] += 1;
+            }
+        }
+    }
+    let per_class: Vec<f64> = sums
+        .iter()
+        .zip(&counts)
+        .map(|(&s, &n)| if n > 0 { s / n as f64 } else { 0.0 })
+        .collect();
+    let mean = if per_class.is_empty() {
+        0.0
+    } else {
+        per_class.iter().sum::<f64>() / per_class.len() as f64
+    };
+    Ok((mean, per_class))
 }

@@ -1,0 +1,450 @@
+//! Multi-class label maps: integer labels read from any stored type
+//! ([`integer_labels`]), the dataset's label values and their remapping to
+//! class indices 0..K-1 and back ([`LabelSet`]), whole-case intensity
+//! normalisation ([`IntensityNorm`]), and a case as planes along its slice
+//! axis ([`Stack`]) from which 2D / 2.5D training samples are cut.
+
+use crate::error::{Error, Result};
+use crate::sample::Sample;
+use crate::slicing;
+use crate::volume::{Format, Volume};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Largest number of classes (class indices are stored as `u8`).
+pub const MAX_CLASSES: usize = 255;
+
+/// Largest distance of a stored label value from an integer (float labels
+/// written by resampling tools carry rounding noise).
+const INTEGER_TOLERANCE: f32 = 1e-3;
+
+/// The label values of a dataset in class order: class `k` is stored as
+/// `values[k]` in the files. The smallest value (0 when present) is class 0,
+/// the background.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelSet {
+    pub values: Vec<i64>,
+    /// Class names (from `dataset.json`), one per value, or empty.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+impl LabelSet {
+    /// The set of `values` in increasing order.
+    pub fn new(values: impl IntoIterator<Item = i64>) -> Result<Self> {
+        let set: BTreeSet<i64> = values.into_iter().collect();
+        if set.len() > MAX_CLASSES {
+            return Err(Error::Setting {
+                setting: "label values",
+                expected: format!("at most {MAX_CLASSES} distinct values"),
+                got: format!("{} values", set.len()),
+            });
+        }
+        Ok(Self {
+            values: set.into_iter().collect(),
+            names: Vec::new(),
+        })
+    }
+
+    /// Number of classes, background included.
+    pub fn classes(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The class index of a stored value.
+    pub fn index(&self, value: i64) -> Option<u8> {
+        self.values.binary_search(&value).ok().map(|k| k as u8)
+    }
+
+    /// The stored value of class `k`.
+    pub fn value(&self, k: u8) -> i64 {
+        self.values[k as usize]
+    }
+
+    /// Class `k`'s name, or its value.
+    pub fn name(&self, k: usize) -> String {
+        self.names
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| self.values[k].to_string())
+    }
+
+    /// Stored values to class indices; a value outside the set is an error
+    /// naming `path`.
+    pub fn to_classes(&self, labels: &[i64], path: &Path) -> Result<Vec<u8>> {
+        labels
+            .iter()
+            .map(|&v| {
+                self.index(v).ok_or_else(|| Error::UnknownLabel {
+                    path: path.to_path_buf(),
+                    value: v,
+                    known: self.values.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The integer labels of a label file read as a [`Volume`]: values in the
+/// volume's own order, the first channel of a 2D image (palette images are
+/// read as their colours by the image decoder: grey label PNGs are what
+/// this reads). A non-integral or non-finite value is an error naming the
+/// file and the voxel.
+pub fn integer_labels(vol: &Volume, path: &Path) -> Result<Vec<i64>> {
+    let (stride, n) = match (vol.format, vol.shape.as_slice()) {
+        (Format::Image, [h, w, c]) => (*c, h * w),
+        (_, shape) => (1, shape.iter().product()),
+    };
+    (0..n)
+        .map(|i| {
+            let v = vol.values[i * stride];
+            let r = v.round();
+            if !v.is_finite() || (v - r).abs() > INTEGER_TOLERANCE {
+                return Err(Error::NonIntegralLabel {
+                    path: path.to_path_buf(),
+                    index: i,
+                    value: v,
+                });
+            }
+            Ok(r as i64)
+        })
+        .collect()
+}
+
+/// The distinct values of `labels`.
+pub fn distinct(labels: &[i64]) -> BTreeSet<i64> {
+    let mut seen = BTreeSet::new();
+    let mut last = None;
+    for &v in labels {
+        if last != Some(v) {
+            seen.insert(v);
+            last = Some(v);
+        }
+    }
+    seen
+}
+
+/// Intensity normalisation of a whole case (before slicing, so all slices
+/// of a volume share it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum IntensityNorm {
+    /// Zero mean, unit variance over the case (MR and most modalities; also
+    /// 2D images).
+    ZscoreCase,
+    /// CT: clip to [lower, upper] (the 0.5 / 99.5 percentiles of the
+    /// training set's foreground), then z-score with the foreground's mean
+    /// and standard deviation: the same mapping for every case.
+    Ct {
+        lower: f32,
+        upper: f32,
+        mean: f32,
+        std: f32,
+    },
+}
+
+impl IntensityNorm {
+    /// Normalises `values` in place.
+    pub fn apply(&self, values: &mut [f32]) -> Result<()> {
+        match *self {
+            Self::ZscoreCase => crate::intensity::zscore(values, None),
+            Self::Ct {
+                lower,
+                upper,
+                mean,
+                std,
+            } => {
+                let s = if std > 0.0 { std } else { 1.0 };
+                for v in values.iter_mut() {
+                    *v = (v.clamp(lower, upper) - mean) / s;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How a multi-class dataset's cases become network inputs, and how outputs
+/// become label maps again: recorded in the training config and the bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlicePlan {
+    /// Slices are cut perpendicular to this axis (0, 1, 2 of the NIfTI
+    /// volume; ignored for 2D images).
+    pub axis: usize,
+    /// Neighbouring slices on each side as extra channels (2.5D).
+    pub context: usize,
+    pub norm: IntensityNorm,
+    pub labels: LabelSet,
+}
+
+/// A case as planes along its slice axis: `channels` modalities of
+/// `slices × height × width` values, and the class index of every voxel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stack {
+    pub id: String,
+    pub channels: usize,
+    pub slices: usize,
+    pub height: usize,
+    pub width: usize,
+    /// `[channel][slice][row][col]`, normalised.
+    pub image: Vec<f32>,
+    /// `[slice][row][col]` class indices.
+    pub label: Option<Vec<u8>>,
+    /// Voxel size along (slice, row, col), mm (1 where unknown).
+    pub spacing: [f64; 3],
+}
+
+/// The shape of a volume as slicing sees it: `[d0, d1, d2]` (2D images:
+/// `[1, h, w]`), or an error for other shapes.
+pub fn spatial_dims(vol: &Volume) -> Result<[usize; 3]> {
+    match (vol.format, vol.shape.as_slice()) {
+        (Format::Image, [h, w, _]) => Ok([1, *h, *w]),
+        (_, [a, b, c]) | (_, [a, b, c, 1]) => Ok([*a, *b, *c]),
+        _ => Err(Error::Shape {
+            what: "a training case",
+            expected: "a 2D image or a single-channel 3D volume",
+            got: vol.shape.clone(),
+        }),
+    }
+}
+
+/// Voxel size along the three axes of [`spatial_dims`].
+pub fn spatial_spacing(vol: &Volume) -> [f64; 3] {
+    let g = |i: usize| {
+        vol.spacing
+            .get(i)
+            .copied()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .unwrap_or(1.0)
+    };
+    match vol.format {
+        Format::Image => [1.0, g(0), g(1)],
+        _ => [g(0), g(1), g(2)],
+    }
+}
+
+/// The planes of a single-channel volume along `axis` (2D images: their
+/// luminance, one plane).
+fn planes(vol: &Volume, axis: usize) -> Result<(Vec<f32>, [usize; 3])> {
+    if vol.format == Format::Image {
+        let [_, h, w] = spatial_dims(vol)?;
+        let c = vol.shape[2];
+        let lum: Vec<f32> = (0..h * w)
+            .map(|i| {
+                let p = &vol.values[i * c..(i + 1) * c];
+                if c >= 3 {
+                    0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
+                } else {
+                    p[0]
+                }
+            })
+            .collect();
+        return Ok((lum, [1, h, w]));
+    }
+    let n = slicing::slice_count(vol, axis)?;
+    let mut out = Vec::new();
+    let (mut h, mut w) = (0, 0);
+    for k in 0..n {
+        let (v, (hh, ww)) = slicing::slice(vol, axis, k, 0)?;
+        (h, w) = (hh, ww);
+        out.extend(v);
+    }
+    Ok((out, [n, h, w]))
+}
+
+impl Stack {
+    /// Builds a case's stack: each image volume (one per modality) and the
+    /// label cut into planes along `axis` (ignored for 2D images), images
+    /// normalised with `norm` over the whole case, labels remapped by
+    /// `labels`. Shapes must agree; errors name the files.
+    pub fn new(
+        id: &str,
+        images: &[(&Volume, &Path)],
+        label: Option<(&Volume, &Path)>,
+        labels: &LabelSet,
+        axis: usize,
+        norm: &IntensityNorm,
+    ) -> Result<Self> {
+        let (first, first_path) = images.first().ok_or(Error::Empty {
+            what: "a case's image files",
+        })?;
+        let dims = spatial_dims(first)?;
+        let mut image = Vec::new();
+        let mut shape = [0; 3];
+        for (vol, path) in images {
+            if spatial_dims(vol)? != dims {
+                return Err(Error::ShapeMismatch {
+                    what: format!("{} against {}", path.display(), first_path.display()),
+                    a: vol.shape.clone(),
+                    b: first.shape.clone(),
+                });
+            }
+            let (mut v, s) = planes(vol, axis)?;
+            norm.apply(&mut v).map_err(|e| Error::InFile {
+                path: path.to_path_buf(),
+                error: Box::new(e),
+            })?;
+            shape = s;
+            image.extend(v);
+        }
+        let label = match label {
+            Some((vol, path)) => {
+                let ld = spatial_dims(vol)?;
+                if ld != dims {
+                    return Err(Error::ShapeMismatch {
+                        what: format!("label {} against {}", path.display(), first_path.display()),
+                        a: vol.shape.clone(),
+                        b: first.shape.clone(),
+                    });
+                }
+                let ints = integer_labels(vol, path)?;
+                let as_vol = Volume {
+                    values: ints.iter().map(|&v| v as f32).collect(),
+                    shape: match vol.format {
+                        Format::Image => vec![ld[1], ld[2], 1],
+                        _ => vol.shape.clone(),
+                    },
+                    ..vol.clone()
+                };
+                let (planes, _) = planes(&as_vol, axis)?;
+                let ints: Vec<i64> = planes.iter().map(|&v| v as i64).collect();
+                Some(labels.to_classes(&ints, path)?)
+            }
+            None => None,
+        };
+        let sp = spatial_spacing(first);
+        let spacing = if first.format == Format::Image {
+            sp
+        } else {
+            let (a, b) = other_axes(axis);
+            [sp[axis], sp[a], sp[b]]
+        };
+        Ok(Self {
+            id: id.to_string(),
+            channels: images.len(),
+            slices: shape[0],
+            height: shape[1],
+            width: shape[2],
+            image,
+            label,
+            spacing,
+        })
+    }
+
+    /// Plane `k` with `context` neighbours on each side (edge planes
+    /// repeated) as channels, modality-major: `channels × (2·context+1)`
+    /// channels.
+    pub fn sample(&self, k: usize, context: usize) -> Sample {
+        let plane = self.height * self.width;
+        let mut image = Vec::with_capacity(self.channels * (2 * context + 1) * plane);
+        for c in 0..self.channels {
+            for d in -(context as isize)..=(context as isize) {
+                let j = (k as isize + d).clamp(0, self.slices as isize - 1) as usize;
+                let off = (c * self.slices + j) * plane;
+                image.extend_from_slice(&self.image[off..off + plane]);
+            }
+        }
+        Sample {
+            id: format!("{}#{k}", self.id),
+            image,
+            channels: self.channels * (2 * context + 1),
+            height: self.height,
+            width: self.width,
+            label: self
+                .label
+                .as_ref()
+                .map(|l| l[k * plane..(k + 1) * plane].to_vec()),
+            fov: None,
+        }
+    }
+
+    /// Every plane as a sample.
+    pub fn samples(&self, context: usize) -> Vec<Sample> {
+        (0..self.slices).map(|k| self.sample(k, context)).collect()
+    }
+}
+
+/// The two axes other than `axis`, in increasing order (the plane's rows and
+/// columns, as [`slicing::slice`] cuts them).
+pub fn other_axes(axis: usize) -> (usize, usize) {
+    match axis {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nifti(dims: [usize; 3], values: Vec<f32>) -> Volume {
+        Volume::from_nifti_values(&dims, values, [1.0, 2.0, 3.0])
+    }
+
+    #[test]
+    fn labels_remap_both_ways_and_unknown_values_are_errors() {
+        let set = LabelSet::new([600, 0, 200, 500, 200]).unwrap();
+        assert_eq!(set.values, vec![0, 200, 500, 600]);
+        let p = Path::new("l.nii");
+        let c = set.to_classes(&[0, 500, 600, 200], p).unwrap();
+        assert_eq!(c, vec![0, 2, 3, 1]);
+        let back: Vec<i64> = c.iter().map(|&k| set.value(k)).collect();
+        assert_eq!(back, vec![0, 500, 600, 200]);
+        assert!(matches!(
+            set.to_classes(&[7], p),
+            Err(Error::UnknownLabel { value: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn float_labels_must_be_integers() {
+        let p = Path::new("l.nii");
+        let ok = nifti([2, 1, 1], vec![2.0004, 1.0]);
+        assert_eq!(integer_labels(&ok, p).unwrap(), vec![2, 1]);
+        let bad = nifti([2, 1, 1], vec![0.0, 1.5]);
+        assert!(matches!(
+            integer_labels(&bad, p),
+            Err(Error::NonIntegralLabel { index: 1, .. })
+        ));
+        let nan = nifti([2, 1, 1], vec![f32::NAN, 1.0]);
+        assert!(integer_labels(&nan, p).is_err());
+    }
+
+    #[test]
+    fn a_stack_cuts_planes_with_context_and_keeps_labels_aligned() {
+        // 2×3×4 column-major volume whose value encodes (x, y, z)
+        let dims = [2, 3, 4];
+        let mut vals = Vec::new();
+        let mut labs = Vec::new();
+        for z in 0..4 {
+            for y in 0..3 {
+                for x in 0..2 {
+                    vals.push((100 * x + 10 * y + z) as f32);
+                    labs.push(if z == 1 { 5.0 } else { 0.0 });
+                }
+            }
+        }
+        let img = nifti(dims, vals);
+        let lab = nifti(dims, labs);
+        let set = LabelSet::new([0, 5]).unwrap();
+        let p = Path::new("x.nii");
+        let norm = IntensityNorm::Ct {
+            lower: -1e9,
+            upper: 1e9,
+            mean: 0.0,
+            std: 1.0,
+        };
+        let s = Stack::new("c", &[(&img, p)], Some((&lab, p)), &set, 2, &norm).unwrap();
+        assert_eq!((s.slices, s.height, s.width), (4, 2, 3));
+        assert_eq!(s.spacing, [3.0, 1.0, 2.0]);
+        let smp = s.sample(0, 1);
+        assert_eq!(smp.channels, 3);
+        // channel 0 repeats plane 0 at the border, channel 2 is plane 1
+        assert_eq!(smp.image[0], 0.0);
+        assert_eq!(smp.image[2 * 6 + 5], (100 + 20 + 1) as f32);
+        assert_eq!(smp.label.as_ref().unwrap(), &vec![0; 6]);
+        assert_eq!(s.sample(1, 0).label.unwrap(), vec![1; 6]);
+    }
+}

@@ -1,0 +1,486 @@
+//! The automatic plan, as nnU-Net does it: a [`Fingerprint`] of the
+//! training set (per-case shape and spacing, label values and how often each
+//! occurs, intensities inside the foreground, the modality), and the
+//! [`Plan`] decided from it — normalisation, slice axis and 2D/2.5D context,
+//! patch and batch size, network, loss, sampling, augmentation, validation
+//! share — each decision with its reason. `seg-cli train` turns a plan into a
+//! [`crate::trainer::TrainConfig`] (flags override any decision) and writes it
+//! to `plan.json` in the run folder and into the bundle.
+//!
+//! Rules (see docs/ARCHITECTURE.md, "The plan"):
+//! - **normalisation**: CT (named so by `dataset.json`, or volumes holding
+//!   Hounsfield-like values down to air) → clip to the foreground's 0.5 /
+//!   99.5 percentiles over the training set, then z-score with the
+//!   foreground's mean and deviation; everything else → per-case z-score.
+//! - **slice axis**: for anisotropic volumes (largest median spacing ≥ 3 ×
+//!   the smallest, e.g. 1.25 × 1.25 × 7.7 mm) the axis of largest spacing,
+//!   so slices are the well-resolved planes; else the third (NIfTI z) axis.
+//! - **context**: volumes get one neighbouring slice on each side as extra
+//!   channels (2.5D); 2D images none.
+//! - **patch**: the 95th percentile of the planes' larger side, rounded up
+//!   to a multiple of 16, between 32 and 256 (larger planes are cropped in
+//!   training and tiled at inference). **batch**: about 8 × 128² pixels per
+//!   batch, between 2 and 16.
+//! - **network**: ResUNet base 16 (the networks' 16–256 widths), K outputs;
+//!   **loss**: cross-entropy + soft Dice (softmax); **sampling**: half the
+//!   patches centred on a foreground class drawn uniformly among classes.
+//! - **validation**: a seeded 20 % of the cases (1–50), whole volumes.
+
+use crate::error::{Error, Result};
+use crate::infer::SlidingWindow;
+use crate::losses::Loss;
+use crate::optim::OptimizerConfig;
+use crate::schedule::Schedule;
+use crate::trainer::{DataSource, TrainConfig};
+use rayon::prelude::*;
+use seg_data::augment::AugmentConfig;
+use seg_data::intensity::ChannelChoice;
+use seg_data::labelmap::{
+    distinct, integer_labels, spatial_dims, spatial_spacing, IntensityNorm, LabelSet, SlicePlan,
+};
+use seg_data::preprocess::Normalise;
+use seg_data::sampling::PatchSampler;
+use seg_data::spec::{Case, DatasetSpec};
+use seg_data::Preprocess;
+use seg_data::{Format, Volume};
+use seg_models::ModelConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Foreground voxels kept per case for the intensity statistics.
+const FG_SAMPLES_PER_CASE: usize = 20_000;
+
+/// What one training case looks like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseFingerprint {
+    pub id: String,
+    /// Spatial shape (2D images: `[1, h, w]`).
+    pub shape: [usize; 3],
+    pub spacing: [f64; 3],
+    pub modalities: usize,
+    /// Voxels per label value (in the dataset's value order).
+    pub label_voxels: Vec<u64>,
+}
+
+/// Intensity statistics of the foreground voxels of the training set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct IntensityStats {
+    pub p00_5: f32,
+    pub p99_5: f32,
+    pub mean: f32,
+    pub std: f32,
+    pub min: f32,
+    pub max: f32,
+}
+
+/// The dataset fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// Volumes (NIfTI/DICOM) or 2D images.
+    pub volumes: bool,
+    /// Modality names from `dataset.json` (empty without one).
+    pub modalities: Vec<String>,
+    pub labels: LabelSet,
+    pub cases: Vec<CaseFingerprint>,
+    pub foreground: IntensityStats,
+    /// Lowest value of any image (CT holds air near -1000 HU).
+    pub min_value: f32,
+}
+
+/// A case's image volumes and label, read.
+pub struct ReadCase {
+    pub id: String,
+    pub images: Vec<(Volume, std::path::PathBuf)>,
+    pub label: (Volume, std::path::PathBuf),
+}
+
+/// Reads the labelled cases of `spec` (in parallel).
+pub fn read_cases(cases: &[Case]) -> Result<Vec<ReadCase>> {
+    cases
+        .par_iter()
+        .filter(|c| c.label.is_some())
+        .map(|c| {
+            let images = c
+                .images
+                .iter()
+                .map(|p| Ok((seg_data::read_any(p)?, p.clone())))
+                .collect::<Result<Vec<_>>>()?;
+            let lp = c.label.clone().expect("filtered");
+            Ok(ReadCase {
+                id: c.id.clone(),
+                images,
+                label: (seg_data::read_any(&lp)?, lp),
+            })
+        })
+        .collect()
+}
+
+/// The label values of a dataset: every value in its label files, checked
+/// against `dataset.json`'s when it lists them (a value the file does not
+/// list is an error naming the label file).
+pub fn discover_labels(cases: &[ReadCase], spec: &DatasetSpec) -> Result<LabelSet> {
+    let per_case: Vec<BTreeSet<i64>> = cases
+        .par_iter()
+        .map(|c| Ok(distinct(&integer_labels(&c.label.0, &c.label.1)?)))
+        .collect::<Result<_>>()?;
+    let mut all = BTreeSet::new();
+    for (c, s) in cases.iter().zip(&per_case) {
+        if let DatasetSpec::Msd(m) = spec {
+            if let Some(json) = &m.json {
+                let listed = json.label_values();
+                if let Some(v) = s.iter().find(|v| !listed.contains(&(**v as u32))) {
+                    return Err(seg_data::Error::UnknownLabel {
+                        path: c.label.1.clone(),
+                        value: *v,
+                        known: listed.iter().map(|&x| x as i64).collect(),
+                    }
+                    .into());
+                }
+            }
+        }
+        all.extend(s.iter().copied());
+    }
+    all.insert(0);
+    let mut set = LabelSet::new(all)?;
+    if let DatasetSpec::Msd(m) = spec {
+        if let Some(json) = &m.json {
+            set.names = set
+                .values
+                .iter()
+                .map(|&v| {
+                    json.labels
+                        .iter()
+                        .find(|l| l.values.contains(&(v as u32)))
+                        .map(|l| l.name.clone())
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect();
+        }
+    }
+    Ok(set)
+}
+
+fn percentile(sorted: &[f32], q: f64) -> f32 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q / 100.0).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The fingerprint of read cases.
+pub fn fingerprint(cases: &[ReadCase], spec: &DatasetSpec) -> Result<Fingerprint> {
+    if cases.is_empty() {
+        return Err(Error::TooFewCases {
+            found: 0,
+            needed: 2,
+        });
+    }
+    let labels = discover_labels(cases, spec)?;
+    let per_case: Vec<(CaseFingerprint, Vec<f32>, f32)> = cases
+        .par_iter()
+        .map(|c| {
+            let (img, _) = &c.images[0];
+            let shape = spatial_dims(img)?;
+            let ints = integer_labels(&c.label.0, &c.label.1)?;
+            let mut counts = vec![0u64; labels.classes()];
+            for &v in &ints {
+                if let Some(k) = labels.index(v) {
+                    counts[k as usize] += 1;
+                }
+            }
+            let stride = match img.format {
+                Format::Image => img.shape[2],
+                _ => 1,
+            };
+            let fg: Vec<usize> = (0..ints.len()).filter(|&i| ints[i] != 0).collect();
+            let step = (fg.len() / FG_SAMPLES_PER_CASE).max(1);
+            let vals: Vec<f32> = fg
+                .iter()
+                .step_by(step)
+                .map(|&i| img.values.get(i * stride).copied().unwrap_or(0.0))
+                .filter(|v| v.is_finite())
+                .collect();
+            let min = img
+                .values
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .fold(f32::INFINITY, f32::min);
+            Ok((
+                CaseFingerprint {
+                    id: c.id.clone(),
+                    shape,
+                    spacing: spatial_spacing(img),
+                    modalities: c.images.len(),
+                    label_voxels: counts,
+                },
+                vals,
+                min,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut fg: Vec<f32> = per_case.iter().flat_map(|(_, v, _)| v.clone()).collect();
+    fg.sort_by(f32::total_cmp);
+    let (mean, std) = if fg.is_empty() {
+        (0.0, 1.0)
+    } else {
+        let m = fg.iter().map(|&v| v as f64).sum::<f64>() / fg.len() as f64;
+        let var = fg.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / fg.len() as f64;
+        (m as f32, var.sqrt() as f32)
+    };
+    let min_value = per_case.iter().map(|p| p.2).fold(f32::INFINITY, f32::min);
+    Ok(Fingerprint {
+        volumes: cases[0].images[0].0.format != Format::Image,
+        modalities: match spec {
+            DatasetSpec::Msd(m) => m
+                .json
+                .as_ref()
+                .map(|j| j.channels.clone())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        },
+        labels,
+        cases: per_case.into_iter().map(|p| p.0).collect(),
+        foreground: IntensityStats {
+            p00_5: percentile(&fg, 0.5),
+            p99_5: percentile(&fg, 99.5),
+            mean,
+            std,
+            min: fg.first().copied().unwrap_or(0.0),
+            max: fg.last().copied().unwrap_or(0.0),
+        },
+        min_value,
+    })
+}
+
+/// Everything the plan decides, with the reasons.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub labels: LabelSet,
+    pub norm: IntensityNorm,
+    /// Slices are cut perpendicular to this axis of the volume.
+    pub slice_axis: usize,
+    /// Neighbouring slices on each side given as channels (2.5D when > 0).
+    pub context: usize,
+    /// Input channels: modalities × (2·context + 1).
+    pub in_channels: usize,
+    pub patch: usize,
+    pub batch: usize,
+    pub model: String,
+    pub base: usize,
+    pub val_cases: usize,
+    pub median_shape: [usize; 3],
+    pub median_spacing: [f64; 3],
+    /// One line per decision: what and why.
+    pub reasons: Vec<String>,
+}
+
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    v[v.len() / 2]
+}
+
+/// Whether the data is CT: named so, or volumes holding air (≤ -900).
+pub fn is_ct(fp: &Fingerprint) -> bool {
+    let named = fp
+        .modalities
+        .iter()
+        .any(|m| m.trim().eq_ignore_ascii_case("ct"));
+    named || (fp.modalities.is_empty() && fp.volumes && fp.min_value <= -900.0)
+}
+
+/// Decides the plan from a fingerprint.
+pub fn plan(fp: &Fingerprint) -> Plan {
+    let mut reasons = Vec::new();
+    let n = fp.cases.len();
+    let median_shape = [0, 1, 2].map(|a| median(fp.cases.iter().map(|c| c.shape[a]).collect()));
+    let median_spacing = [0, 1, 2].map(|a| median(fp.cases.iter().map(|c| c.spacing[a]).collect()));
+    let norm = if is_ct(fp) {
+        let f = fp.foreground;
+        reasons.push(format!(
+            "normalisation: CT — clip to the foreground's 0.5/99.5 percentiles [{:.1}, {:.1}], z-score with its mean {:.1} and sd {:.1}",
+            f.p00_5, f.p99_5, f.mean, f.std
+        ));
+        IntensityNorm::Ct {
+            lower: f.p00_5,
+            upper: f.p99_5,
+            mean: f.mean,
+            std: f.std,
+        }
+    } else {
+        reasons.push("normalisation: per-case z-score (not CT)".into());
+        IntensityNorm::ZscoreCase
+    };
+    let (slice_axis, context) = if fp.volumes {
+        let (lo, hi) = median_spacing
+            .iter()
+            .fold((f64::INFINITY, 0f64), |(l, h), &s| (l.min(s), h.max(s)));
+        let axis = if hi >= 3.0 * lo {
+            let a = (0..3)
+                .max_by(|&a, &b| median_spacing[a].total_cmp(&median_spacing[b]))
+                .expect("three axes");
+            reasons.push(format!(
+                "slice axis {a}: anisotropic median spacing {median_spacing:?} mm (largest ≥ 3 × smallest)"
+            ));
+            a
+        } else {
+            reasons.push(format!(
+                "slice axis 2: near-isotropic median spacing {median_spacing:?} mm"
+            ));
+            2
+        };
+        reasons.push("2.5D: one neighbouring slice on each side as extra channels".into());
+        (axis, 1)
+    } else {
+        reasons.push("2D images: no slice context".into());
+        (2, 0)
+    };
+    let (pa, pb) = seg_data::labelmap::other_axes(slice_axis);
+    let mut sides: Vec<usize> = fp
+        .cases
+        .iter()
+        .map(|c| {
+            if fp.volumes {
+                c.shape[pa].max(c.shape[pb])
+            } else {
+                c.shape[1].max(c.shape[2])
+            }
+        })
+        .collect();
+    sides.sort_unstable();
+    let p95 = sides[((sides.len() - 1) * 95) / 100];
+    let patch = p95.div_ceil(16).saturating_mul(16).clamp(32, 256);
+    reasons.push(format!(
+        "patch {patch}: the planes' larger side is {p95} px (95th percentile), rounded up to a multiple of 16 within 32–256"
+    ));
+    let batch = ((8 * 128 * 128) / (patch * patch)).clamp(2, 16);
+    reasons.push(format!("batch {batch}: about 8 × 128² pixels per step"));
+    let modalities = fp.cases[0].modalities;
+    let in_channels = modalities * (2 * context + 1);
+    let val_cases = (n / 5).clamp(1, 50).min(n.saturating_sub(1)).max(1);
+    reasons.push(format!(
+        "validation: {val_cases} of {n} cases (20 %, whole volumes), the rest for training"
+    ));
+    let freq: Vec<String> = (0..fp.labels.classes())
+        .map(|k| {
+            let v: u64 = fp.cases.iter().map(|c| c.label_voxels[k]).sum();
+            format!("{}: {v}", fp.labels.name(k))
+        })
+        .collect();
+    reasons.push(format!(
+        "{} classes ({}); loss: cross-entropy + soft Dice; half the patches centred on a class drawn uniformly among the foreground classes",
+        fp.labels.classes(),
+        freq.join(", ")
+    ));
+    reasons.push("network: resunet base 16 (16–256 channels)".into());
+    Plan {
+        labels: fp.labels.clone(),
+        norm,
+        slice_axis,
+        context,
+        in_channels,
+        patch,
+        batch,
+        model: "resunet".into(),
+        base: 16,
+        val_cases,
+        median_shape,
+        median_spacing,
+        reasons,
+    }
+}
+
+/// Batches per epoch of planned runs (nnU-Net's 250).
+pub const STEPS_PER_EPOCH: usize = 250;
+
+impl Plan {
+    /// How cases are sliced, normalised and labelled.
+    pub fn slice_plan(&self) -> SlicePlan {
+        SlicePlan {
+            axis: self.slice_axis,
+            context: self.context,
+            norm: self.norm,
+            labels: self.labels.clone(),
+        }
+    }
+
+    /// A training configuration carrying out the plan on the dataset at
+    /// `root` (`layout`: `folders` or `msd`). The epoch count is an upper
+    /// bound; give `max_seconds` (or set `epochs`) for the length.
+    pub fn train_config(&self, root: &Path, layout: &str) -> Result<TrainConfig> {
+        let model = ModelConfig::from_name(&self.model)?
+            .with_base(self.base)
+            .with_in_channels(self.in_channels)
+            .with_out_channels(self.labels.classes());
+        Ok(TrainConfig {
+            model,
+            data: DataSource::Labelled {
+                root: root.to_path_buf(),
+                layout: layout.to_string(),
+                slices: self.slice_plan(),
+            },
+            preprocess: Preprocess {
+                channels: ChannelChoice::All,
+                window: None,
+                scale_range: None,
+                clahe: None,
+                gamma: None,
+                normalise: Normalise::None,
+            },
+            epochs: 1000,
+            steps_per_epoch: STEPS_PER_EPOCH,
+            batch: self.batch,
+            sampler: PatchSampler {
+                size: self.patch,
+                foreground_ratio: 0.5,
+                inside_fov: false,
+            },
+            augment: AugmentConfig::default(),
+            loss: Loss::CeDice,
+            optimizer: OptimizerConfig {
+                lr: 3e-3,
+                weight_decay: 1e-4,
+                clip_grad_norm: Some(12.0),
+                ..OptimizerConfig::default()
+            },
+            schedule: Schedule::Poly { power: 0.9 },
+            val_count: self.val_cases,
+            early_stop_patience: None,
+            sliding_window: SlidingWindow {
+                roi: self.patch,
+                overlap: 0.25,
+                ..SlidingWindow::default()
+            },
+            ..TrainConfig::default()
+        })
+    }
+}
+
+/// Whether a fingerprinted dataset trains through the multi-class path
+/// (volumes, or more than two label values); binary 2D image sets keep the
+/// binary path (sigmoid, threshold chosen on validation).
+pub fn needs_label_maps(fp: &Fingerprint) -> bool {
+    fp.volumes || fp.labels.classes() > 2
+}
+
+/// Reads a dataset's labelled cases, fingerprints them and plans.
+pub fn plan_dataset(spec: &DatasetSpec) -> Result<(Plan, Fingerprint)> {
+    let cases = spec.cases()?.cases;
+    let read = read_cases(&cases)?;
+    let fp = fingerprint(&read, spec)?;
+    Ok((plan(&fp), fp))
+}
+
+/// Writes `plan.json` (the plan and the fingerprint) atomically.
+pub fn write_plan(path: &Path, plan: &Plan, fp: &Fingerprint) -> Result<()> {
+    let json = serde_json::json!({ "plan": plan, "fingerprint": fp });
+    seg_data::io::atomic_write(
+        path,
+        serde_json::to_string_pretty(&json)
+            .expect("plan serialises")
+            .as_bytes(),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Multi-class bundles (trained through the automatic plan): a 2D image or
+//! a volume normalised as a whole, cut into 2D / 2.5D planes along the
+//! plan's axis, each plane predicted (sliding window, softmax), the arg-max
+//! class written as the dataset's label value, and the foreground
+//! probability (1 − background) beside it.
+
+use super::{Geometry, Segmentation, Segmenter};
+use crate::error::{Error, Result};
+use crate::infer::predict;
+use seg_data::labelmap::{SlicePlan, Stack};
+use seg_data::{slicing, Format, Layout, Volume};
+use std::path::Path;
+
+impl Segmenter {
+    /// Segments with the bundle's slice plan: `vol` is a 2D image, a 3D
+    /// NIfTI volume or a single-channel DICOM volume (turned into NIfTI
+    /// order, `[cols, rows, frames]`). Returns per-voxel classes (see
+    /// [`Segmentation::label_values`]) and foreground probabilities, in
+    /// NIfTI order for volumes.
+    pub(super) fn segment_planned(
+        &self,
+        vol: &Volume,
+        plan: &SlicePlan,
+        geometry: Geometry,
+    ) -> Result<Segmentation> {
+        let expected = 2 * plan.context + 1;
+        if self.in_channels != expected {
+            return Err(Error::Channels {
+                got: expected,
+                expected: self.in_channels,
+            });
+        }
+        let stack = Stack::new(
+            "input",
+            &[(vol, Path::new("input"))],
+            None,
+            &plan.labels,
+            plan.axis,
+            &plan.norm,
+        )?;
+        let plane = stack.height * stack.width;
+        let mut classes = Vec::with_capacity(stack.slices);
+        let mut probs = Vec::with_capacity(stack.slices);
+        for k in 0..stack.slices {
+            let s = stack.sample(k, plan.context);
+            let (p, oc) = predict(
+                &self.model,
+                &s.image,
+                s.channels,
+                s.height,
+                s.width,
+                &self.window,
+                &self.device,
+            )?;
+            if oc != plan.labels.classes() {
+                return Err(Error::Channels {
+                    got: oc,
+                    expected: plan.labels.classes(),
+                });
+            }
+            let mut cls = vec![0f32; plane];
+            let mut fg = vec![0f32; plane];
+            for i in 0..plane {
+                let mut best = 0;
+                for ch in 1..oc {
+                    if p[ch * plane + i] > p[best * plane + i] {
+                        best = ch;
+                    }
+                }
+                cls[i] = best as f32;
+                fg[i] = 1.0 - p[i];
+            }
+            classes.push(cls);
+            probs.push(fg);
+        }
+        let (classes, probs) = if vol.format == Format::Image {
+            (classes.concat(), probs.concat())
+        } else {
+            (
+                slicing::assemble(vol, plan.axis, &classes)?,
+                slicing::assemble(vol, plan.axis, &probs)?,
+            )
+        };
+        Ok(Segmentation::with_classes(
+            geometry,
+            probs,
+            classes.iter().map(|&c| c as u8).collect(),
+            plan.labels.values.clone(),
+        ))
+    }
+}
+
+/// A single-channel DICOM volume (`[frames, rows, cols(, 1)]`, row-major)
+/// as the NIfTI-order volume `[cols, rows, frames]` it is in memory.
+pub(super) fn dicom_as_nifti_order(vol: &Volume) -> Volume {
+    let (f, r, c) = (vol.shape[0], vol.shape[1], vol.shape[2]);
+    Volume {
+        shape: vec![c, r, f],
+        layout: Layout::ColumnMajor,
+        spacing: vec![
+            vol.spacing.get(1).copied().unwrap_or(1.0),
+            vol.spacing.first().copied().unwrap_or(1.0),
+            vol.spacing.get(2).copied().unwrap_or(1.0),
+        ],
+        ..vol.clone()
+    }
+}
