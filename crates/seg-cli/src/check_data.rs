@@ -2,10 +2,11 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use seg_data::check::check_cases;
 use seg_data::io::image2d::read_mask;
 use seg_data::msd::MsdDataset;
+use seg_data::read_image;
 use seg_data::spec::{Case, DatasetKind, DatasetSpec};
-use seg_data::{read_any, read_image};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -42,6 +43,22 @@ pub fn run(a: CheckDataArgs) -> Result<()> {
         ));
     }
     let cases: Vec<Case> = list.cases;
+    let r = check_cases(&cases, &[]);
+    if r.volumes || r.values().len() > 2 {
+        // volumes or multi-class label maps: the label-map checks
+        println!(
+            "{} cases ({kind}), {}",
+            cases.len(),
+            if r.volumes {
+                "volumes"
+            } else {
+                "2D label maps"
+            }
+        );
+        summary(&r);
+        problems.extend(r.problems.iter().map(|p| p.to_string()));
+        return report(&problems);
+    }
     let mut channels: Option<(usize, PathBuf)> = None;
     let (mut fg, mut px) = (0u64, 0u64);
     let mut with_fov = 0;
@@ -138,6 +155,21 @@ pub fn run(a: CheckDataArgs) -> Result<()> {
     report(&problems)
 }
 
+/// Label values, their share of the voxels, and the median spacing.
+fn summary(r: &seg_data::check::Report) {
+    let total: u64 = r.label_voxels.values().sum();
+    let vals: Vec<String> = r
+        .label_voxels
+        .iter()
+        .map(|(v, n)| format!("{v}: {:.3}%", 100.0 * *n as f64 / total.max(1) as f64))
+        .collect();
+    println!(
+        "label values (share of voxels): {}; median spacing {:?} mm",
+        vals.join(", "),
+        r.median_spacing
+    );
+}
+
 fn report(problems: &[String]) -> Result<()> {
     if problems.is_empty() {
         println!("no problems found");
@@ -150,15 +182,11 @@ fn report(problems: &[String]) -> Result<()> {
     }
 }
 
-/// Cases of an MSD dataset read in full (voxel values checked); the others
-/// are checked from their headers.
-const MSD_FULL_READS: usize = 3;
-
 /// An MSD/nnU-Net dataset: every case paired (a missing label or image is an
-/// error naming the case), every case's image and label headers agree in
-/// shape and channel count, `numTraining` matches, and the first, middle and
-/// last cases are read in full: finite image values, label values that
-/// dataset.json names.
+/// error naming the case), every case's headers agree in channel count,
+/// `numTraining` matches, and every case is read in full
+/// ([`seg_data::check::check_cases`]: shapes, affines, finite values, label
+/// values that dataset.json names, empty labels, spacings).
 fn check_msd(m: &MsdDataset) -> Result<()> {
     let cases = m.training_cases()?;
     let json = m.json.as_ref();
@@ -186,44 +214,20 @@ fn check_msd(m: &MsdDataset) -> Result<()> {
             },
         }
     }
-    let mut full: Vec<usize> = vec![0, cases.len() / 2, cases.len().saturating_sub(1)];
-    full.dedup();
-    full.truncate(MSD_FULL_READS);
-    let allowed = json.map(|j| j.label_values()).unwrap_or_default();
-    for &i in &full {
-        let c = &cases[i];
-        for p in &c.images {
-            match read_any(p) {
-                Err(e) => problems.push(format!("{e}")),
-                Ok(v) => {
-                    if let Some(k) = v.values.iter().position(|v| !v.is_finite()) {
-                        problems.push(format!(
-                            "{}: value {} at index {k} is not finite",
-                            p.display(),
-                            v.values[k]
-                        ));
-                    }
-                }
-            }
-        }
-        let Some(lp) = &c.label else { continue };
-        match read_any(lp) {
-            Err(e) => problems.push(format!("{e}")),
-            Ok(v) => {
-                let bad = v.values.iter().find(|&&x| {
-                    x < 0.0
-                        || x.fract() != 0.0
-                        || (!allowed.is_empty() && !allowed.contains(&(x as u32)))
-                });
-                if let Some(x) = bad {
-                    problems.push(format!(
-                        "{}: label value {x} is not one of the label values {allowed:?} of dataset.json",
-                        lp.display()
-                    ));
-                }
-            }
-        }
-    }
+    let allowed: Vec<i64> = json
+        .map(|j| j.label_values().iter().map(|&v| v as i64).collect())
+        .unwrap_or_default();
+    let as_cases: Vec<Case> = cases
+        .iter()
+        .map(|c| Case {
+            id: c.id.clone(),
+            images: c.images.clone(),
+            label: c.label.clone(),
+            fov: None,
+        })
+        .collect();
+    let r = check_cases(&as_cases, &allowed);
+    problems.extend(r.problems.iter().map(|p| p.to_string()));
     let names = |v: &[String]| {
         if v.is_empty() {
             "-".to_string()
@@ -243,13 +247,13 @@ fn check_msd(m: &MsdDataset) -> Result<()> {
         })
         .unwrap_or_default();
     println!(
-        "{} cases (msd) {:?}, {} channel(s) [{}], labels [{}]; every image/label header checked, {} case(s) read in full",
+        "{} cases (msd) {:?}, {} channel(s) [{}], labels [{}]; every case read in full",
         cases.len(),
         m.name(),
         channels.map(|c| c.0).unwrap_or(0),
         names(json.map(|j| j.channels.as_slice()).unwrap_or(&[])),
         names(&labels),
-        full.len()
     );
+    summary(&r);
     report(&problems)
 }

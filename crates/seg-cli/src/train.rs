@@ -107,6 +107,10 @@ pub struct TrainArgs {
     /// Run folder for checkpoints, metrics and curves.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Fine-tune: start from this bundle's (or safetensors file's) weights where names and shapes match;
+    /// layers whose shape differs (e.g. a new class count) are re-initialised and listed.
+    #[arg(long, value_name = "BUNDLE_OR_SAFETENSORS")]
+    init_from: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
@@ -413,6 +417,12 @@ pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
     }
     if let Some(p) = a.patience {
         cfg.early_stop_patience = (p > 0).then_some(p);
+    }
+    if let Some(p) = &a.init_from {
+        if !p.is_file() {
+            bail!("--init-from {}: no such file", p.display());
+        }
+        cfg.init_from = Some(p.clone());
     }
     cfg.out_dir = out;
     cfg.model.validate()?;

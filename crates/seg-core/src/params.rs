@@ -52,6 +52,20 @@ pub struct LoadReport {
     pub defaulted: Vec<String>,
 }
 
+/// What [`ParamStore::load_matching`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MatchReport {
+    /// Variables set from the file.
+    pub loaded: usize,
+    /// Variables kept as initialised because the file's shape differs:
+    /// (name, the model's shape, the file's shape).
+    pub reinitialised: Vec<(String, Vec<usize>, Vec<usize>)>,
+    /// Variables the file lacks (kept as initialised).
+    pub missing: Vec<String>,
+    /// Entries of the file the model does not use.
+    pub unused: Vec<String>,
+}
+
 impl ParamStore {
     /// An empty store whose random initialisation is determined by `seed`
     /// (and by the order in which the network asks for its tensors).
@@ -162,6 +176,38 @@ impl ParamStore {
             .cloned()
             .collect();
         report.unused.sort();
+        Ok(report)
+    }
+
+    /// Fine-tuning: sets every variable that `tensors` holds with the same
+    /// shape, and keeps the others as initialised — those whose shape
+    /// differs (a new class count, another input channel count) and those
+    /// the file lacks — reporting each.
+    pub fn load_matching(&self, tensors: &HashMap<String, Tensor>) -> Result<MatchReport> {
+        let vars = self.vars_lock();
+        let mut report = MatchReport::default();
+        for (name, var) in vars.iter() {
+            match tensors.get(name) {
+                None => report.missing.push(name.clone()),
+                Some(t) if t.dims() != var.dims() => report.reinitialised.push((
+                    name.clone(),
+                    var.dims().to_vec(),
+                    t.dims().to_vec(),
+                )),
+                Some(t) => {
+                    var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+                    report.loaded += 1;
+                }
+            }
+        }
+        report.unused = tensors
+            .keys()
+            .filter(|k| !vars.contains_key(*k))
+            .cloned()
+            .collect();
+        report.unused.sort();
+        report.missing.sort();
+        report.reinitialised.sort();
         Ok(report)
     }
 

@@ -18,6 +18,7 @@
 //! seg-data knows nothing of models or training.
 
 pub mod augment;
+pub mod check;
 pub mod dataset;
 pub mod dataset_json;
 pub mod error;

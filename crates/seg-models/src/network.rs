@@ -139,6 +139,15 @@ impl Network {
         Ok(self.params.load_safetensors(path)?)
     }
 
+    /// Fine-tuning: loads the tensors of a safetensors file (a seg bundle
+    /// or PyTorch weights in the same names) that match this network's
+    /// names and shapes; the rest keep their initialisation (see
+    /// [`seg_core::params::MatchReport`]).
+    pub fn load_matching(&self, path: &Path) -> Result<seg_core::params::MatchReport> {
+        let (tensors, _) = seg_core::params::read_safetensors(path)?;
+        Ok(self.params.load_matching(&tensors)?)
+    }
+
     /// Saves every weight and buffer in PyTorch names (so that
     /// `load_state_dict(strict=True)` accepts the file), with the model
     /// configuration under `config` and `extra` in the metadata. Atomic.

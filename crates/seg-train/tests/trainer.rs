@@ -218,3 +218,47 @@ fn a_budget_spent_before_the_first_step_is_a_typed_error() {
     let e = t.run(&mut Silent, &never).unwrap_err();
     assert!(matches!(e, Error::BudgetExhausted { .. }), "{e}");
 }
+
+#[test]
+fn init_from_loads_matching_weights_and_reinitialises_a_new_head() {
+    let never = AtomicBool::new(false);
+    let src_dir = tmp("init-src");
+    let mut src = Trainer::new(tiny(src_dir.clone()), &Device::Cpu, false).unwrap();
+    src.run(&mut Silent, &never).unwrap();
+    let src_w = weights(&src);
+    // the same network with two output classes (softmax), another seed
+    let mut cfg = tiny(tmp("init-dst"));
+    cfg.model = cfg.model.with_out_channels(2);
+    cfg.loss = seg_train::losses::Loss::CeDice;
+    cfg.seed = 99;
+    cfg.init_from = Some(src_dir.join("last.safetensors"));
+    let dst = Trainer::new(cfg.clone(), &Device::Cpu, false).unwrap();
+    let dst_w = weights(&dst);
+    let (mut same, mut reinit) = (0, Vec::new());
+    for (name, w) in &dst_w {
+        match src_w.get(name) {
+            Some(s) if s.len() == w.len() => {
+                assert_eq!(s, w, "{name} was not loaded");
+                same += 1;
+            }
+            _ => reinit.push(name.clone()),
+        }
+    }
+    assert!(same > 10, "only {same} tensors loaded");
+    assert!(
+        !reinit.is_empty() && reinit.iter().all(|n| n.starts_with("final")),
+        "re-initialised: {reinit:?}"
+    );
+    // a file that matches nothing is an error naming it
+    let mut bad = cfg;
+    bad.model = ModelConfig::from_name("unet")
+        .unwrap()
+        .with_base(2)
+        .with_in_channels(1);
+    bad.out_dir = tmp("init-bad");
+    let junk = bad.out_dir.join("junk.safetensors");
+    std::fs::create_dir_all(&bad.out_dir).unwrap();
+    std::fs::write(&junk, b"not a safetensors file").unwrap();
+    bad.init_from = Some(junk);
+    assert!(Trainer::new(bad, &Device::Cpu, false).is_err());
+}

@@ -62,6 +62,11 @@ pub struct TrainConfig {
     /// inside it, keeping best and last, and the schedule spans the epochs
     /// that fit (`epochs` is then an upper bound). See [`super::budget`].
     pub max_seconds: Option<f64>,
+    /// Fine-tuning: start from the weights of this bundle or safetensors
+    /// file wherever names and shapes match (`--init-from`); layers whose
+    /// shape differs (e.g. the output layer for a new class count) keep
+    /// their fresh initialisation, and the run says which.
+    pub init_from: Option<PathBuf>,
     pub sliding_window: SlidingWindow,
     pub out_dir: PathBuf,
 }
@@ -191,6 +196,7 @@ impl Default for TrainConfig {
             val_count: 4,
             early_stop_patience: Some(10),
             max_seconds: None,
+            init_from: None,
             sliding_window: SlidingWindow {
                 roi: 64,
                 overlap: 0.5,

@@ -328,6 +328,29 @@ impl Trainer {
         }
         let paths = RunPaths::new(&cfg.out_dir);
         let net = Network::new(&cfg.model, device, cfg.seed)?;
+        if let (Some(init), false) = (&cfg.init_from, resume) {
+            let r = net.load_matching(init)?;
+            tracing::info!(
+                "--init-from {}: {} tensors loaded, {} re-initialised (shape differs), {} not in the file, {} unused",
+                init.display(),
+                r.loaded,
+                r.reinitialised.len(),
+                r.missing.len(),
+                r.unused.len()
+            );
+            for (name, model, file) in &r.reinitialised {
+                eprintln!(
+                    "--init-from: {name} re-initialised: the model needs {model:?}, {} has {file:?}",
+                    init.display()
+                );
+            }
+            if r.loaded == 0 {
+                return Err(Error::Checkpoint {
+                    path: init.clone(),
+                    reason: "no tensor matches this network's names and shapes".into(),
+                });
+            }
+        }
         let mut opt = Optimizer::new(cfg.optimizer.clone(), net.params().trainable());
         let mut state = TrainState {
             epoch: 0,
