@@ -190,3 +190,63 @@ fn the_plan_of_real_hippocampus_cases() {
     t.run(&mut Silent, &AtomicBool::new(false)).unwrap();
     assert!(root.join("run/best.safetensors").is_file());
 }
+
+#[test]
+fn a_many_class_ct_plan_and_a_dicom_series_predicted_to_its_shape() {
+    let Some(src) = shared("datasets/TotalSegmentator-example") else {
+        return;
+    };
+    // two labelings of one real CT (TotalSegmentator's 41- and 40-class outputs)
+    let root = tmp("ct");
+    for sub in ["images", "labels"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for (case, seg) in [
+        ("a", "example_seg.nii.gz"),
+        ("b", "example_seg_fast.nii.gz"),
+    ] {
+        let name = format!("{case}.nii.gz");
+        std::os::unix::fs::symlink(
+            src.join("example_ct_sm.nii.gz"),
+            root.join("images").join(&name),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(src.join(seg), root.join("labels").join(&name)).unwrap();
+    }
+    let spec = DatasetSpec::detect(&root).unwrap();
+    let (plan, fp) = plan_dataset(&spec).unwrap();
+    assert!(fp.min_value <= -1000.0, "air in HU");
+    assert!(
+        matches!(plan.norm, IntensityNorm::Ct { lower, upper, .. } if lower < upper),
+        "{:?}",
+        plan.norm
+    );
+    assert!(
+        plan.labels.classes() > 40,
+        "{} classes",
+        plan.labels.classes()
+    );
+    assert_eq!(*plan.labels.values.last().unwrap(), 117);
+    let mut cfg = plan.train_config(&root, "folders").unwrap();
+    cfg.model = cfg.model.with_base(2);
+    cfg.epochs = 1;
+    cfg.steps_per_epoch = 2;
+    cfg.batch = 2;
+    cfg.sliding_window.roi = 128;
+    cfg.out_dir = root.join("run");
+    let mut t = Trainer::new(cfg, &Device::Cpu, false).unwrap();
+    t.run(&mut Silent, &AtomicBool::new(false)).unwrap();
+
+    // the DICOM series (JPEG 2000, 512×512×20) through the multi-class bundle
+    let seg = Segmenter::open(&root.join("run/best.safetensors"), &Device::Cpu).unwrap();
+    let s = seg
+        .segment_file(&src.join("example_ct_dicom"), None)
+        .unwrap();
+    let w = s.write(&root.join("pred"), "series").unwrap();
+    let (mask, _) = read_nifti_with_info(&w.mask).unwrap();
+    assert_eq!(mask.shape, vec![512, 512, 20], "the series' shape");
+    assert!(mask
+        .values
+        .iter()
+        .all(|&v| plan.labels.index(v as i64).is_some()));
+}
