@@ -201,7 +201,17 @@ fn check_case(c: &Case, allowed: &[i64]) -> CaseResult {
             volume,
         };
     };
-    if let Some(l) = read(lp, &mut problems) {
+    let label = match crate::labelmap::read_label(lp) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            problems.push(Problem::Unreadable {
+                path: lp.clone(),
+                error: e.to_string(),
+            });
+            None
+        }
+    };
+    if let Some(l) = label {
         if let Some((img, ip)) = &first {
             if spatial_dims(&l).ok() != spatial_dims(img).ok() {
                 problems.push(Problem::Shape {

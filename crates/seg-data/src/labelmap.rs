@@ -112,6 +112,79 @@ pub fn integer_labels(vol: &Volume, path: &Path) -> Result<Vec<i64>> {
         .collect()
 }
 
+/// Reads a label file: a palette (indexed) PNG gives its palette indices,
+/// not its colours; every other file is read as [`crate::read_any`] reads
+/// it.
+pub fn read_label(path: &Path) -> Result<Volume> {
+    let is_png = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if is_png {
+        if let Some(v) = read_palette_png(path)? {
+            return Ok(v);
+        }
+    }
+    crate::read_any(path)
+}
+
+/// The indices of an indexed PNG as a one-channel 2D image, or `None` for
+/// other PNGs.
+fn read_palette_png(path: &Path) -> Result<Option<Volume>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    dec.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = dec.read_info().map_err(|e| Error::decode(path, "PNG", e))?;
+    let info = reader.info();
+    if info.color_type != png::ColorType::Indexed {
+        return Ok(None);
+    }
+    let (w, h) = (info.width as usize, info.height as usize);
+    let depth = info.bit_depth as usize;
+    if (w as u64) * (h as u64) > crate::volume::max_elements() {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            what: "PNG",
+            elements: (w as u128) * (h as u128),
+            limit: crate::volume::max_elements(),
+        });
+    }
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| Error::decode(path, "PNG", "image too large"))?;
+    let mut buf = vec![0u8; size];
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| Error::decode(path, "PNG", e))?;
+    let line = frame.line_size;
+    let mut values = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let row = &buf[y * line..(y + 1) * line];
+        for x in 0..w {
+            let v = match depth {
+                8 => row[x],
+                4 => (row[x / 2] >> (4 * (1 - x % 2))) & 0x0F,
+                2 => (row[x / 4] >> (2 * (3 - x % 4))) & 0x03,
+                _ => (row[x / 8] >> (7 - x % 8)) & 0x01,
+            };
+            values.push(v as f32);
+        }
+    }
+    let raw = crate::volume::Stats::of(values.iter().map(|&v| v as f64));
+    Ok(Some(Volume {
+        format: Format::Image,
+        shape: vec![h, w, 1],
+        layout: crate::volume::Layout::RowMajor,
+        stored: crate::volume::StoredType::Uint8,
+        raw,
+        values,
+        spacing: vec![1.0, 1.0],
+        affine: None,
+        window: None,
+        transfer_syntax: None,
+        photometric: Some("palette indices".into()),
+    }))
+}
+
 /// The distinct values of `labels`.
 pub fn distinct(labels: &[i64]) -> BTreeSet<i64> {
     let mut seen = BTreeSet::new();
@@ -410,6 +483,52 @@ mod tests {
         ));
         let nan = nifti([2, 1, 1], vec![f32::NAN, 1.0]);
         assert!(integer_labels(&nan, p).is_err());
+    }
+
+    #[test]
+    fn palette_pngs_give_their_indices_not_their_colours() {
+        let dir = std::env::temp_dir().join(format!("seg-data-palette-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for depth in [png::BitDepth::Eight, png::BitDepth::Two] {
+            let p = dir.join(format!("pal{}.png", depth as u8));
+            let (w, h) = (5u32, 2u32);
+            let idx: Vec<u8> = vec![0, 1, 2, 3, 0, 3, 2, 1, 0, 0];
+            let data: Vec<u8> = if depth == png::BitDepth::Eight {
+                idx.clone()
+            } else {
+                // two bits per pixel, rows padded to whole bytes
+                idx.chunks(5)
+                    .flat_map(|r| {
+                        let mut b = [0u8; 2];
+                        for (x, &v) in r.iter().enumerate() {
+                            b[x / 4] |= v << (2 * (3 - x % 4));
+                        }
+                        b
+                    })
+                    .collect()
+            };
+            let mut enc = png::Encoder::new(
+                std::io::BufWriter::new(std::fs::File::create(&p).unwrap()),
+                w,
+                h,
+            );
+            enc.set_color(png::ColorType::Indexed);
+            enc.set_depth(depth);
+            // colours whose red channels collide (a colour reading would merge classes)
+            enc.set_palette(vec![0, 0, 0, 200, 10, 10, 200, 90, 10, 30, 30, 250]);
+            let mut wr = enc.write_header().unwrap();
+            wr.write_image_data(&data).unwrap();
+            wr.finish().unwrap();
+            let v = read_label(&p).unwrap();
+            assert_eq!(v.shape, vec![2, 5, 1]);
+            let got = integer_labels(&v, &p).unwrap();
+            assert_eq!(
+                got,
+                idx.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+                "{depth:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

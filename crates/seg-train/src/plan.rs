@@ -110,7 +110,7 @@ pub fn read_cases(cases: &[Case]) -> Result<Vec<ReadCase>> {
             Ok(ReadCase {
                 id: c.id.clone(),
                 images,
-                label: (seg_data::read_any(&lp)?, lp),
+                label: (seg_data::labelmap::read_label(&lp)?, lp),
             })
         })
         .collect()
