@@ -123,7 +123,7 @@ mod tests {
     fn a_step_overruns_when_validation_would_not_fit() {
         let mut b = TimeBudget::new(1000.0, Instant::now());
         assert!(!b.step_would_overrun(), "reserve 100 s of 1000");
-        b.record_validation(950.0);
+        b.record_validation(1000.0);
         assert!(b.step_would_overrun());
         let mut b = TimeBudget::new(1000.0, Instant::now());
         b.record_step(995.0);
