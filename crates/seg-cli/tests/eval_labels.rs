@@ -436,3 +436,20 @@ fn label_errors_are_one_line() {
     assert!(!out.status.success());
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn help_states_the_mode_rule_and_the_empty_conventions() {
+    let out = bin().args(["eval", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for says in [
+        "--labels",
+        "--probabilities",
+        "--tolerance-mm",
+        "label maps when --pred holds a NIfTI file",
+        "one-channel 8-bit image with values 0..127",
+        "both empty -> Dice 1, IoU 1, HD95/ASD/NSD null",
+        "one empty -> Dice 0",
+    ] {
+        assert!(help.contains(says), "{says:?} missing from:\n{help}");
+    }
+}

@@ -376,21 +376,20 @@ impl ClassStats {
         hi: [0; 3],
     };
 
+    fn bound(&mut self, lo: [usize; 3], hi: [usize; 3]) {
+        self.lo = std::array::from_fn(|k| self.lo[k].min(lo[k]));
+        self.hi = std::array::from_fn(|k| self.hi[k].max(hi[k]));
+    }
+
     fn grow(&mut self, at: [usize; 3]) {
-        for k in 0..3 {
-            self.lo[k] = self.lo[k].min(at[k]);
-            self.hi[k] = self.hi[k].max(at[k]);
-        }
+        self.bound(at, at);
     }
 
     fn merge(&mut self, o: &Self) {
         self.pred += o.pred;
         self.truth += o.truth;
         self.both += o.both;
-        for k in 0..3 {
-            self.lo[k] = self.lo[k].min(o.lo[k]);
-            self.hi[k] = self.hi[k].max(o.hi[k]);
-        }
+        self.bound(o.lo, o.hi);
     }
 }
 

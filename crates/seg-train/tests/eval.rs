@@ -109,6 +109,36 @@ fn hand_computed_values_at_one_tolerance() {
 }
 
 #[test]
+fn hd95_interpolates_between_order_statistics() {
+    // one row of 40 pixels, 0.5 mm apart: the reference is the pixel at 0,
+    // the prediction every other pixel (20 isolated pixels, each its own
+    // surface). Prediction → reference: 0, 1, 2, …, 19 mm; reference →
+    // prediction: 0. The 95th percentile of the 20 sorted values sits at
+    // 0.95 · 19 = 18.05: 18 + 0.05 · (19 − 18) = 18.05 mm (the 90th would
+    // be 17.1, the maximum 19).
+    let dims = [1, 1, 40];
+    let sp = [1.0, 1.0, 0.5];
+    let gt: Vec<bool> = (0..40).map(|x| x == 0).collect();
+    let pred: Vec<bool> = (0..40).map(|x| x % 2 == 0).collect();
+    let m = surface_metrics(&pred, &gt, dims, sp, 2.0);
+    assert!(close(m.hd95.unwrap(), 18.05), "{m:?}");
+    // ASD: (0 + 1 + … + 19) / (20 + 1)
+    assert!(close(m.asd.unwrap(), 190.0 / 21.0), "{m:?}");
+    // NSD at 2 mm: 0, 1, 2 of the prediction and the reference pixel
+    assert!(close(m.nsd.unwrap(), 4.0 / 21.0), "{m:?}");
+    // the same through label maps
+    let l = |mask: &[bool]| mask.iter().map(|&b| b as u32).collect::<Vec<_>>();
+    let r = evaluate_labels(
+        "row",
+        &LabelMap::new(dims, sp, l(&pred)).unwrap(),
+        &LabelMap::new(dims, sp, l(&gt)).unwrap(),
+        2.0,
+    )
+    .unwrap();
+    assert!(close(r.classes[0].hd95.unwrap(), 18.05));
+}
+
+#[test]
 fn volume_differences_use_the_voxel_volume() {
     let dims = [8, 8, 12];
     let sp = [2.0, 1.5, 0.5]; // 1.5 mm³ per voxel
