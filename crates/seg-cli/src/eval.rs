@@ -42,6 +42,7 @@ Pairing in label mode: the same file stem (hippocampus_001.nii.gz in both folder
   Probability mode pairs by case ID.
 
 Examples:
+  seg-cli eval --pred out/ --gt DRIVE/training/1st_manual --fov DRIVE/training/mask --json report.json
   seg-cli eval --pred out/ --gt Task04_Hippocampus --json report.json --csv report.csv
   seg-cli eval --pred out/ --gt labelsTr/ --tolerance-mm 2 --json -
   seg-cli eval --labels --pred pred_png/ --gt gt_png/ --spacing 0.5,0.5";
