@@ -104,6 +104,41 @@ pub enum Error {
         value: f32,
         range: &'static str,
     },
+    /// A label map value that is not a class: labels are integers from 0
+    /// to 2^24, whatever type the file stores. `index` counts in the
+    /// file's order.
+    #[error("{}: value {value} at index {index} is not a label (expected an integer from 0 to 16777216)", path.display())]
+    LabelValue {
+        path: PathBuf,
+        index: usize,
+        value: f32,
+    },
+    /// A label map seg cannot evaluate: the file, which field, what it
+    /// must be, what it is.
+    #[error("{}: {field} must be {expected}, got {got}", path.display())]
+    LabelMap {
+        path: PathBuf,
+        field: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+    /// A predicted label map of another shape than its reference.
+    #[error("{} has shape {pred_shape:?} but its reference {} has shape {gt_shape:?}", pred.display(), gt.display())]
+    LabelShape {
+        pred: PathBuf,
+        gt: PathBuf,
+        pred_shape: Vec<usize>,
+        gt_shape: Vec<usize>,
+    },
+    /// A predicted label map whose voxel spacing differs from its
+    /// reference's by more than 0.1 % (`[z, y, x]`, mm).
+    #[error("{} has voxel spacing {pred_spacing:?} mm but its reference {} has {gt_spacing:?} mm", pred.display(), gt.display())]
+    LabelSpacing {
+        pred: PathBuf,
+        gt: PathBuf,
+        pred_spacing: Vec<f64>,
+        gt_spacing: Vec<f64>,
+    },
     /// From seg-data.
     #[error(transparent)]
     Data(#[from] seg_data::Error),

@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod eval;
 pub mod infer;
 pub mod losses;
 pub mod metrics;
