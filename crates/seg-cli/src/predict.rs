@@ -25,9 +25,12 @@ pub struct PredictArgs {
     /// Field-of-view masks, matched by case ID (normalisation statistics and output limited to the FOV).
     #[arg(long)]
     fov: Option<PathBuf>,
-    /// Average over flips.
-    #[arg(long)]
+    /// Average over flips (4 passes; the default for multi-class bundles, as in nnU-Net).
+    #[arg(long, conflicts_with = "no_tta")]
     tta: bool,
+    /// One pass, no flips (faster; the default for binary bundles).
+    #[arg(long)]
+    no_tta: bool,
     /// Tile overlap (default: the bundle's, 0.5).
     #[arg(long)]
     overlap: Option<f32>,
@@ -47,7 +50,9 @@ pub fn run(a: PredictArgs) -> Result<()> {
         }
         seg.set_threshold(t)?;
     }
-    seg.set_tta(a.tta);
+    if a.tta || a.no_tta {
+        seg.set_tta(a.tta);
+    }
     if let Some(o) = a.overlap {
         if !(0.0..0.95).contains(&o) {
             bail!("--overlap must be in [0, 0.95)");

@@ -432,6 +432,41 @@ pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
     if !(cfg.optimizer.lr > 0.0 && cfg.optimizer.lr.is_finite()) {
         bail!("--lr must be a positive number");
     }
+    if let Some((p, _)) = auto.as_mut() {
+        // the flags' values where they override the plan's
+        for (what, planned, now) in [
+            ("patch", p.patch, cfg.sampler.size),
+            ("batch", p.batch, cfg.batch),
+            ("base", p.base, cfg.model.base()),
+            ("validation cases", p.val_cases, cfg.val_count),
+        ] {
+            if planned != now {
+                p.reasons
+                    .push(format!("{what} {now} (a flag; the plan chose {planned})"));
+            }
+        }
+        if p.model != cfg.model.name() {
+            p.reasons.push(format!(
+                "network {} (a flag; the plan chose {})",
+                cfg.model.name(),
+                p.model
+            ));
+        }
+        p.patch = cfg.sampler.size;
+        p.batch = cfg.batch;
+        p.base = cfg.model.base();
+        p.val_cases = cfg.val_count;
+        p.model = cfg.model.name().to_string();
+        if p.layer_norm != cfg.model.norm() {
+            p.reasons.push(format!(
+                "normalisation layers {:?} (a flag; the plan chose {:?})",
+                cfg.model.norm(),
+                p.layer_norm
+            ));
+            p.layer_norm = cfg.model.norm();
+        }
+        cfg.plan = Some(p.clone());
+    }
     Ok((cfg, auto))
 }
 

@@ -39,6 +39,7 @@ fn tiny_bundle(dir: &Path) -> PathBuf {
         epoch: 1,
         val_dice: None,
         slices: None,
+        plan: None,
     };
     let path = dir.join("bundle.safetensors");
     save_bundle(&net, &info, &path).unwrap();

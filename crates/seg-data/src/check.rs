@@ -141,12 +141,12 @@ struct CaseResult {
     volume: bool,
 }
 
-fn read(path: &PathBuf, problems: &mut Vec<Problem>) -> Option<Volume> {
+fn read(path: &std::path::Path, problems: &mut Vec<Problem>) -> Option<Volume> {
     match crate::read_any(path) {
         Ok(v) => Some(v),
         Err(e) => {
             problems.push(Problem::Unreadable {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 error: e.to_string(),
             });
             None

@@ -52,6 +52,9 @@ pub struct BundleInfo {
     /// label values of the classes (outputs are written as those values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slices: Option<SlicePlan>,
+    /// The automatic plan the model was trained under, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::plan::Plan>,
 }
 
 /// Writes the bundle atomically.

@@ -138,9 +138,10 @@ impl LabelMap {
     }
 
     /// Reads a label map (PNG or other 2D image, NIfTI `.nii`/`.nii.gz`, DICOM)
-    /// with [`seg_data::io::read_any`].
+    /// with [`seg_data::labelmap::read_label`] (a palette PNG gives its
+    /// indices, not its colours).
     pub fn read(path: &Path) -> Result<Self> {
-        let v = seg_data::io::read_any(path)?;
+        let v = seg_data::labelmap::read_label(path)?;
         Self::from_volume(&v, path)
     }
 

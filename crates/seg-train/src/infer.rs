@@ -71,6 +71,43 @@ fn importance(roi: usize, blend: Blend) -> Vec<f32> {
     }
 }
 
+/// Probabilities of a batch of tiles (sigmoid for one output channel,
+/// softmax otherwise), averaged over the four flips when `tta`, on the CPU.
+fn probabilities(model: &Model, x: &Tensor, tta: bool) -> Result<Tensor> {
+    let flips: &[(bool, bool)] = if tta {
+        &[(false, false), (false, true), (true, false), (true, true)]
+    } else {
+        &[(false, false)]
+    };
+    let mut probs: Option<Tensor> = None;
+    for &(fv, fh) in flips {
+        let mut xi = x.clone();
+        if fv {
+            xi = xi.flip(&[2])?;
+        }
+        if fh {
+            xi = xi.flip(&[3])?;
+        }
+        let logits = seg_core::on_worker(|| model.forward_t(&xi, false))?;
+        let mut p = if logits.dim(1)? == 1 {
+            seg_core::ops::sigmoid(&logits)?
+        } else {
+            seg_core::nn::ops::softmax(&logits, 1)?
+        };
+        if fh {
+            p = p.flip(&[3])?;
+        }
+        if fv {
+            p = p.flip(&[2])?;
+        }
+        probs = Some(match probs {
+            Some(s) => (s + p)?,
+            None => p,
+        });
+    }
+    Ok((probs.expect("at least one pass") / flips.len() as f64)?.to_device(&Device::Cpu)?)
+}
+
 /// Probabilities (sigmoid for one output channel, softmax otherwise) of a
 /// channel-planar image `c × h × w`: returns `out_channels × h × w`.
 pub fn predict(
@@ -122,39 +159,7 @@ pub fn predict(
             }
         }
         let x = Tensor::from_vec(tiles, (chunk.len(), c, roi, roi), device)?;
-        let flips: &[(bool, bool)] = if sw.tta {
-            &[(false, false), (false, true), (true, false), (true, true)]
-        } else {
-            &[(false, false)]
-        };
-        let mut probs: Option<Tensor> = None;
-        for &(fv, fh) in flips {
-            let mut xi = x.clone();
-            if fv {
-                xi = xi.flip(&[2])?;
-            }
-            if fh {
-                xi = xi.flip(&[3])?;
-            }
-            let logits = seg_core::on_worker(|| model.forward_t(&xi, false))?;
-            let mut p = if logits.dim(1)? == 1 {
-                seg_core::ops::sigmoid(&logits)?
-            } else {
-                seg_core::nn::ops::softmax(&logits, 1)?
-            };
-            if fh {
-                p = p.flip(&[3])?;
-            }
-            if fv {
-                p = p.flip(&[2])?;
-            }
-            probs = Some(match probs {
-                Some(s) => (s + p)?,
-                None => p,
-            });
-        }
-        let probs =
-            (probs.expect("at least one pass") / flips.len() as f64)?.to_device(&Device::Cpu)?;
+        let probs = probabilities(model, &x, sw.tta)?;
         let oc = probs.dim(1)?;
         if acc.is_empty() {
             out_c = oc;
@@ -187,6 +192,75 @@ pub fn predict(
         }
     }
     Ok((out, out_c))
+}
+
+/// Planes of one size that fit in one tile are run this many per forward pass.
+const PLANES_PER_PASS: usize = 16;
+
+/// [`predict`] over many planes of the same `c × h × w` size (the slices of a
+/// volume): when a plane fits in one tile, planes are zero-padded to the
+/// tile and run [`PLANES_PER_PASS`] at a time (one tile per plane, so the
+/// blending weights cancel and each result is what [`predict`] gives);
+/// larger planes go through [`predict`] one by one.
+pub fn predict_planes(
+    model: &Model,
+    planes: &[Vec<f32>],
+    c: usize,
+    h: usize,
+    w: usize,
+    sw: &SlidingWindow,
+    device: &Device,
+) -> Result<Vec<(Vec<f32>, usize)>> {
+    let roi = sw.roi.max(16);
+    if h > roi || w > roi {
+        return planes
+            .iter()
+            .map(|p| predict(model, p, c, h, w, sw, device))
+            .collect();
+    }
+    for p in planes {
+        if p.len() != c * h * w {
+            return Err(Error::BufferSize {
+                len: p.len(),
+                channels: c,
+                height: h,
+                width: w,
+            });
+        }
+        if let Some(i) = p.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFiniteInput {
+                index: i,
+                value: p[i],
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(planes.len());
+    for chunk in planes.chunks(PLANES_PER_PASS) {
+        let mut tiles = vec![0f32; chunk.len() * c * roi * roi];
+        for (k, p) in chunk.iter().enumerate() {
+            for ch in 0..c {
+                for y in 0..h {
+                    let dst = ((k * c + ch) * roi + y) * roi;
+                    tiles[dst..dst + w].copy_from_slice(&p[(ch * h + y) * w..(ch * h + y + 1) * w]);
+                }
+            }
+        }
+        let x = Tensor::from_vec(tiles, (chunk.len(), c, roi, roi), device)?;
+        let probs = probabilities(model, &x, sw.tta)?;
+        let oc = probs.dim(1)?;
+        let pv = probs.flatten_all()?.to_vec1::<f32>()?;
+        for k in 0..chunk.len() {
+            let mut o = vec![0f32; oc * h * w];
+            for ch in 0..oc {
+                for y in 0..h {
+                    let src = ((k * oc + ch) * roi + y) * roi;
+                    o[(ch * h + y) * w..(ch * h + y + 1) * w].copy_from_slice(&pv[src..src + w]);
+                }
+            }
+            out.push((o, oc));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -303,5 +377,43 @@ mod tests {
             &Device::Cpu
         )
         .is_err());
+    }
+
+    #[test]
+    fn batched_planes_give_what_predict_gives() {
+        let cfg = ModelConfig::from_name("unet")
+            .unwrap()
+            .with_base(2)
+            .with_in_channels(3)
+            .with_out_channels(3);
+        let net = Network::new(&cfg, &Device::Cpu, 5).unwrap();
+        let model = net.inference_model().unwrap();
+        let (c, h, w) = (3, 21, 30);
+        let planes: Vec<Vec<f32>> = (0..19)
+            .map(|k| {
+                (0..c * h * w)
+                    .map(|i| ((i * 7 + k * 13) % 17) as f32 / 17.0)
+                    .collect()
+            })
+            .collect();
+        for tta in [false, true] {
+            let sw = SlidingWindow {
+                roi: 32,
+                tta,
+                ..SlidingWindow::default()
+            };
+            let batched = predict_planes(&model, &planes, c, h, w, &sw, &Device::Cpu).unwrap();
+            assert_eq!(batched.len(), planes.len());
+            for (p, (b, oc)) in planes.iter().zip(&batched) {
+                let (one, oc1) = predict(&model, p, c, h, w, &sw, &Device::Cpu).unwrap();
+                assert_eq!(*oc, oc1);
+                let d = one
+                    .iter()
+                    .zip(b)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-5, "tta {tta}: differs by {d}");
+            }
+        }
     }
 }

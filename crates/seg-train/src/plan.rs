@@ -17,10 +17,12 @@
 //!   so slices are the well-resolved planes; else the third (NIfTI z) axis.
 //! - **context**: volumes get one neighbouring slice on each side as extra
 //!   channels (2.5D); 2D images none.
-//! - **patch**: the 95th percentile of the planes' larger side, rounded up
-//!   to a multiple of 16, between 32 and 256 (larger planes are cropped in
-//!   training and tiled at inference). **batch**: about 8 × 128² pixels per
-//!   batch, between 2 and 16.
+//! - **patch**: the median of the planes' larger side, rounded to the
+//!   nearest multiple of 16, between 32 and 256 (larger planes are cropped
+//!   in training and tiled at inference; padding a plane to the next
+//!   multiple instead can double the pixels computed). **batch**: about
+//!   8 × 128² pixels per batch, between 2 and 16; BatchNorm from 8 samples
+//!   per batch, InstanceNorm below.
 //! - **network**: ResUNet base 16 (the networks' 16–256 widths), K outputs;
 //!   **loss**: cross-entropy + soft Dice (softmax); **sampling**: half the
 //!   patches centred on a foreground class drawn uniformly among classes.
@@ -43,7 +45,7 @@ use seg_data::sampling::PatchSampler;
 use seg_data::spec::{Case, DatasetSpec};
 use seg_data::Preprocess;
 use seg_data::{Format, Volume};
-use seg_models::ModelConfig;
+use seg_models::{ModelConfig, NormKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -270,6 +272,10 @@ pub struct Plan {
     pub batch: usize,
     pub model: String,
     pub base: usize,
+    /// Normalisation layers: BatchNorm for batches of 8 or more, else
+    /// InstanceNorm (batch statistics of 2–4 samples are noise).
+    #[serde(default)]
+    pub layer_norm: NormKind,
     pub val_cases: usize,
     pub median_shape: [usize; 3],
     pub median_spacing: [f64; 3],
@@ -350,10 +356,10 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         })
         .collect();
     sides.sort_unstable();
-    let p95 = sides[((sides.len() - 1) * 95) / 100];
-    let patch = p95.div_ceil(16).saturating_mul(16).clamp(32, 256);
+    let side = sides[sides.len() / 2];
+    let patch = ((side + 8) / 16).saturating_mul(16).clamp(32, 256);
     reasons.push(format!(
-        "patch {patch}: the planes' larger side is {p95} px (95th percentile), rounded up to a multiple of 16 within 32–256"
+        "patch {patch}: the planes' median larger side is {side} px, rounded to the nearest multiple of 16 (the networks pool 4 times) within 32–256; larger planes are cropped in training and tiled at inference"
     ));
     let batch = ((8 * 128 * 128) / (patch * patch)).clamp(2, 16);
     reasons.push(format!("batch {batch}: about 8 × 128² pixels per step"));
@@ -374,7 +380,20 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         fp.labels.classes(),
         freq.join(", ")
     ));
-    reasons.push("network: resunet base 16 (16–256 channels)".into());
+    let layer_norm = if batch >= 8 {
+        NormKind::Batch
+    } else {
+        NormKind::Instance
+    };
+    reasons.push(format!(
+        "network: resunet base 16 (16–256 channels), {} normalisation layers ({})",
+        if batch >= 8 { "batch" } else { "instance" },
+        if batch >= 8 {
+            "batches of 8 or more"
+        } else {
+            "too few samples per batch for batch statistics"
+        }
+    ));
     Plan {
         labels: fp.labels.clone(),
         norm,
@@ -385,6 +404,7 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         batch,
         model: "resunet".into(),
         base: 16,
+        layer_norm,
         val_cases,
         median_shape,
         median_spacing,
@@ -412,6 +432,7 @@ impl Plan {
     pub fn train_config(&self, root: &Path, layout: &str) -> Result<TrainConfig> {
         let model = ModelConfig::from_name(&self.model)?
             .with_base(self.base)
+            .with_norm(self.layer_norm)
             .with_in_channels(self.in_channels)
             .with_out_channels(self.labels.classes());
         Ok(TrainConfig {
@@ -448,6 +469,7 @@ impl Plan {
             schedule: Schedule::Poly { power: 0.9 },
             val_count: self.val_cases,
             early_stop_patience: None,
+            plan: Some(self.clone()),
             sliding_window: SlidingWindow {
                 roi: self.patch,
                 overlap: 0.25,

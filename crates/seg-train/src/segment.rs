@@ -89,13 +89,17 @@ pub struct Segmenter {
 
 impl Segmenter {
     /// Loads a bundle written by training (`best.safetensors`) onto `device`,
-    /// with the bundle's sliding window and threshold.
+    /// with the bundle's sliding window and threshold. Multi-class bundles
+    /// (the automatic plan) average over flips by default, as nnU-Net does
+    /// (`set_tta(false)` for one pass).
     pub fn open(bundle: &Path, device: &Device) -> Result<Self> {
         let (net, info) = load_bundle(bundle, device)?;
+        let mut window = info.sliding_window.clone();
+        window.tta |= info.slices.is_some();
         Ok(Self {
             model: net.inference_model()?,
             in_channels: net.config().in_channels(),
-            window: info.sliding_window.clone(),
+            window,
             threshold: info.threshold,
             info,
             device: device.clone(),

@@ -14,30 +14,13 @@ use seg_train::trainer::{Outcome, Silent, Trainer};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+mod common;
+
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("seg-train-planned-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp("planned", name)
 }
 
-/// `../shared/<sub>` if present, else a SKIP notice past the output capture.
-fn shared(sub: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared")
-        .join(sub);
-    if p.exists() {
-        return Some(p);
-    }
-    let msg = format!("SKIP: ../shared/{sub} not found; real-data test not run");
-    match std::fs::OpenOptions::new().write(true).open("/dev/stderr") {
-        Ok(mut f) => {
-            let _ = std::io::Write::write_all(&mut f, format!("{msg}\n").as_bytes());
-        }
-        Err(_) => eprintln!("{msg}"),
-    }
-    None
-}
+use common::shared;
 
 const DIMS: [usize; 3] = [24, 20, 6];
 const SPACING: [f64; 3] = [0.8, 0.8, 3.0];
@@ -249,4 +232,45 @@ fn a_many_class_ct_plan_and_a_dicom_series_predicted_to_its_shape() {
         .values
         .iter()
         .all(|&v| plan.labels.index(v as i64).is_some()));
+}
+
+#[test]
+fn all_four_networks_train_and_predict_k_classes() {
+    let root = tmp("four");
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    std::fs::create_dir_all(root.join("labels")).unwrap();
+    for k in 0..3 {
+        write_case(&root, k);
+    }
+    let spec = DatasetSpec::detect(&root).unwrap();
+    let (plan, _) = plan_dataset(&spec).unwrap();
+    for name in seg_models::MODEL_NAMES {
+        let mut cfg = plan.train_config(&root, "folders").unwrap();
+        cfg.model = seg_models::ModelConfig::from_name(name)
+            .unwrap()
+            .with_base(4)
+            .with_in_channels(plan.in_channels)
+            .with_out_channels(plan.labels.classes());
+        cfg.epochs = 1;
+        cfg.steps_per_epoch = 2;
+        cfg.batch = 2;
+        cfg.out_dir = root.join(format!("run-{name}"));
+        let mut t = Trainer::new(cfg, &Device::Cpu, false).unwrap();
+        t.run(&mut Silent, &AtomicBool::new(false)).unwrap();
+        let seg = Segmenter::open(
+            &root.join(format!("run-{name}/best.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let s = seg
+            .segment_file(&root.join("images/case00.nii.gz"), None)
+            .unwrap();
+        assert_eq!(s.labels.len(), DIMS.iter().product::<usize>(), "{name}");
+        assert!(
+            s.label_map().iter().all(|v| [0, 200, 500].contains(v)),
+            "{name}"
+        );
+        let info = seg.info();
+        assert_eq!(info.plan.as_ref().unwrap().labels.values, vec![0, 200, 500]);
+    }
 }

@@ -18,30 +18,13 @@ use seg_train::segment::{list_inputs, Geometry, Segmentation, Segmenter};
 use seg_train::Error;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("seg-train-segment-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp("segment", name)
 }
 
-/// `../shared/<sub>` if present, else a SKIP notice past the output capture.
-fn shared(sub: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared")
-        .join(sub);
-    if p.exists() {
-        return Some(p);
-    }
-    let msg = format!("SKIP: ../shared/{sub} not found; real-file test not run");
-    match std::fs::OpenOptions::new().write(true).open("/dev/stderr") {
-        Ok(mut f) => {
-            let _ = std::io::Write::write_all(&mut f, format!("{msg}\n").as_bytes());
-        }
-        Err(_) => eprintln!("{msg}"),
-    }
-    None
-}
+use common::shared;
 
 /// A U-Net of base 2 with seeded random weights and the fundus plan.
 fn tiny_bundle(dir: &Path, threshold: f32) -> PathBuf {
@@ -63,6 +46,7 @@ fn tiny_bundle(dir: &Path, threshold: f32) -> PathBuf {
         epoch: 1,
         val_dice: None,
         slices: None,
+        plan: None,
     };
     let path = dir.join("bundle.safetensors");
     save_bundle(&net, &info, &path).unwrap();

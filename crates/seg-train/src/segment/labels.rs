@@ -6,7 +6,7 @@
 
 use super::{Geometry, Segmentation, Segmenter};
 use crate::error::{Error, Result};
-use crate::infer::predict;
+use crate::infer::predict_planes;
 use seg_data::labelmap::{SlicePlan, Stack};
 use seg_data::{slicing, Format, Layout, Volume};
 use std::path::Path;
@@ -41,37 +41,43 @@ impl Segmenter {
         let plane = stack.height * stack.width;
         let mut classes = Vec::with_capacity(stack.slices);
         let mut probs = Vec::with_capacity(stack.slices);
-        for k in 0..stack.slices {
-            let s = stack.sample(k, plan.context);
-            let (p, oc) = predict(
+        let ks: Vec<usize> = (0..stack.slices).collect();
+        for chunk in ks.chunks(16) {
+            let planes: Vec<Vec<f32>> = chunk
+                .iter()
+                .map(|&k| stack.sample(k, plan.context).image)
+                .collect();
+            let preds = predict_planes(
                 &self.model,
-                &s.image,
-                s.channels,
-                s.height,
-                s.width,
+                &planes,
+                expected,
+                stack.height,
+                stack.width,
                 &self.window,
                 &self.device,
             )?;
-            if oc != plan.labels.classes() {
-                return Err(Error::Channels {
-                    got: oc,
-                    expected: plan.labels.classes(),
-                });
-            }
-            let mut cls = vec![0f32; plane];
-            let mut fg = vec![0f32; plane];
-            for i in 0..plane {
-                let mut best = 0;
-                for ch in 1..oc {
-                    if p[ch * plane + i] > p[best * plane + i] {
-                        best = ch;
-                    }
+            for (p, oc) in preds {
+                if oc != plan.labels.classes() {
+                    return Err(Error::Channels {
+                        got: oc,
+                        expected: plan.labels.classes(),
+                    });
                 }
-                cls[i] = best as f32;
-                fg[i] = 1.0 - p[i];
+                let mut cls = vec![0f32; plane];
+                let mut fg = vec![0f32; plane];
+                for i in 0..plane {
+                    let mut best = 0;
+                    for ch in 1..oc {
+                        if p[ch * plane + i] > p[best * plane + i] {
+                            best = ch;
+                        }
+                    }
+                    cls[i] = best as f32;
+                    fg[i] = 1.0 - p[i];
+                }
+                classes.push(cls);
+                probs.push(fg);
             }
-            classes.push(cls);
-            probs.push(fg);
         }
         let (classes, probs) = if vol.format == Format::Image {
             (classes.concat(), probs.concat())

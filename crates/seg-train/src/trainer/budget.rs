@@ -90,13 +90,23 @@ impl TimeBudget {
     }
 }
 
-/// `done` epochs plus as many whole epochs of `per_epoch` seconds as fit in
-/// `remaining` seconds, between `done` and `cap`.
+/// A last epoch that fits only in part is run (and cut short) when at least
+/// this share of it fits; a smaller tail is left unused rather than spent
+/// mostly on that epoch's validation.
+pub const PARTIAL_EPOCH: f64 = 0.25;
+
+/// `done` epochs plus the epochs of `per_epoch` seconds that fit in
+/// `remaining` seconds — the whole ones, and a last one cut short when at
+/// least [`PARTIAL_EPOCH`] of it fits — between `done` and `cap`.
 pub fn horizon(done: usize, remaining: f64, per_epoch: f64, cap: usize) -> usize {
     if per_epoch.is_nan() || per_epoch <= 0.0 {
         return cap.max(done);
     }
-    let more = (remaining.max(0.0) / per_epoch).floor();
+    let fit = remaining.max(0.0) / per_epoch;
+    let mut more = fit.floor();
+    if fit - more >= PARTIAL_EPOCH {
+        more += 1.0;
+    }
     let more = if more >= cap as f64 {
         cap
     } else {
@@ -112,7 +122,16 @@ mod tests {
     #[test]
     fn the_horizon_counts_whole_epochs_that_fit() {
         assert_eq!(horizon(2, 100.0, 10.0, 1000), 12);
-        assert_eq!(horizon(2, 99.9, 10.0, 1000), 11);
+        assert_eq!(
+            horizon(2, 99.9, 10.0, 1000),
+            12,
+            "a last epoch 99 % of which fits"
+        );
+        assert_eq!(
+            horizon(2, 92.0, 10.0, 1000),
+            11,
+            "20 % of an epoch is left unused"
+        );
         assert_eq!(horizon(2, 100.0, 10.0, 8), 8);
         assert_eq!(horizon(5, -3.0, 10.0, 1000), 5);
         assert_eq!(horizon(0, 1e300, 1e-300, 7), 7);

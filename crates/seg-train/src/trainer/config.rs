@@ -67,6 +67,10 @@ pub struct TrainConfig {
     /// shape differs (e.g. the output layer for a new class count) keep
     /// their fresh initialisation, and the run says which.
     pub init_from: Option<PathBuf>,
+    /// The automatic plan this run carries out, if any (recorded in
+    /// `config.json` and in every bundle).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::plan::Plan>,
     pub sliding_window: SlidingWindow,
     pub out_dir: PathBuf,
 }
@@ -197,6 +201,7 @@ impl Default for TrainConfig {
             early_stop_patience: Some(10),
             max_seconds: None,
             init_from: None,
+            plan: None,
             sliding_window: SlidingWindow {
                 roi: 64,
                 overlap: 0.5,

@@ -431,6 +431,7 @@ impl Trainer {
             epoch,
             val_dice,
             slices: self.labelled.as_ref().map(|d| d.plan.clone()),
+            plan: self.cfg.plan.clone(),
         }
     }
 

@@ -97,29 +97,34 @@ pub fn validate_stacks(
         let mut tp = vec![0u64; classes];
         let mut npred = vec![0u64; classes];
         let mut ngt = vec![0u64; classes];
-        for k in 0..st.slices {
-            let s = st.sample(k, context);
-            let (probs, c) = infer::predict(
+        let ks: Vec<usize> = (0..st.slices).collect();
+        for chunk in ks.chunks(16) {
+            let planes: Vec<Vec<f32>> =
+                chunk.iter().map(|&k| st.sample(k, context).image).collect();
+            let chans = st.channels * (2 * context + 1);
+            let preds = infer::predict_planes(
                 &model,
-                &s.image,
-                s.channels,
-                s.height,
-                s.width,
+                &planes,
+                chans,
+                st.height,
+                st.width,
                 sw,
                 net.device(),
             )?;
-            let gt = &label[k * plane..(k + 1) * plane];
-            for (i, &g) in gt.iter().enumerate() {
-                let mut best = 0;
-                for ch in 1..c {
-                    if probs[ch * plane + i] > probs[best * plane + i] {
-                        best = ch;
+            for (&k, (probs, c)) in chunk.iter().zip(preds) {
+                let gt = &label[k * plane..(k + 1) * plane];
+                for (i, &g) in gt.iter().enumerate() {
+                    let mut best = 0;
+                    for ch in 1..c {
+                        if probs[ch * plane + i] > probs[best * plane + i] {
+                            best = ch;
+                        }
                     }
-                }
-                npred[best] += 1;
-                ngt[g as usize] += 1;
-                if best == g as usize {
-                    tp[best] += 1;
+                    npred[best] += 1;
+                    ngt[g as usize] += 1;
+                    if best == g as usize {
+                        tp[best] += 1;
+                    }
                 }
             }
         }
