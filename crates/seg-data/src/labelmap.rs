@@ -269,10 +269,12 @@ pub struct Stack {
 }
 
 /// The shape of a volume as slicing sees it: `[d0, d1, d2]` (2D images:
-/// `[1, h, w]`), or an error for other shapes.
+/// `[1, h, w]`; a 2D NIfTI `[nx, ny]`: `[nx, ny, 1]`), or an error for other
+/// shapes.
 pub fn spatial_dims(vol: &Volume) -> Result<[usize; 3]> {
     match (vol.format, vol.shape.as_slice()) {
         (Format::Image, [h, w, _]) => Ok([1, *h, *w]),
+        (Format::Nifti, [a, b]) => Ok([*a, *b, 1]),
         (_, [a, b, c]) | (_, [a, b, c, 1]) => Ok([*a, *b, *c]),
         _ => Err(Error::Shape {
             what: "a training case",
@@ -315,6 +317,14 @@ fn planes(vol: &Volume, axis: usize) -> Result<(Vec<f32>, [usize; 3])> {
             .collect();
         return Ok((lum, [1, h, w]));
     }
+    if vol.shape.len() == 2 {
+        // a 2D NIfTI: one plane along z
+        let as3 = Volume {
+            shape: spatial_dims(vol)?.to_vec(),
+            ..vol.clone()
+        };
+        return planes(&as3, axis);
+    }
     let n = slicing::slice_count(vol, axis)?;
     let mut out = Vec::new();
     let (mut h, mut w) = (0, 0);
@@ -342,7 +352,14 @@ impl Stack {
         let (first, first_path) = images.first().ok_or(Error::Empty {
             what: "a case's image files",
         })?;
-        let dims = spatial_dims(first)?;
+        let in_file = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e| Error::InFile {
+                path,
+                error: Box::new(e),
+            }
+        };
+        let dims = spatial_dims(first).map_err(in_file(first_path))?;
         let mut image = Vec::new();
         let mut shape = [0; 3];
         for (vol, path) in images {

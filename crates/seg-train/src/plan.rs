@@ -183,8 +183,11 @@ pub fn fingerprint(cases: &[ReadCase], spec: &DatasetSpec) -> Result<Fingerprint
     let per_case: Vec<(CaseFingerprint, Vec<f32>, f32)> = cases
         .par_iter()
         .map(|c| {
-            let (img, _) = &c.images[0];
-            let shape = spatial_dims(img)?;
+            let (img, img_path) = &c.images[0];
+            let shape = spatial_dims(img).map_err(|e| seg_data::Error::InFile {
+                path: img_path.clone(),
+                error: Box::new(e),
+            })?;
             let ints = integer_labels(&c.label.0, &c.label.1)?;
             let mut counts = vec![0u64; labels.classes()];
             for &v in &ints {
