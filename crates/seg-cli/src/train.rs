@@ -4,7 +4,6 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use seg_core::parse_device;
 use seg_data::augment::{AugmentConfig, AUGMENT_PRESETS};
 use seg_data::intensity::{ChannelChoice, WindowSpec};
@@ -16,12 +15,13 @@ use seg_train::losses::{Loss, LOSS_NAMES};
 use seg_train::optim::OptimizerKind;
 use seg_train::plan::{Fingerprint, Plan};
 use seg_train::schedule::Schedule;
-use seg_train::trainer::{
-    DataSource, EpochRecord, Observer, Outcome, TrainConfig, TrainState, Trainer,
-};
+use seg_train::trainer::{DataSource, Outcome, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+mod progress;
+use progress::Progress;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -468,112 +468,6 @@ pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
         cfg.plan = Some(p.clone());
     }
     Ok((cfg, auto))
-}
-
-struct Progress {
-    bar: Option<ProgressBar>,
-    steps: usize,
-    epochs: usize,
-    curves: PathBuf,
-    history: Vec<EpochRecord>,
-    loss_sum: f64,
-    loss_n: usize,
-}
-
-impl Observer for Progress {
-    fn on_start(&mut self, cfg: &TrainConfig, state: &TrainState, train: usize, val: usize) {
-        self.history = state.history.clone();
-        eprintln!(
-            "training {} (base {}) on {} images, validating on {}; {} epochs x {} batches of {} patches {}px; output {}",
-            cfg.model.name(),
-            cfg.model.base(),
-            train,
-            val,
-            cfg.epochs,
-            cfg.steps_per_epoch,
-            cfg.batch,
-            cfg.sampler.size,
-            cfg.out_dir.display()
-        );
-        if let Some(t) = cfg.max_seconds {
-            eprintln!(
-                "time budget {}: training stops inside it; the {:?} schedule spans the epochs that fit (at most {})",
-                humantime::format_duration(std::time::Duration::from_secs(t.round() as u64)),
-                cfg.schedule,
-                cfg.epochs
-            );
-        }
-    }
-
-    fn on_horizon(&mut self, epochs: usize) {
-        tracing::info!("time budget: the schedule now spans {epochs} epochs");
-        self.epochs = epochs;
-    }
-
-    fn on_step(&mut self, epoch: usize, step: usize, loss: f32, lr: f64) {
-        self.loss_sum += loss as f64;
-        self.loss_n += 1;
-        let bar = self.bar.get_or_insert_with(|| {
-            let b = ProgressBar::new(self.steps as u64);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} / eta {eta})",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            b.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
-            b
-        });
-        bar.set_position(step as u64);
-        bar.set_message(format!(
-            "loss {:.4} lr {lr:.1e}",
-            self.loss_sum / self.loss_n as f64
-        ));
-    }
-
-    fn on_epoch(&mut self, r: &EpochRecord, improved: bool) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-        self.loss_sum = 0.0;
-        self.loss_n = 0;
-        let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
-        let line = match &r.val_class_dice {
-            Some(per_class) => format!(
-                "epoch {}/{}: loss {:.4}  val mean Dice {} (per class {})  {:.1}s{}",
-                r.epoch,
-                self.epochs,
-                r.train_loss,
-                f(r.val_dice),
-                per_class
-                    .iter()
-                    .map(|d| format!("{d:.4}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                r.seconds,
-                if improved { "  * best" } else { "" }
-            ),
-            None => format!(
-                "epoch {}/{}: loss {:.4}  val Dice {} @0.5, {} @{:.2}  AUC {}  {:.1}s{}",
-                r.epoch,
-                self.epochs,
-                r.train_loss,
-                f(r.val_dice),
-                f(r.val_dice_best),
-                r.threshold,
-                f(r.val_auc),
-                r.seconds,
-                if improved { "  * best" } else { "" }
-            ),
-        };
-        eprintln!("{line}");
-        tracing::info!("{line}");
-        self.history.push(r.clone());
-        if let Err(e) = crate::plot::draw_curves(&self.history, &self.curves) {
-            tracing::warn!("cannot draw {}: {e:#}", self.curves.display());
-        }
-    }
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {

@@ -7,6 +7,7 @@
 //! [`validate`] with threshold choice.
 //!
 //! - `trainer/config.rs`: [`TrainConfig`], [`DataSource`];
+//! - `trainer/data.rs`: [`load_data`], [`load_labelled`];
 //! - `trainer/run.rs`: [`Trainer`], its records and state, [`Observer`];
 //! - `trainer/validate.rs`: [`validate`];
 //! - `trainer/budget.rs`: [`TimeBudget`], the wall-clock budget (`max_seconds`);
@@ -14,10 +15,12 @@
 
 mod budget;
 mod config;
+mod data;
 mod run;
 mod validate;
 
 pub use budget::{horizon, TimeBudget};
 pub use config::{DataSource, TrainConfig};
-pub use run::{load_data, EpochRecord, Observer, Outcome, RunPaths, Silent, TrainState, Trainer};
+pub use data::{load_data, load_labelled, LabelledData};
+pub use run::{EpochRecord, Observer, Outcome, RunPaths, Silent, TrainState, Trainer};
 pub use validate::validate;

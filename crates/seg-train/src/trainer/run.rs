@@ -5,17 +5,15 @@
 //! cooperative stop flag (Ctrl-C) that writes a checkpoint first.
 
 use super::budget::TimeBudget;
-use super::config::{DataSource, TrainConfig};
+use super::config::TrainConfig;
+use super::data::{load, LabelledData};
 use super::validate::{validate, validate_stacks};
 use crate::checkpoint::{self, BundleInfo};
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
 use crate::schedule::Scheduler;
 use seg_core::{Device, Tensor};
-use seg_data::dataset::{self, DriveSplit};
-use seg_data::labelmap::{SlicePlan, Stack};
-use seg_data::sampling::{random_batch, random_batch_balanced, ClassIndex};
-use seg_data::spec::{DatasetKind, DatasetSpec};
+use seg_data::sampling::{random_batch, random_batch_balanced};
 use seg_data::Sample;
 use seg_models::Network;
 use serde::{Deserialize, Serialize};
@@ -115,118 +113,6 @@ impl RunPaths {
     }
 }
 
-/// A multi-class run's data: validation cases whole, and the index that
-/// balances classes in training batches.
-pub struct LabelledData {
-    pub plan: SlicePlan,
-    pub val: Vec<Stack>,
-    pub index: ClassIndex,
-}
-
-/// Loads a [`DataSource::Labelled`] dataset: cases split by the seed (whole
-/// cases, never slices of one case on both sides), read in parallel, cut
-/// into slices.
-pub fn load_labelled(
-    root: &Path,
-    layout: &str,
-    slices: &SlicePlan,
-    val_count: usize,
-    seed: u64,
-) -> Result<(Vec<Sample>, LabelledData)> {
-    let kind = DatasetKind::from_name(layout).ok_or_else(|| Error::Setting {
-        setting: "data.layout".into(),
-        expected: "folders or msd".into(),
-        got: layout.into(),
-    })?;
-    let spec = DatasetSpec::open(kind, root)?;
-    let cases: Vec<_> = spec
-        .cases()?
-        .cases
-        .into_iter()
-        .filter(|c| c.label.is_some())
-        .collect();
-    if cases.len() < 2 {
-        return Err(Error::TooFewCases {
-            found: cases.len(),
-            needed: 2,
-        });
-    }
-    let val_count = val_count.clamp(1, cases.len() - 1);
-    let (train_cases, val_cases) = dataset::split_cases(&cases, val_count, seed);
-    let stacks = |cases: &[seg_data::spec::Case]| -> Result<Vec<Stack>> {
-        use rayon::prelude::*;
-        crate::plan::read_cases(cases)?
-            .par_iter()
-            .map(|c| {
-                let images: Vec<(&seg_data::Volume, &Path)> =
-                    c.images.iter().map(|(v, p)| (v, p.as_path())).collect();
-                Ok(Stack::new(
-                    &c.id,
-                    &images,
-                    Some((&c.label.0, &c.label.1)),
-                    &slices.labels,
-                    slices.axis,
-                    &slices.norm,
-                )?)
-            })
-            .collect()
-    };
-    let train: Vec<Sample> = stacks(&train_cases)?
-        .iter()
-        .flat_map(|s| s.samples(slices.context))
-        .collect();
-    let index = ClassIndex::new(&train, slices.labels.classes());
-    let val = stacks(&val_cases)?;
-    Ok((
-        train,
-        LabelledData {
-            plan: slices.clone(),
-            val,
-            index,
-        },
-    ))
-}
-
-/// Loads the training and validation images of a run.
-pub fn load_data(cfg: &TrainConfig) -> Result<(Vec<Sample>, Vec<Sample>)> {
-    let all = match &cfg.data {
-        DataSource::Labelled {
-            root,
-            layout,
-            slices,
-        } => {
-            let (train, data) = load_labelled(root, layout, slices, cfg.val_count, cfg.seed)?;
-            let val = data
-                .val
-                .iter()
-                .flat_map(|s| s.samples(slices.context))
-                .collect();
-            return Ok((train, val));
-        }
-        DataSource::Synthetic(s) => dataset::load_synthetic(s, &cfg.preprocess)?,
-        DataSource::Drive { root } => {
-            let cases = dataset::drive_cases(root, DriveSplit::Training)?;
-            dataset::load_drive(&cases, &cfg.preprocess)?
-        }
-        DataSource::Folders { root } => {
-            let (cases, unpaired) = dataset::paired_cases(root)?;
-            for p in unpaired {
-                tracing::warn!("unpaired file ignored: {}", p.display());
-            }
-            dataset::load_paired(&cases, &cfg.preprocess)?
-        }
-    };
-    if all.len() < 2 {
-        return Err(Error::TooFewCases {
-            found: all.len(),
-            needed: 2,
-        });
-    }
-    let val_count = cfg.val_count.clamp(1, all.len() - 1);
-    let (train, val) = dataset::split_cases(&all, val_count, cfg.seed);
-    Ok((train, val))
-}
-
 fn write_metrics(paths: &RunPaths, history: &[EpochRecord]) -> Result<()> {
     let mut csv =
         String::from("epoch,lr,train_loss,val_dice,val_dice_best,threshold,val_auc,seconds\n");
@@ -273,27 +159,16 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, device: &Device, resume: bool) -> Result<Self> {
         let created = Instant::now();
         cfg.validate()?;
-        let (train, val, labelled) = match &cfg.data {
-            DataSource::Labelled {
-                root,
-                layout,
-                slices,
-            } => {
-                let (train, data) = load_labelled(root, layout, slices, cfg.val_count, cfg.seed)?;
-                if cfg.model.out_channels() != slices.labels.classes() {
-                    return Err(Error::Setting {
-                        setting: "model.out_channels".into(),
-                        expected: format!("{} (the label classes)", slices.labels.classes()),
-                        got: cfg.model.out_channels().to_string(),
-                    });
-                }
-                (train, Vec::new(), Some(data))
+        let (train, val, labelled) = load(&cfg)?;
+        if let Some(d) = &labelled {
+            if cfg.model.out_channels() != d.plan.labels.classes() {
+                return Err(Error::Setting {
+                    setting: "model.out_channels".into(),
+                    expected: format!("{} (the label classes)", d.plan.labels.classes()),
+                    got: cfg.model.out_channels().to_string(),
+                });
             }
-            _ => {
-                let (t, v) = load_data(&cfg)?;
-                (t, v, None)
-            }
-        };
+        }
         if train.is_empty() {
             return Err(Error::TooFewCases {
                 found: 0,
