@@ -7,7 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use seg_core::parse_device;
 use seg_data::dataset::{case_id, file_stem as stem};
-use seg_train::segment::{files_in, list_inputs, Segmenter};
+use seg_train::segment::{files_in, list_inputs, read_input, Segmenter};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ pub struct PredictArgs {
     /// An image or volume, or a folder of them (a folder of DICOM files is read as one series).
     #[arg(long)]
     input: PathBuf,
-    /// Output folder: <stem>.png (16-bit probabilities) and masks/<stem>.png; volumes as .nii.gz.
+    /// Output folder: masks/<stem>.png (label values; volumes: .nii.gz in the input's geometry), and for binary bundles <stem>.png (16-bit foreground probability).
     #[arg(long)]
     output: PathBuf,
     /// Field-of-view masks, matched by case ID (normalisation statistics and output limited to the FOV).
@@ -37,6 +37,12 @@ pub struct PredictArgs {
     /// Mask threshold (default: the one chosen on validation).
     #[arg(long)]
     threshold: Option<f32>,
+    /// Multi-class bundles: also write every class's probability (volumes: <stem>.nii.gz, x × y × z × classes; 2D: <stem>_<value>.png, 16-bit).
+    #[arg(long)]
+    probabilities: bool,
+    /// Write overlays/<stem>.png: the image with a colour per class (volumes: a montage of planes through the structures).
+    #[arg(long)]
+    overlay: bool,
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -49,6 +55,14 @@ pub fn run(a: PredictArgs) -> Result<()> {
             bail!("--threshold must be in [0, 1]");
         }
         seg.set_threshold(t)?;
+    }
+    if a.probabilities {
+        if seg.info().slices.is_none() {
+            eprintln!(
+                "note: --probabilities: a binary bundle writes its foreground probability anyway"
+            );
+        }
+        seg.set_class_probabilities(true);
     }
     if a.tta || a.no_tta {
         seg.set_tta(a.tta);
@@ -76,9 +90,14 @@ pub fn run(a: PredictArgs) -> Result<()> {
     for path in &files {
         bar.set_message(stem(path));
         let fov = fovs.get(&case_id(path)).map(PathBuf::as_path);
-        let s = seg.segment_file(path, fov)?;
+        let source = read_input(path)?;
+        let s = seg.segment_read(path, &source, fov)?;
         s.write(&a.output, &stem(path))
             .with_context(|| path.display().to_string())?;
+        if a.overlay {
+            s.write_overlay(&source, &a.output, &stem(path))
+                .with_context(|| format!("overlay of {}", path.display()))?;
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();

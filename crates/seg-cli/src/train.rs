@@ -99,6 +99,9 @@ pub struct TrainArgs {
     /// Planned data: intensity normalisation, zscore (per case) or ct (clip to the foreground's 0.5/99.5 percentiles, dataset z-score).
     #[arg(long, value_parser = ["zscore", "ct"])]
     intensity: Option<String>,
+    /// Planned data: in-plane spacing planes are resampled to, `MM` or `ROW,COL` (mm; pixels for 2D images), or `native` to keep each case's own.
+    #[arg(long, value_name = "MM|ROW,COL|native", value_parser = parse_target_spacing)]
+    target_spacing: Option<TargetSpacing>,
     #[arg(long)]
     seed: Option<u64>,
     /// cpu, cuda:N, metal:N or auto.
@@ -138,6 +141,33 @@ fn dataset_spec(dir: &Path, kind: Option<&str>) -> Result<DatasetSpec> {
 
 /// The automatic plan of a dataset and its fingerprint.
 pub type Auto = (Plan, Fingerprint);
+
+/// `--target-spacing`: a spacing or each case's own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TargetSpacing {
+    Native,
+    Mm([f64; 2]),
+}
+
+fn parse_target_spacing(s: &str) -> std::result::Result<TargetSpacing, String> {
+    if s.eq_ignore_ascii_case("native") {
+        return Ok(TargetSpacing::Native);
+    }
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{s}: {e}"))?;
+    let t = match v.as_slice() {
+        [a] => [*a, *a],
+        [a, b] => [*a, *b],
+        _ => return Err(format!("{s}: give MM, ROW,COL or native")),
+    };
+    if t.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+        return Err(format!("{s}: spacings must be positive"));
+    }
+    Ok(TargetSpacing::Mm(t))
+}
 
 /// The training data of `dir`: DRIVE, the synthetic set and binary 2D
 /// paired folders as they are; MSD/nnU-Net folders, volumes and multi-class
@@ -209,6 +239,18 @@ fn data_source(a: &TrainArgs, dir: &Path) -> Result<(DataSource, Option<Auto>)> 
             ));
         }
         (None, None) => {}
+    }
+    match a.target_spacing {
+        Some(TargetSpacing::Native) => {
+            p.target_spacing = None;
+            p.reasons
+                .push("--target-spacing native: each case at its own spacing".into());
+        }
+        Some(TargetSpacing::Mm(t)) => {
+            p.target_spacing = Some(t);
+            p.reasons.push(format!("--target-spacing {t:?}"));
+        }
+        None => {}
     }
     let layout = spec.kind().name();
     let cfg = p.train_config(dir, layout)?;

@@ -4,6 +4,7 @@
 pub mod dicom;
 pub mod image2d;
 pub mod nifti;
+pub mod overlay;
 
 use crate::error::{Error, Result};
 use crate::volume::Volume;

@@ -5,6 +5,7 @@
 //! axis ([`Stack`]) from which 2D / 2.5D training samples are cut.
 
 use crate::error::{Error, Result};
+use crate::resample::{resampled_size, resize_labels, resize_plane};
 use crate::sample::Sample;
 use crate::slicing;
 use crate::volume::{Format, Volume};
@@ -249,6 +250,11 @@ pub struct SlicePlan {
     pub context: usize,
     pub norm: IntensityNorm,
     pub labels: LabelSet,
+    /// In-plane (row, column) spacing the planes are resampled to before
+    /// the network sees them (mm; pixels for 2D images without a physical
+    /// size); `None`: each case at its own spacing.
+    #[serde(default)]
+    pub target_spacing: Option<[f64; 2]>,
 }
 
 /// A case as planes along its slice axis: `channels` modalities of
@@ -264,8 +270,12 @@ pub struct Stack {
     pub image: Vec<f32>,
     /// `[slice][row][col]` class indices.
     pub label: Option<Vec<u8>>,
-    /// Voxel size along (slice, row, col), mm (1 where unknown).
+    /// Voxel size along (slice, row, col), mm (1 where unknown), after
+    /// resampling.
     pub spacing: [f64; 3],
+    /// The planes' (rows, cols) as stored, before resampling to the plan's
+    /// target spacing (equal to `height`, `width` when none was needed).
+    pub native: [usize; 2],
 }
 
 /// The shape of a volume as slicing sees it: `[d0, d1, d2]` (2D images:
@@ -338,17 +348,18 @@ fn planes(vol: &Volume, axis: usize) -> Result<(Vec<f32>, [usize; 3])> {
 
 impl Stack {
     /// Builds a case's stack: each image volume (one per modality) and the
-    /// label cut into planes along `axis` (ignored for 2D images), images
-    /// normalised with `norm` over the whole case, labels remapped by
-    /// `labels`. Shapes must agree; errors name the files.
+    /// label cut into planes along `plan.axis` (ignored for 2D images),
+    /// images normalised with `plan.norm` over the whole case, labels
+    /// remapped by `plan.labels`, planes resampled to `plan.target_spacing`
+    /// (images linearly, labels as one-hot maps). Shapes must agree; errors
+    /// name the files.
     pub fn new(
         id: &str,
         images: &[(&Volume, &Path)],
         label: Option<(&Volume, &Path)>,
-        labels: &LabelSet,
-        axis: usize,
-        norm: &IntensityNorm,
+        plan: &SlicePlan,
     ) -> Result<Self> {
+        let (labels, axis, norm) = (&plan.labels, plan.axis, &plan.norm);
         let (first, first_path) = images.first().ok_or(Error::Empty {
             what: "a case's image files",
         })?;
@@ -404,22 +415,60 @@ impl Stack {
             None => None,
         };
         let sp = spatial_spacing(first);
-        let spacing = if first.format == Format::Image {
+        let mut spacing = if first.format == Format::Image {
             sp
         } else {
             let (a, b) = other_axes(axis);
             [sp[axis], sp[a], sp[b]]
         };
-        Ok(Self {
+        let [slices, h, w] = shape;
+        let mut stack = Self {
             id: id.to_string(),
             channels: images.len(),
-            slices: shape[0],
-            height: shape[1],
-            width: shape[2],
+            slices,
+            height: h,
+            width: w,
             image,
             label,
             spacing,
-        })
+            native: [h, w],
+        };
+        if let Some(t) = plan.target_spacing {
+            let (nh, nw) = resampled_size(h, w, [spacing[1], spacing[2]], t);
+            if (nh, nw) != (h, w) {
+                let (p, q) = (h * w, nh * nw);
+                stack.image = stack
+                    .image
+                    .chunks(p)
+                    .flat_map(|pl| resize_plane(pl, h, w, nh, nw))
+                    .collect();
+                stack.label = stack.label.map(|l| {
+                    l.chunks(p)
+                        .flat_map(|pl| resize_labels(pl, h, w, nh, nw, labels.classes()))
+                        .collect()
+                });
+                spacing[1] *= h as f64 / nh as f64;
+                spacing[2] *= w as f64 / nw as f64;
+                stack.spacing = spacing;
+                (stack.height, stack.width) = (nh, nw);
+                debug_assert_eq!(stack.image.len(), stack.channels * slices * q);
+            }
+        }
+        Ok(stack)
+    }
+
+    /// Per-class maps of one plane (`classes × height × width`, class-major)
+    /// brought back to the stored plane size (`classes × native`).
+    pub fn to_native(&self, maps: &[f32], classes: usize) -> Vec<f32> {
+        let [nh, nw] = self.native;
+        if [self.height, self.width] == self.native {
+            return maps.to_vec();
+        }
+        let p = self.height * self.width;
+        maps.chunks(p)
+            .take(classes)
+            .flat_map(|m| resize_plane(m, self.height, self.width, nh, nw))
+            .collect()
     }
 
     /// Plane `k` with `context` neighbours on each side (edge planes
@@ -572,7 +621,14 @@ mod tests {
             mean: 0.0,
             std: 1.0,
         };
-        let s = Stack::new("c", &[(&img, p)], Some((&lab, p)), &set, 2, &norm).unwrap();
+        let mut plan = SlicePlan {
+            axis: 2,
+            context: 1,
+            norm,
+            labels: set,
+            target_spacing: None,
+        };
+        let s = Stack::new("c", &[(&img, p)], Some((&lab, p)), &plan).unwrap();
         assert_eq!((s.slices, s.height, s.width), (4, 2, 3));
         assert_eq!(s.spacing, [3.0, 1.0, 2.0]);
         let smp = s.sample(0, 1);
@@ -582,5 +638,20 @@ mod tests {
         assert_eq!(smp.image[2 * 6 + 5], (100 + 20 + 1) as f32);
         assert_eq!(smp.label.as_ref().unwrap(), &vec![0; 6]);
         assert_eq!(s.sample(1, 0).label.unwrap(), vec![1; 6]);
+        assert_eq!(s.native, [2, 3]);
+        // resampled to 0.5 × 1 mm in-plane: rows (x, 1 mm) doubled, columns (y, 2 mm) doubled
+        plan.target_spacing = Some([0.5, 1.0]);
+        let r = Stack::new("c", &[(&img, p)], Some((&lab, p)), &plan).unwrap();
+        assert_eq!((r.slices, r.height, r.width), (4, 4, 6));
+        assert_eq!(r.native, [2, 3]);
+        assert_eq!(r.spacing, [3.0, 0.5, 1.0]);
+        assert_eq!(r.image.len(), 4 * 24);
+        assert_eq!(r.sample(1, 0).label.unwrap(), vec![1; 24]);
+        assert_eq!(r.sample(0, 0).label.unwrap(), vec![0; 24]);
+        // per-class maps come back to the stored plane size
+        let maps: Vec<f32> = (0..2 * 24).map(|i| (i / 24) as f32).collect();
+        let back = r.to_native(&maps, 2);
+        assert_eq!(back.len(), 2 * 6);
+        assert!(back[..6].iter().all(|&v| v == 0.0) && back[6..].iter().all(|&v| v == 1.0));
     }
 }

@@ -27,6 +27,7 @@ pub mod io;
 pub mod labelmap;
 pub mod msd;
 pub mod preprocess;
+pub mod resample;
 pub mod sample;
 pub mod sampling;
 pub mod slicing;

@@ -37,7 +37,10 @@ fn main() {
     match segment_all(Path::new(bundle), Path::new(input), Path::new(out)) {
         Ok(written) => {
             for w in written {
-                println!("{} {}", w.probabilities.display(), w.mask.display());
+                for p in &w.probabilities {
+                    println!("probabilities {}", p.display());
+                }
+                println!("labels {}", w.mask.display());
             }
         }
         Err(e) => {

@@ -17,7 +17,11 @@
 //!   so slices are the well-resolved planes; else the third (NIfTI z) axis.
 //! - **context**: volumes get one neighbouring slice on each side as extra
 //!   channels (2.5D); 2D images none.
-//! - **patch**: the median of the planes' larger side, rounded to the
+//! - **in-plane spacing**: planes are resampled to the median in-plane
+//!   spacing (images linearly, labels as one-hot maps; predictions back to
+//!   each input's grid), coarsened when the median plane would exceed
+//!   [`MAX_PLANE_SIDE`] pixels.
+//! - **patch**: the median of the resampled planes' larger side, rounded to the
 //!   nearest multiple of 16, between 32 and 256 (larger planes are cropped
 //!   in training and tiled at inference; padding a plane to the next
 //!   multiple instead can double the pixels computed). **batch**: about
@@ -41,6 +45,7 @@ use seg_data::labelmap::{
     distinct, integer_labels, spatial_dims, spatial_spacing, IntensityNorm, LabelSet, SlicePlan,
 };
 use seg_data::preprocess::Normalise;
+use seg_data::resample::resampled_size;
 use seg_data::sampling::PatchSampler;
 use seg_data::spec::{Case, DatasetSpec};
 use seg_data::Preprocess;
@@ -49,6 +54,11 @@ use seg_models::{ModelConfig, NormKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
+
+/// Largest median plane side (pixels) the plan trains at: finer data is
+/// resampled to a coarser in-plane spacing (at 2 CPU cores and minutes of
+/// budget a 1024² plane costs 4× a 512² one per pass).
+pub const MAX_PLANE_SIDE: usize = 512;
 
 /// Foreground voxels kept per case for the intensity statistics.
 const FG_SAMPLES_PER_CASE: usize = 20_000;
@@ -281,6 +291,10 @@ pub struct Plan {
     pub val_cases: usize,
     pub median_shape: [usize; 3],
     pub median_spacing: [f64; 3],
+    /// In-plane (row, column) spacing planes are resampled to; `None` when
+    /// every case is already at it.
+    #[serde(default)]
+    pub target_spacing: Option<[f64; 2]>,
     /// One line per decision: what and why.
     pub reasons: Vec<String>,
 }
@@ -345,18 +359,48 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         reasons.push("2D images: no slice context".into());
         (2, 0)
     };
-    let (pa, pb) = seg_data::labelmap::other_axes(slice_axis);
-    let mut sides: Vec<usize> = fp
+    let (pa, pb) = if fp.volumes {
+        seg_data::labelmap::other_axes(slice_axis)
+    } else {
+        (1, 2)
+    };
+    // in-plane target spacing: the median (nnU-Net's 2D), coarsened when
+    // the median plane would still exceed MAX_PLANE_SIDE
+    let mut target = [
+        median(fp.cases.iter().map(|c| c.spacing[pa]).collect()),
+        median(fp.cases.iter().map(|c| c.spacing[pb]).collect()),
+    ];
+    let sides_at = |t: [f64; 2]| -> Vec<(usize, usize)> {
+        fp.cases
+            .iter()
+            .map(|c| resampled_size(c.shape[pa], c.shape[pb], [c.spacing[pa], c.spacing[pb]], t))
+            .collect()
+    };
+    let median_side = |t: [f64; 2]| median(sides_at(t).iter().map(|&(h, w)| h.max(w)).collect());
+    let native_side = median_side(target);
+    if native_side > MAX_PLANE_SIDE {
+        let f = native_side as f64 / MAX_PLANE_SIDE as f64;
+        target = target.map(|t| t * f);
+    }
+    let resample = fp
         .cases
         .iter()
-        .map(|c| {
-            if fp.volumes {
-                c.shape[pa].max(c.shape[pb])
-            } else {
-                c.shape[1].max(c.shape[2])
-            }
-        })
-        .collect();
+        .zip(sides_at(target))
+        .any(|(c, hw)| hw != (c.shape[pa], c.shape[pb]));
+    let target_spacing = resample.then_some(target);
+    let unit = if fp.volumes { " mm" } else { " px" };
+    reasons.push(if !resample {
+        format!("in-plane spacing: every case already at {target:.3?}{unit}, no resampling")
+    } else if native_side > MAX_PLANE_SIDE {
+        format!(
+            "in-plane spacing {target:.3?}{unit}: the median spacing would give planes of {native_side} px, more than {MAX_PLANE_SIDE} for a CPU budget; coarsened so the median plane is {MAX_PLANE_SIDE} px (predictions are resampled back to each input's grid)"
+        )
+    } else {
+        format!(
+            "in-plane spacing {target:.3?}{unit}: the median over cases; planes resampled to it (images linearly, labels as one-hot maps; predictions back to each input's grid)"
+        )
+    });
+    let mut sides: Vec<usize> = sides_at(target).iter().map(|&(h, w)| h.max(w)).collect();
     sides.sort_unstable();
     let side = sides[sides.len() / 2];
     let patch = ((side + 8) / 16).saturating_mul(16).clamp(32, 256);
@@ -404,6 +448,7 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         val_cases,
         median_shape,
         median_spacing,
+        target_spacing,
         reasons,
     }
 }
@@ -419,6 +464,7 @@ impl Plan {
             context: self.context,
             norm: self.norm,
             labels: self.labels.clone(),
+            target_spacing: self.target_spacing,
         }
     }
 

@@ -24,6 +24,7 @@
 //! ```
 
 mod labels;
+mod overlay;
 mod volume;
 mod write;
 
@@ -77,6 +78,22 @@ pub fn files_in(path: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// A model bundle ready to segment images and volumes.
+/// Reads an input as [`Segmenter::segment_file`] does: a file by its
+/// extension, a folder as one DICOM series. Errors name `path`.
+pub fn read_input(path: &Path) -> Result<Volume> {
+    (|| {
+        Ok(if path.is_dir() {
+            dicom::read_series(path, None)?
+        } else {
+            read_any(path)?
+        })
+    })()
+    .map_err(|e: Error| Error::Input {
+        path: path.to_path_buf(),
+        error: Box::new(e),
+    })
+}
+
 #[derive(Debug)]
 pub struct Segmenter {
     model: Model,
@@ -84,6 +101,8 @@ pub struct Segmenter {
     in_channels: usize,
     window: SlidingWindow,
     threshold: f32,
+    /// Multi-class bundles: keep every class's probability.
+    class_probabilities: bool,
     device: Device,
 }
 
@@ -101,6 +120,7 @@ impl Segmenter {
             in_channels: net.config().in_channels(),
             window,
             threshold: info.threshold,
+            class_probabilities: false,
             info,
             device: device.clone(),
         })
@@ -109,6 +129,13 @@ impl Segmenter {
     /// Averages over horizontal and vertical flips (4 passes) or not.
     pub fn set_tta(&mut self, tta: bool) -> &mut Self {
         self.window.tta = tta;
+        self
+    }
+
+    /// Multi-class bundles: also return (and write) every class's
+    /// probability ([`Segmentation::class_probabilities`]).
+    pub fn set_class_probabilities(&mut self, keep: bool) -> &mut Self {
+        self.class_probabilities = keep;
         self
     }
 
@@ -158,12 +185,20 @@ impl Segmenter {
     /// of view of a 2D image; volumes have none (it is ignored, with a
     /// warning). Errors name `path`.
     pub fn segment_file(&self, path: &Path, fov: Option<&Path>) -> Result<Segmentation> {
+        let vol = read_input(path)?;
+        self.segment_read(path, &vol, fov)
+    }
+
+    /// [`Self::segment_file`] on an input already read with [`read_input`]
+    /// (to keep it, e.g. for [`Segmentation::write_overlay`]). Errors name
+    /// `path`.
+    pub fn segment_read(
+        &self,
+        path: &Path,
+        vol: &Volume,
+        fov: Option<&Path>,
+    ) -> Result<Segmentation> {
         (|| {
-            let vol = if path.is_dir() {
-                dicom::read_series(path, None)?
-            } else {
-                read_any(path)?
-            };
             if vol.format != Format::Image {
                 if let Some(f) = fov {
                     tracing::warn!(
@@ -172,7 +207,7 @@ impl Segmenter {
                         f.display()
                     );
                 }
-                return self.segment_volume(&vol);
+                return self.segment_volume(vol);
             }
             let fov = match fov {
                 Some(p) => {
@@ -189,7 +224,7 @@ impl Segmenter {
                 }
                 None => None,
             };
-            self.segment_image(&vol, fov.as_ref())
+            self.segment_image(vol, fov.as_ref())
         })()
         .map_err(|e| Error::Input {
             path: path.to_path_buf(),

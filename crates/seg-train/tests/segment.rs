@@ -122,9 +122,9 @@ fn a_drive_image_is_segmented_and_written_as_the_segmenter_returns() {
     let out = dir.join("out");
     let written = example::segment_all(&bundle, &img, &out).unwrap();
     assert_eq!(written.len(), 1);
-    assert_eq!(written[0].probabilities, out.join("01_test.png"));
+    assert_eq!(written[0].probabilities[0], out.join("01_test.png"));
     assert_eq!(written[0].mask, out.join("masks/01_test.png"));
-    assert_png_matches(&s, &written[0].probabilities, &written[0].mask, (h, w));
+    assert_png_matches(&s, &written[0].probabilities[0], &written[0].mask, (h, w));
 
     // a FOV: zero outside, the same pixels as without it nowhere guaranteed
     // (normalisation statistics come from inside it), a typed size error
@@ -199,9 +199,9 @@ fn a_nifti_volume_keeps_its_shape_and_affine() {
     assert!(s.labels.contains(&0) && s.labels.contains(&1));
     let out = dir.join("out");
     let written = example::segment_all(&bundle, &input, &out).unwrap();
-    assert_eq!(written[0].probabilities, out.join("scan.nii.gz"));
+    assert_eq!(written[0].probabilities[0], out.join("scan.nii.gz"));
     for (file, want) in [
-        (&written[0].probabilities, s.probabilities.clone()),
+        (&written[0].probabilities[0], s.probabilities.clone()),
         (
             &written[0].mask,
             s.labels.iter().map(|&l| l as f32).collect(),
@@ -238,8 +238,8 @@ fn a_dicom_file_and_a_series_folder_of_it_segment_alike() {
     assert_eq!(a.probabilities, b.probabilities);
     let out = dir.join("out");
     let w = example::segment_all(&bundle, &series, &out).unwrap();
-    assert_eq!(w[0].probabilities, out.join("series.nii.gz"));
-    let (v, _) = read_nifti_with_info(&w[0].probabilities).unwrap();
+    assert_eq!(w[0].probabilities[0], out.join("series.nii.gz"));
+    let (v, _) = read_nifti_with_info(&w[0].probabilities[0]).unwrap();
     assert_eq!(v.values, b.probabilities);
     std::fs::remove_dir_all(&dir).unwrap();
 }

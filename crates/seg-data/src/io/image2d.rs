@@ -171,7 +171,7 @@ pub fn read_mask(path: &Path) -> Result<Mask> {
     })
 }
 
-fn encode_png(
+pub(crate) fn encode_png(
     path: &Path,
     w: usize,
     h: usize,

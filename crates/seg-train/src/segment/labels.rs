@@ -30,17 +30,15 @@ impl Segmenter {
                 expected: self.in_channels,
             });
         }
-        let stack = Stack::new(
-            "input",
-            &[(vol, Path::new("input"))],
-            None,
-            &plan.labels,
-            plan.axis,
-            &plan.norm,
-        )?;
-        let plane = stack.height * stack.width;
+        let stack = Stack::new("input", &[(vol, Path::new("input"))], None, plan)?;
+        let k_classes = plan.labels.classes();
+        let [nh, nw] = stack.native;
+        let plane = nh * nw;
+        let keep = self.class_probabilities;
         let mut classes = Vec::with_capacity(stack.slices);
         let mut probs = Vec::with_capacity(stack.slices);
+        // per class, the planes of its probability (only when asked for)
+        let mut per_class: Vec<Vec<Vec<f32>>> = vec![Vec::new(); if keep { k_classes } else { 0 }];
         let ks: Vec<usize> = (0..stack.slices).collect();
         for chunk in ks.chunks(16) {
             let planes: Vec<Vec<f32>> = chunk
@@ -57,12 +55,14 @@ impl Segmenter {
                 &self.device,
             )?;
             for (p, oc) in preds {
-                if oc != plan.labels.classes() {
+                if oc != k_classes {
                     return Err(Error::Channels {
                         got: oc,
-                        expected: plan.labels.classes(),
+                        expected: k_classes,
                     });
                 }
+                // back to the stored plane size before the arg-max
+                let p = stack.to_native(&p, oc);
                 let mut cls = vec![0f32; plane];
                 let mut fg = vec![0f32; plane];
                 for i in 0..plane {
@@ -75,27 +75,41 @@ impl Segmenter {
                     cls[i] = best as f32;
                     fg[i] = 1.0 - p[i];
                 }
+                for (k, maps) in per_class.iter_mut().enumerate() {
+                    maps.push(p[k * plane..(k + 1) * plane].to_vec());
+                }
                 classes.push(cls);
                 probs.push(fg);
             }
         }
-        let (classes, probs) = if vol.format == Format::Image {
-            (classes.concat(), probs.concat())
-        } else {
-            (
-                slicing::assemble(vol, plan.axis, &classes)?,
-                slicing::assemble(vol, plan.axis, &probs)?,
-            )
+        let assemble = |planes: Vec<Vec<f32>>| -> Result<Vec<f32>> {
+            Ok(if vol.format == Format::Image {
+                planes.concat()
+            } else {
+                slicing::assemble(vol, plan.axis, &planes)?
+            })
         };
-        Ok(Segmentation::with_classes(
+        let classes = assemble(classes)?;
+        let probs = assemble(probs)?;
+        let class_probs = if keep {
+            let mut all = Vec::with_capacity(k_classes * classes.len());
+            for maps in per_class {
+                all.extend(assemble(maps)?);
+            }
+            Some(all)
+        } else {
+            None
+        };
+        let mut s = Segmentation::with_classes(
             geometry,
             probs,
             classes.iter().map(|&c| c as u8).collect(),
             plan.labels.values.clone(),
-        ))
+        );
+        s.class_probabilities = class_probs;
+        Ok(s)
     }
 }
-
 /// A single-channel DICOM volume (`[frames, rows, cols(, 1)]`, row-major)
 /// as the NIfTI-order volume `[cols, rows, frames]` it is in memory.
 pub(super) fn dicom_as_nifti_order(vol: &Volume) -> Volume {

@@ -35,12 +35,19 @@ pub struct Segmentation {
     /// Multi-class bundles: the stored label value of each class (class `k`
     /// is written as `label_values[k]`); `None` for binary bundles.
     pub label_values: Option<Vec<i64>>,
+    /// Multi-class bundles, when asked for: every class's probability,
+    /// class-major (`classes × voxels`, each in the order of `labels`).
+    pub class_probabilities: Option<Vec<f32>>,
 }
 
 /// The files [`Segmentation::write`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
-    pub probabilities: PathBuf,
+    /// Binary bundles: the foreground probability. Multi-class bundles:
+    /// nothing unless per-class probabilities were asked for — then one
+    /// 4D NIfTI (`x × y × z × classes`) for a volume, one 16-bit PNG per
+    /// class (`<name>_<value>.png`) for a 2D image.
+    pub probabilities: Vec<PathBuf>,
     pub mask: PathBuf,
 }
 
@@ -57,6 +64,7 @@ impl Segmentation {
             labels,
             threshold,
             label_values: None,
+            class_probabilities: None,
         }
     }
 
@@ -74,6 +82,7 @@ impl Segmentation {
             labels: classes,
             threshold: 0.5,
             label_values: Some(label_values),
+            class_probabilities: None,
         }
     }
 
@@ -93,25 +102,47 @@ impl Segmentation {
             Geometry::Volume { .. } => "nii.gz",
         };
         let file = format!("{name}.{ext}");
+        let probabilities = match (&self.label_values, &self.class_probabilities) {
+            (None, _) => vec![out_dir.join(&file)],
+            (Some(_), None) => Vec::new(),
+            (Some(values), Some(_)) => match self.geometry {
+                Geometry::Image { .. } => values
+                    .iter()
+                    .map(|v| out_dir.join(format!("{name}_{v}.png")))
+                    .collect(),
+                Geometry::Volume { .. } => vec![out_dir.join(&file)],
+            },
+        };
         Written {
-            probabilities: out_dir.join(&file),
+            probabilities,
             mask: out_dir.join("masks").join(file),
         }
     }
 
-    /// Writes the probabilities and the mask as `seg-cli predict` does
-    /// (`name` is usually the input's `seg_data::dataset::file_stem`),
-    /// creating `out_dir/masks` if needed.
+    /// Writes the label map (and the probabilities, see [`Written`]) as
+    /// `seg-cli predict` does (`name` is usually the input's
+    /// `seg_data::dataset::file_stem`), creating `out_dir/masks` if needed.
     pub fn write(&self, out_dir: &Path, name: &str) -> Result<Written> {
         let paths = self.paths(out_dir, name);
         let masks = out_dir.join("masks");
         std::fs::create_dir_all(&masks).map_err(|e| Error::io(&masks, e))?;
+        let n = self.labels.len();
         match &self.geometry {
             Geometry::Image { height, width } => {
-                write_probability_png(&paths.probabilities, *height, *width, &self.probabilities)?;
                 if self.label_values.is_some() {
                     write_label_png(&paths.mask, *height, *width, &self.label_map())?;
+                    if let Some(all) = &self.class_probabilities {
+                        for (p, path) in all.chunks(n).zip(&paths.probabilities) {
+                            write_probability_png(path, *height, *width, p)?;
+                        }
+                    }
                 } else {
+                    write_probability_png(
+                        &paths.probabilities[0],
+                        *height,
+                        *width,
+                        &self.probabilities,
+                    )?;
                     let mask = Mask {
                         height: *height,
                         width: *width,
@@ -121,10 +152,19 @@ impl Segmentation {
                 }
             }
             Geometry::Volume { dims, affine } => {
-                write_nifti(&paths.probabilities, dims, &self.probabilities, affine)?;
                 if self.label_values.is_some() {
                     write_nifti_labels(&paths.mask, dims, &self.label_map(), affine)?;
+                    if let (Some(all), Some(path)) =
+                        (&self.class_probabilities, paths.probabilities.first())
+                    {
+                        let mut d = dims.clone();
+                        d.truncate(3);
+                        d.resize(3, 1);
+                        d.push(all.len() / n.max(1));
+                        write_nifti(path, &d, all, affine)?;
+                    }
                 } else {
+                    write_nifti(&paths.probabilities[0], dims, &self.probabilities, affine)?;
                     let mask: Vec<f32> = self.labels.iter().map(|&l| l as f32).collect();
                     write_nifti(&paths.mask, dims, &mask, affine)?;
                 }

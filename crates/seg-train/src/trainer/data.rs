@@ -60,9 +60,7 @@ pub fn load_labelled(
                     &c.id,
                     &images,
                     Some((&c.label.0, &c.label.1)),
-                    &slices.labels,
-                    slices.axis,
-                    &slices.norm,
+                    slices,
                 )?)
             })
             .collect()
