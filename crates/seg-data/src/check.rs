@@ -142,7 +142,7 @@ struct CaseResult {
 }
 
 fn read(path: &std::path::Path, problems: &mut Vec<Problem>) -> Option<Volume> {
-    match crate::read_any(path) {
+    match crate::labelmap::read_case_image(path) {
         Ok(v) => Some(v),
         Err(e) => {
             problems.push(Problem::Unreadable {
@@ -210,6 +210,11 @@ fn check_case(c: &Case, allowed: &[i64]) -> CaseResult {
             });
             None
         }
+    };
+    // a label in another axis order or direction than its image is aligned (as training does)
+    let label = match (label, &first) {
+        (Some(l), Some((img, _))) => Some(crate::labelmap::align_label(&l, img)),
+        (l, _) => l,
     };
     if let Some(l) = label {
         if let Some((img, ip)) = &first {

@@ -72,6 +72,25 @@ pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// The non-hidden folders of `dir` (cases stored as DICOM series).
+fn series_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// Finds the DRIVE split folder: `root/training` (or `root/DRIVE/training`).
 fn drive_split_dir(root: &Path, split: DriveSplit) -> Result<PathBuf> {
     let name = match split {
@@ -230,7 +249,15 @@ pub fn paired_cases(root: &Path) -> Result<(Vec<PairedCase>, Vec<PathBuf>)> {
             .map(|p| (stem(&p), p))
             .collect())
     };
-    let images = list("images")?;
+    let mut images = list("images")?;
+    // a folder in images/ is a case stored as a DICOM series
+    for d in series_dirs(&root.join("images"))? {
+        let name = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        images.entry(name).or_insert(d);
+    }
     if images.is_empty() {
         return Err(Error::NoCases {
             dir: root.join("images"),

@@ -116,13 +116,18 @@ pub fn read_cases(cases: &[Case]) -> Result<Vec<ReadCase>> {
             let images = c
                 .images
                 .iter()
-                .map(|p| Ok((seg_data::read_any(p)?, p.clone())))
+                .map(|p| Ok((seg_data::labelmap::read_case_image(p)?, p.clone())))
                 .collect::<Result<Vec<_>>>()?;
             let lp = c.label.clone().expect("filtered");
+            // labels stored in another axis order or direction are put on the image's grid
+            let label = seg_data::labelmap::align_label(
+                &seg_data::labelmap::read_label(&lp)?,
+                &images[0].0,
+            );
             Ok(ReadCase {
                 id: c.id.clone(),
                 images,
-                label: (seg_data::labelmap::read_label(&lp)?, lp),
+                label: (label, lp),
             })
         })
         .collect()
@@ -291,8 +296,8 @@ pub struct Plan {
     pub val_cases: usize,
     pub median_shape: [usize; 3],
     pub median_spacing: [f64; 3],
-    /// In-plane (row, column) spacing planes are resampled to; `None` when
-    /// every case is already at it.
+    /// In-plane (row, column) spacing planes are resampled to (`None`:
+    /// each case at its own, `--target-spacing native`).
     #[serde(default)]
     pub target_spacing: Option<[f64; 2]>,
     /// One line per decision: what and why.
@@ -387,10 +392,12 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         .iter()
         .zip(sides_at(target))
         .any(|(c, hw)| hw != (c.shape[pa], c.shape[pb]));
-    let target_spacing = resample.then_some(target);
+    // recorded even when every training case is at it: inputs at another
+    // spacing are resampled at prediction
+    let target_spacing = Some(target);
     let unit = if fp.volumes { " mm" } else { " px" };
     reasons.push(if !resample {
-        format!("in-plane spacing: every case already at {target:.3?}{unit}, no resampling")
+        format!("in-plane spacing {target:.3?}{unit}: every training case is at it (inputs at another spacing are resampled to it)")
     } else if native_side > MAX_PLANE_SIDE {
         format!(
             "in-plane spacing {target:.3?}{unit}: the median spacing would give planes of {native_side} px, more than {MAX_PLANE_SIDE} for a CPU budget; coarsened so the median plane is {MAX_PLANE_SIDE} px (predictions are resampled back to each input's grid)"

@@ -440,3 +440,40 @@ pub fn read_series(dir: &Path, series_uid: Option<&str>) -> Result<Volume> {
     v.affine = Some(affine);
     Ok(v)
 }
+
+/// A single-channel DICOM volume (`[slices, rows, cols, 1]`, row-major, LPS
+/// affine) as the NIfTI volume it is in memory: shape `[cols, rows,
+/// slices]`, column-major, spacing `[col, row, slice]`, the affine in RAS
+/// (NIfTI's convention: x and y negated). Training on series folders and
+/// aligning NIfTI labels with them go through this.
+pub fn as_nifti(vol: &Volume) -> Result<Volume> {
+    if vol.format != Format::Dicom || vol.shape.len() != 4 || vol.shape[3] != 1 {
+        return Err(Error::Shape {
+            what: "a DICOM volume",
+            expected: "a single-channel [slices, rows, cols, 1] volume",
+            got: vol.shape.clone(),
+        });
+    }
+    let (f, r, c) = (vol.shape[0], vol.shape[1], vol.shape[2]);
+    let sp = |i: usize| vol.spacing.get(i).copied().unwrap_or(1.0);
+    let spacing = vec![sp(2), sp(1), sp(0)];
+    let mut affine = vol.affine.unwrap_or([
+        [spacing[0], 0.0, 0.0, 0.0],
+        [0.0, spacing[1], 0.0, 0.0],
+        [0.0, 0.0, spacing[2], 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]);
+    for row in affine.iter_mut().take(2) {
+        for v in row.iter_mut() {
+            *v = -*v;
+        }
+    }
+    Ok(Volume {
+        format: Format::Nifti,
+        shape: vec![c, r, f],
+        layout: Layout::ColumnMajor,
+        spacing,
+        affine: Some(affine),
+        ..vol.clone()
+    })
+}

@@ -8,7 +8,7 @@ use super::{Geometry, Segmentation, Segmenter};
 use crate::error::{Error, Result};
 use crate::infer::predict_planes;
 use seg_data::labelmap::{SlicePlan, Stack};
-use seg_data::{slicing, Format, Layout, Volume};
+use seg_data::{slicing, Format, Volume};
 use std::path::Path;
 
 impl Segmenter {
@@ -108,20 +108,5 @@ impl Segmenter {
         );
         s.class_probabilities = class_probs;
         Ok(s)
-    }
-}
-/// A single-channel DICOM volume (`[frames, rows, cols(, 1)]`, row-major)
-/// as the NIfTI-order volume `[cols, rows, frames]` it is in memory.
-pub(super) fn dicom_as_nifti_order(vol: &Volume) -> Volume {
-    let (f, r, c) = (vol.shape[0], vol.shape[1], vol.shape[2]);
-    Volume {
-        shape: vec![c, r, f],
-        layout: Layout::ColumnMajor,
-        spacing: vec![
-            vol.spacing.get(1).copied().unwrap_or(1.0),
-            vol.spacing.first().copied().unwrap_or(1.0),
-            vol.spacing.get(2).copied().unwrap_or(1.0),
-        ],
-        ..vol.clone()
     }
 }

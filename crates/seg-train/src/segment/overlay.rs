@@ -2,7 +2,6 @@
 //! --overlay`): a 2D image with each class tinted and outlined, a volume as
 //! a montage of planes through the structures.
 
-use super::labels::dicom_as_nifti_order;
 use super::{Geometry, Segmentation};
 use crate::error::{Error, Result};
 use seg_data::io::overlay::{blend, display_levels, grey_rgb, montage, write_rgb_png};
@@ -38,7 +37,7 @@ impl Segmentation {
             }
             Geometry::Volume { dims, affine } => {
                 let vol = match source.format {
-                    Format::Dicom => dicom_as_nifti_order(source),
+                    Format::Dicom => seg_data::io::dicom::as_nifti(source)?,
                     _ => source.clone(),
                 };
                 let d = [

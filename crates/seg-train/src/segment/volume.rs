@@ -53,7 +53,7 @@ impl Segmenter {
         };
         if let Some(sp) = &self.info.slices {
             let v = if vol.format == Format::Dicom {
-                super::labels::dicom_as_nifti_order(vol)
+                seg_data::io::dicom::as_nifti(vol)?
             } else {
                 vol.clone()
             };
