@@ -528,11 +528,24 @@ fn inverse3(m: [[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
     if det.abs() < 1e-12 {
         return None;
     }
-    let c = |r0: usize, c0: usize, r1: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
+    let c =
+        |r0: usize, c0: usize, r1: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
     Some([
-        [c(1, 1, 2, 2) / det, -c(0, 1, 2, 2) / det, c(0, 1, 1, 2) / det],
-        [-c(1, 0, 2, 2) / det, c(0, 0, 2, 2) / det, -c(0, 0, 1, 2) / det],
-        [c(1, 0, 2, 1) / det, -c(0, 0, 2, 1) / det, c(0, 0, 1, 1) / det],
+        [
+            c(1, 1, 2, 2) / det,
+            -c(0, 1, 2, 2) / det,
+            c(0, 1, 1, 2) / det,
+        ],
+        [
+            -c(1, 0, 2, 2) / det,
+            c(0, 0, 2, 2) / det,
+            -c(0, 0, 1, 2) / det,
+        ],
+        [
+            c(1, 0, 2, 1) / det,
+            -c(0, 0, 2, 1) / det,
+            c(0, 0, 1, 1) / det,
+        ],
     ])
 }
 
@@ -551,7 +564,10 @@ pub fn align_label(label: &Volume, image: &Volume) -> Volume {
     let (Ok(dl), Ok(di)) = (spatial_dims(label), spatial_dims(image)) else {
         return label.clone();
     };
-    if label.format == Format::Image || image.format == Format::Image || label.layout != crate::volume::Layout::ColumnMajor {
+    if label.format == Format::Image
+        || image.format == Format::Image
+        || label.layout != crate::volume::Layout::ColumnMajor
+    {
         return label.clone();
     }
     let same = (0..3).all(|r| (0..4).all(|c| (al[r][c] - ai[r][c]).abs() < AFFINE_TOL));

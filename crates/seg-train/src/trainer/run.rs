@@ -7,7 +7,7 @@
 use super::budget::TimeBudget;
 use super::config::TrainConfig;
 use super::data::{load, LabelledData};
-use super::validate::{validate, validate_stacks};
+use super::validate::{validate, validate_stacks, validation_stride};
 use crate::checkpoint::{self, BundleInfo};
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
@@ -151,6 +151,8 @@ pub struct Trainer {
     created: Instant,
     /// Multi-class runs: validation cases and the class index.
     labelled: Option<LabelledData>,
+    /// Multi-class runs: every `val_stride`-th plane is validated.
+    val_stride: usize,
 }
 
 impl Trainer {
@@ -272,6 +274,15 @@ impl Trainer {
                 .expect("json")
                 .as_bytes(),
         )?;
+        let val_stride = match &labelled {
+            Some(d) => validation_stride(&d.val, cfg.steps_per_epoch, cfg.batch, cfg.sampler.size),
+            None => 1,
+        };
+        if val_stride > 1 {
+            tracing::info!(
+                "validation: every {val_stride}th plane of the validation cases (all of them would cost more than a sixth of an epoch)"
+            );
+        }
         Ok(Self {
             cfg,
             net,
@@ -284,6 +295,7 @@ impl Trainer {
             threshold,
             created,
             labelled,
+            val_stride,
         })
     }
 
@@ -432,6 +444,7 @@ impl Trainer {
                         d.plan.context,
                         d.plan.labels.classes(),
                         &self.cfg.sliding_window,
+                        self.val_stride,
                     )?;
                     (mean, mean, 0.5, None, Some(per_class))
                 }

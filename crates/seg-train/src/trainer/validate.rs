@@ -71,6 +71,28 @@ pub fn validate(
     ))
 }
 
+/// Validation pixels allowed per epoch, as a multiple of the pixels one
+/// epoch trains on (`steps × batch × patch²`). A forward pass costs about a
+/// third of a training step per pixel, so 0.5 keeps validation near a
+/// sixth of the epoch (Hippocampus-sized validation sets stay whole).
+pub const VALIDATION_SHARE: f64 = 0.5;
+
+/// The plane stride that keeps an epoch's validation within
+/// [`VALIDATION_SHARE`] of its training pixels: 1 (every plane) unless the
+/// validation cases are large (e.g. CT volumes of hundreds of 512² planes).
+pub fn validation_stride(stacks: &[Stack], steps: usize, batch: usize, patch: usize) -> usize {
+    let val: f64 = stacks
+        .iter()
+        .map(|s| (s.slices * s.height.max(patch) * s.width.max(patch)) as f64)
+        .sum();
+    let allowed = VALIDATION_SHARE * (steps * batch * patch * patch) as f64;
+    if allowed <= 0.0 || val <= allowed {
+        1
+    } else {
+        (val / allowed).ceil() as usize
+    }
+}
+
 /// Per-class validation of a multi-class model on whole cases: every slice
 /// of each held-out stack predicted (sliding window, softmax, arg-max) and
 /// a Dice per case and foreground class. Returns the mean foreground Dice
@@ -78,13 +100,19 @@ pub fn validate(
 /// A class absent from both a case's label and its prediction is not
 /// counted for that case (nnU-Net's convention); a class never defined
 /// counts as 0.
+///
+/// `stride` > 1 predicts every `stride`-th plane of each case (from
+/// `stride / 2`), bounding the cost of validating large volumes every
+/// epoch (see [`validation_stride`]).
 pub fn validate_stacks(
     net: &Network,
     stacks: &[Stack],
     context: usize,
     classes: usize,
     sw: &SlidingWindow,
+    stride: usize,
 ) -> Result<(f64, Vec<f64>)> {
+    let stride = stride.max(1);
     let model = net.inference_model()?;
     let fg = classes.saturating_sub(1);
     let mut sums = vec![0f64; fg];
@@ -97,7 +125,8 @@ pub fn validate_stacks(
         let mut tp = vec![0u64; classes];
         let mut npred = vec![0u64; classes];
         let mut ngt = vec![0u64; classes];
-        let ks: Vec<usize> = (0..st.slices).collect();
+        let first = (stride / 2).min(st.slices.saturating_sub(1));
+        let ks: Vec<usize> = (first..st.slices).step_by(stride).collect();
         for chunk in ks.chunks(16) {
             let planes: Vec<Vec<f32>> =
                 chunk.iter().map(|&k| st.sample(k, context).image).collect();
@@ -147,4 +176,39 @@ pub fn validate_stacks(
         per_class.iter().sum::<f64>() / per_class.len() as f64
     };
     Ok((mean, per_class))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(slices: usize, side: usize) -> Stack {
+        Stack {
+            id: "s".into(),
+            channels: 1,
+            slices,
+            height: side,
+            width: side,
+            image: Vec::new(),
+            label: None,
+            spacing: [1.0; 3],
+            native: [side, side],
+        }
+    }
+
+    #[test]
+    fn validation_of_large_volumes_is_strided_small_ones_whole() {
+        // Hippocampus-like: 30 cases of 36 planes of 48² (patch 48, batch 16)
+        let small: Vec<Stack> = (0..30).map(|_| stack(36, 48)).collect();
+        assert_eq!(validation_stride(&small, 250, 16, 48), 1);
+        // CT-like: 20 cases of 300 planes of 512², patch 256, batch 4
+        let big: Vec<Stack> = (0..20).map(|_| stack(300, 512)).collect();
+        let s = validation_stride(&big, 250, 4, 256);
+        let val = 20.0 * 300.0 * 512.0 * 512.0 / s as f64;
+        assert!(
+            val <= VALIDATION_SHARE * 250.0 * 4.0 * 256.0 * 256.0,
+            "stride {s}"
+        );
+        assert!(s > 1 && val > 0.5 * VALIDATION_SHARE * 250.0 * 4.0 * 256.0 * 256.0);
+    }
 }
