@@ -255,6 +255,11 @@ pub struct SlicePlan {
     /// size); `None`: each case at its own spacing.
     #[serde(default)]
     pub target_spacing: Option<[f64; 2]>,
+    /// Axis codes (e.g. `"LAS"`) volumes are reordered to before slicing
+    /// (the training set's usual orientation; see [`crate::orient`]);
+    /// `None`: as stored.
+    #[serde(default)]
+    pub orientation: Option<String>,
 }
 
 /// A case as planes along its slice axis: `channels` modalities of
@@ -360,6 +365,44 @@ impl Stack {
         plan: &SlicePlan,
     ) -> Result<Self> {
         let (labels, axis, norm) = (&plan.labels, plan.axis, &plan.norm);
+        // volumes in the plan's orientation (the label follows its image's reordering)
+        let mut label = label;
+        let oriented: Vec<(Volume, &Path)>;
+        let oriented_label: Volume;
+        let images: Vec<(&Volume, &Path)> = match (&plan.orientation, images.first()) {
+            (Some(codes), Some((first, _))) => match crate::orient::reorient(first, codes) {
+                Some((_, how)) => {
+                    oriented = images
+                        .iter()
+                        .map(|(v, p)| {
+                            let (o, _) =
+                                crate::orient::reorient(v, codes).unwrap_or(((*v).clone(), how));
+                            (o, *p)
+                        })
+                        .collect();
+                    if let Some((l, lp)) = label {
+                        if spatial_dims(l).ok() == Some(how.dims) {
+                            oriented_label = Volume {
+                                values: how.apply(&l.values),
+                                shape: how.out_dims().to_vec(),
+                                affine: l.affine.map(|a| how.affine(&a)),
+                                spacing: how
+                                    .perm
+                                    .iter()
+                                    .map(|&j| l.spacing.get(j).copied().unwrap_or(1.0))
+                                    .collect(),
+                                ..l.clone()
+                            };
+                            label = Some((&oriented_label, lp));
+                        }
+                    }
+                    oriented.iter().map(|(v, p)| (v, *p)).collect()
+                }
+                None => images.to_vec(),
+            },
+            _ => images.to_vec(),
+        };
+        let images = images.as_slice();
         let (first, first_path) = images.first().ok_or(Error::Empty {
             what: "a case's image files",
         })?;
@@ -761,6 +804,7 @@ mod tests {
             norm,
             labels: set,
             target_spacing: None,
+            orientation: None,
         };
         let s = Stack::new("c", &[(&img, p)], Some((&lab, p)), &plan).unwrap();
         assert_eq!((s.slices, s.height, s.width), (4, 2, 3));

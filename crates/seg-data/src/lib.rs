@@ -26,6 +26,7 @@ pub mod intensity;
 pub mod io;
 pub mod labelmap;
 pub mod msd;
+pub mod orient;
 pub mod preprocess;
 pub mod resample;
 pub mod sample;

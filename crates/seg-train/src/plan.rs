@@ -73,6 +73,9 @@ pub struct CaseFingerprint {
     pub modalities: usize,
     /// Voxels per label value (in the dataset's value order).
     pub label_voxels: Vec<u64>,
+    /// Volumes with an affine: its axis codes (e.g. `"LAS"`).
+    #[serde(default)]
+    pub orientation: Option<String>,
 }
 
 /// Intensity statistics of the foreground voxels of the training set.
@@ -235,6 +238,10 @@ pub fn fingerprint(cases: &[ReadCase], spec: &DatasetSpec) -> Result<Fingerprint
                     spacing: spatial_spacing(img),
                     modalities: c.images.len(),
                     label_voxels: counts,
+                    orientation: match img.format {
+                        Format::Image => None,
+                        _ => img.affine.as_ref().map(seg_data::orient::axis_codes),
+                    },
                 },
                 vals,
                 min,
@@ -300,6 +307,9 @@ pub struct Plan {
     /// each case at its own, `--target-spacing native`).
     #[serde(default)]
     pub target_spacing: Option<[f64; 2]>,
+    /// Volumes: axis codes cases and inputs are reordered to.
+    #[serde(default)]
+    pub orientation: Option<String>,
     /// One line per decision: what and why.
     pub reasons: Vec<String>,
 }
@@ -318,9 +328,49 @@ pub fn is_ct(fp: &Fingerprint) -> bool {
     named || (fp.modalities.is_empty() && fp.volumes && fp.min_value <= -900.0)
 }
 
+/// The training set's most common orientation (volumes with affines), and
+/// the fingerprint with every case's shape and spacing in it.
+fn orient_cases(fp: &Fingerprint, reasons: &mut Vec<String>) -> (Option<String>, Fingerprint) {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in &fp.cases {
+        if let Some(o) = &c.orientation {
+            *counts.entry(o.as_str()).or_default() += 1;
+        }
+    }
+    let Some((codes, k)) = counts
+        .iter()
+        .max_by_key(|(_, &k)| k)
+        .map(|(c, k)| (c.to_string(), *k))
+    else {
+        return (None, fp.clone());
+    };
+    let mut out = fp.clone();
+    for c in &mut out.cases {
+        if let Some(r) = c
+            .orientation
+            .as_deref()
+            .and_then(|o| seg_data::orient::Reorient::between(o, &codes, c.shape))
+        {
+            c.shape = r.perm.map(|j| c.shape[j]);
+            c.spacing = r.perm.map(|j| c.spacing[j]);
+        }
+    }
+    reasons.push(if k == fp.cases.len() {
+        format!("orientation {codes}: every case; inputs stored otherwise (e.g. DICOM series) are reordered to it")
+    } else {
+        format!(
+            "orientation {codes}: {k} of {} cases; the others, and inputs stored otherwise (e.g. DICOM series), are reordered to it",
+            fp.cases.len()
+        )
+    });
+    (Some(codes), out)
+}
+
 /// Decides the plan from a fingerprint.
 pub fn plan(fp: &Fingerprint) -> Plan {
     let mut reasons = Vec::new();
+    let (orientation, fp) = orient_cases(fp, &mut reasons);
+    let fp = &fp;
     let n = fp.cases.len();
     let median_shape = [0, 1, 2].map(|a| median(fp.cases.iter().map(|c| c.shape[a]).collect()));
     let median_spacing = [0, 1, 2].map(|a| median(fp.cases.iter().map(|c| c.spacing[a]).collect()));
@@ -456,6 +506,7 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         median_shape,
         median_spacing,
         target_spacing,
+        orientation,
         reasons,
     }
 }
@@ -472,6 +523,7 @@ impl Plan {
             norm: self.norm,
             labels: self.labels.clone(),
             target_spacing: self.target_spacing,
+            orientation: self.orientation.clone(),
         }
     }
 

@@ -146,6 +146,28 @@ fn planes_are_resampled_to_the_median_spacing_and_predicted_back() {
         let best = (0..3).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
         assert_eq!(best as f32, mask.values[i], "voxel {i}: {v:?}");
     }
+    // the same case stored in another orientation (axes permuted, two
+    // flipped: PIR-like) is the same anatomy: reordered to the training
+    // orientation, segmented, and its labels come back on its own grid
+    assert_eq!(plan.orientation.as_deref(), Some("RAS"));
+    let fine = root.join("images/case01.nii.gz");
+    let (v, _) = read_nifti_with_info(&fine).unwrap();
+    let how = seg_data::orient::Reorient::between("RAS", "PIR", [24, 20, 6]).unwrap();
+    let moved = root.join("moved.nii.gz");
+    let a = how.affine(&v.affine.unwrap());
+    assert_eq!(seg_data::orient::axis_codes(&a), "PIR");
+    write_nifti(&moved, &how.out_dims(), &how.apply(&v.values), &a).unwrap();
+    let seg_plain = Segmenter::open(&root.join("run/best.safetensors"), &Device::Cpu).unwrap();
+    let original = seg_plain.segment_file(&fine, None).unwrap();
+    let other = seg_plain.segment_file(&moved, None).unwrap();
+    assert!(
+        matches!(&other.geometry, seg_train::segment::Geometry::Volume { dims, .. } if dims == &vec![20, 6, 24])
+    );
+    assert_eq!(
+        other.labels,
+        how.apply(&original.labels),
+        "the same labels, on the moved grid"
+    );
     // the overlay montage
     let o = s.write_overlay(&img, &out, "case03").unwrap();
     let pic = seg_data::read_image(&o).unwrap();
@@ -169,6 +191,7 @@ fn fingerprint_2d(n: usize, side: usize) -> Fingerprint {
                 spacing: [1.0, 1.0, 1.0],
                 modalities: 1,
                 label_voxels: vec![10, 5, 5],
+                orientation: None,
             })
             .collect(),
         foreground: IntensityStats {

@@ -61,5 +61,9 @@ fn a_dicom_series_case_gets_its_nifti_label_aligned() {
     let fp = fingerprint(&read, &spec).unwrap();
     assert!(fp.volumes && fp.min_value <= -1000.0, "HU with air");
     assert_eq!(fp.cases[0].shape, [512, 512, 20]);
+    // columns run to the patient's left, rows to posterior, slices up
+    assert_eq!(fp.cases[0].orientation.as_deref(), Some("LPS"));
+    let p = seg_train::plan::plan(&fp);
+    assert_eq!(p.orientation.as_deref(), Some("LPS"));
     assert!((fp.cases[0].spacing[2] - 2.0).abs() < 1e-6);
 }

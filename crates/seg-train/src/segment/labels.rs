@@ -30,6 +30,16 @@ impl Segmenter {
                 expected: self.in_channels,
             });
         }
+        // a volume stored in another orientation than the training set's is
+        // reordered to it, and the result back to the input's grid
+        let reoriented = match &plan.orientation {
+            Some(codes) if vol.format != Format::Image => seg_data::orient::reorient(vol, codes),
+            _ => None,
+        };
+        let (vol, how) = match &reoriented {
+            Some((v, how)) => (v, Some(*how)),
+            None => (vol, None),
+        };
         let stack = Stack::new("input", &[(vol, Path::new("input"))], None, plan)?;
         let k_classes = plan.labels.classes();
         let [nh, nw] = stack.native;
@@ -89,12 +99,16 @@ impl Segmenter {
                 slicing::assemble(vol, plan.axis, &planes)?
             })
         };
-        let classes = assemble(classes)?;
-        let probs = assemble(probs)?;
+        let back = |v: Vec<f32>| match how {
+            Some(h) => h.restore(&v),
+            None => v,
+        };
+        let classes = back(assemble(classes)?);
+        let probs = back(assemble(probs)?);
         let class_probs = if keep {
             let mut all = Vec::with_capacity(k_classes * classes.len());
             for maps in per_class {
-                all.extend(assemble(maps)?);
+                all.extend(back(assemble(maps)?));
             }
             Some(all)
         } else {
