@@ -102,6 +102,9 @@ pub struct TrainArgs {
     /// Planned data: in-plane spacing planes are resampled to, `MM` or `ROW,COL` (mm; pixels for 2D images), or `native` to keep each case's own.
     #[arg(long, value_name = "MM|ROW,COL|native", value_parser = parse_target_spacing)]
     target_spacing: Option<TargetSpacing>,
+    /// Planned data: flips and 90° rotations in augmentation, `on` or `off` (the plan turns them off along axes where the structures keep a side).
+    #[arg(long, value_parser = ["on", "off"])]
+    mirror: Option<String>,
     #[arg(long)]
     seed: Option<u64>,
     /// cpu, cuda:N, metal:N or auto.
@@ -239,6 +242,11 @@ fn data_source(a: &TrainArgs, dir: &Path) -> Result<(DataSource, Option<Auto>)> 
             ));
         }
         (None, None) => {}
+    }
+    if let Some(m) = a.mirror.as_deref() {
+        let on = m == "on";
+        p.mirror = [on, on];
+        p.reasons.push(format!("--mirror {m}"));
     }
     match a.target_spacing {
         Some(TargetSpacing::Native) => {
@@ -475,6 +483,8 @@ pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
         bail!("--lr must be a positive number");
     }
     if let Some((p, _)) = auto.as_mut() {
+        // an --augment preset keeps the plan's mirroring decision (--mirror changes it)
+        cfg.augment = p.augment(cfg.augment.clone());
         // the flags' values where they override the plan's
         for (what, planned, now) in [
             ("patch", p.patch, cfg.sampler.size),

@@ -20,6 +20,12 @@ use serde::{Deserialize, Serialize};
 pub struct AugmentConfig {
     /// Probability of a horizontal flip, and (separately) of a vertical flip.
     pub flip_p: f32,
+    /// Whether horizontal flips (columns reversed) may happen at all; the
+    /// plan turns them off for data whose structures keep a side (left and
+    /// right organs).
+    pub flip_h: bool,
+    /// Whether vertical flips (rows reversed) may happen at all.
+    pub flip_v: bool,
     /// Probability of a rotation by a random multiple of 90°.
     pub rot90_p: f32,
     /// Probability of a free rotation by up to ±`rotate_max_deg`.
@@ -55,6 +61,8 @@ impl Default for AugmentConfig {
     fn default() -> Self {
         Self {
             flip_p: 0.5,
+            flip_h: true,
+            flip_v: true,
             rot90_p: 0.5,
             rotate_p: 0.3,
             rotate_max_deg: 20.0,
@@ -273,10 +281,12 @@ fn value_range(v: &[f32]) -> f32 {
 
 /// Augments a sample in place.
 pub fn augment(s: &mut Sample, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) {
-    if rng.random::<f32>() < cfg.flip_p {
+    // the draws happen whether or not a flip is allowed, so turning one off
+    // leaves every other random choice as it was
+    if rng.random::<f32>() < cfg.flip_p && cfg.flip_h {
         flip_h(s);
     }
-    if rng.random::<f32>() < cfg.flip_p {
+    if rng.random::<f32>() < cfg.flip_p && cfg.flip_v {
         flip_v(s);
     }
     if rng.random::<f32>() < cfg.rot90_p {

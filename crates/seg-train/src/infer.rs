@@ -33,6 +33,15 @@ pub struct SlidingWindow {
     pub batch: usize,
     /// Average over horizontal/vertical flips (4 passes).
     pub tta: bool,
+    /// The flips TTA may use: along rows (vertical) and columns
+    /// (horizontal). A planned model trained without flips along an axis
+    /// (structures that keep a side) is not averaged over them.
+    #[serde(default = "both_axes")]
+    pub tta_axes: [bool; 2],
+}
+
+fn both_axes() -> [bool; 2] {
+    [true, true]
 }
 
 impl Default for SlidingWindow {
@@ -43,6 +52,7 @@ impl Default for SlidingWindow {
             blend: Blend::Gaussian,
             batch: 4,
             tta: false,
+            tta_axes: both_axes(),
         }
     }
 }
@@ -72,15 +82,18 @@ fn importance(roi: usize, blend: Blend) -> Vec<f32> {
 }
 
 /// Probabilities of a batch of tiles (sigmoid for one output channel,
-/// softmax otherwise), averaged over the four flips when `tta`, on the CPU.
-fn probabilities(model: &Model, x: &Tensor, tta: bool) -> Result<Tensor> {
-    let flips: &[(bool, bool)] = if tta {
-        &[(false, false), (false, true), (true, false), (true, true)]
-    } else {
-        &[(false, false)]
-    };
+/// softmax otherwise), averaged over the flips `sw.tta` and `sw.tta_axes`
+/// allow (up to four passes), on the CPU.
+fn probabilities(model: &Model, x: &Tensor, sw: &SlidingWindow) -> Result<Tensor> {
+    let all = [(false, false), (false, true), (true, false), (true, true)];
+    let flips: Vec<(bool, bool)> = all
+        .into_iter()
+        .filter(|&(fv, fh)| {
+            (!fv && !fh) || (sw.tta && (!fv || sw.tta_axes[0]) && (!fh || sw.tta_axes[1]))
+        })
+        .collect();
     let mut probs: Option<Tensor> = None;
-    for &(fv, fh) in flips {
+    for &(fv, fh) in &flips {
         let mut xi = x.clone();
         if fv {
             xi = xi.flip(&[2])?;
@@ -159,7 +172,7 @@ pub fn predict(
             }
         }
         let x = Tensor::from_vec(tiles, (chunk.len(), c, roi, roi), device)?;
-        let probs = probabilities(model, &x, sw.tta)?;
+        let probs = probabilities(model, &x, sw)?;
         let oc = probs.dim(1)?;
         if acc.is_empty() {
             out_c = oc;
@@ -246,7 +259,7 @@ pub fn predict_planes(
             }
         }
         let x = Tensor::from_vec(tiles, (chunk.len(), c, roi, roi), device)?;
-        let probs = probabilities(model, &x, sw.tta)?;
+        let probs = probabilities(model, &x, sw)?;
         let oc = probs.dim(1)?;
         let pv = probs.flatten_all()?.to_vec1::<f32>()?;
         for k in 0..chunk.len() {
@@ -308,6 +321,7 @@ mod tests {
                 blend: Blend::Gaussian,
                 batch: 3,
                 tta: false,
+                tta_axes: [true, true],
             },
             &Device::Cpu,
         )
@@ -331,6 +345,56 @@ mod tests {
         .0;
         assert_eq!(tta.len(), h * w);
         assert_ne!(tta, tiled);
+        // flips only along the rows: neither one pass nor all four
+        let rows = predict(
+            &model,
+            &img,
+            1,
+            h,
+            w,
+            &SlidingWindow {
+                roi: 32,
+                tta: true,
+                tta_axes: [true, false],
+                ..Default::default()
+            },
+            &Device::Cpu,
+        )
+        .unwrap()
+        .0;
+        let one = predict(
+            &model,
+            &img,
+            1,
+            h,
+            w,
+            &SlidingWindow {
+                roi: 32,
+                ..Default::default()
+            },
+            &Device::Cpu,
+        )
+        .unwrap()
+        .0;
+        assert_ne!(rows, tta);
+        assert_ne!(rows, one);
+        let none = predict(
+            &model,
+            &img,
+            1,
+            h,
+            w,
+            &SlidingWindow {
+                roi: 32,
+                tta: true,
+                tta_axes: [false, false],
+                ..Default::default()
+            },
+            &Device::Cpu,
+        )
+        .unwrap()
+        .0;
+        assert_eq!(none, one, "no allowed flip: one pass");
         // the same tile layout gives the same answer whatever the tile batch
         let a = predict(
             &model,

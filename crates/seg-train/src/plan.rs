@@ -76,6 +76,10 @@ pub struct CaseFingerprint {
     /// Volumes with an affine: its axis codes (e.g. `"LAS"`).
     #[serde(default)]
     pub orientation: Option<String>,
+    /// Per label value: the mean position of its voxels along each axis of
+    /// [`Self::shape`], as a fraction of the extent (0.5 = centred).
+    #[serde(default)]
+    pub label_centroids: Vec<[f64; 3]>,
 }
 
 /// Intensity statistics of the foreground voxels of the training set.
@@ -208,11 +212,27 @@ pub fn fingerprint(cases: &[ReadCase], spec: &DatasetSpec) -> Result<Fingerprint
             })?;
             let ints = integer_labels(&c.label.0, &c.label.1)?;
             let mut counts = vec![0u64; labels.classes()];
-            for &v in &ints {
+            let mut sums = vec![[0f64; 3]; labels.classes()];
+            let ld = spatial_dims(&c.label.0).unwrap_or(shape);
+            let image_label = c.label.0.format == Format::Image;
+            for (i, &v) in ints.iter().enumerate() {
                 if let Some(k) = labels.index(v) {
                     counts[k as usize] += 1;
+                    let pos = if image_label {
+                        [0, i / ld[2], i % ld[2]]
+                    } else {
+                        [i % ld[0], (i / ld[0]) % ld[1], i / (ld[0] * ld[1])]
+                    };
+                    for a in 0..3 {
+                        sums[k as usize][a] += (pos[a] as f64 + 0.5) / ld[a] as f64;
+                    }
                 }
             }
+            let centroids: Vec<[f64; 3]> = sums
+                .iter()
+                .zip(&counts)
+                .map(|(s, &n)| s.map(|v| if n > 0 { v / n as f64 } else { 0.5 }))
+                .collect();
             let stride = match img.format {
                 Format::Image => img.shape[2],
                 _ => 1,
@@ -242,6 +262,7 @@ pub fn fingerprint(cases: &[ReadCase], spec: &DatasetSpec) -> Result<Fingerprint
                         Format::Image => None,
                         _ => img.affine.as_ref().map(seg_data::orient::axis_codes),
                     },
+                    label_centroids: centroids,
                 },
                 vals,
                 min,
@@ -310,6 +331,11 @@ pub struct Plan {
     /// Volumes: axis codes cases and inputs are reordered to.
     #[serde(default)]
     pub orientation: Option<String>,
+    /// Mirroring augmentation along the planes' rows and columns (and
+    /// rot90 when both): off along an axis where the structures keep a
+    /// side.
+    #[serde(default = "both_mirrors")]
+    pub mirror: [bool; 2],
     /// One line per decision: what and why.
     pub reasons: Vec<String>,
 }
@@ -353,6 +379,17 @@ fn orient_cases(fp: &Fingerprint, reasons: &mut Vec<String>) -> (Option<String>,
         {
             c.shape = r.perm.map(|j| c.shape[j]);
             c.spacing = r.perm.map(|j| c.spacing[j]);
+            for m in &mut c.label_centroids {
+                let old = *m;
+                *m = [0, 1, 2].map(|t| {
+                    let v = old[r.perm[t]];
+                    if r.flip[t] {
+                        1.0 - v
+                    } else {
+                        v
+                    }
+                });
+            }
         }
     }
     reasons.push(if k == fp.cases.len() {
@@ -364,6 +401,52 @@ fn orient_cases(fp: &Fingerprint, reasons: &mut Vec<String>) -> (Option<String>,
         )
     });
     (Some(codes), out)
+}
+
+fn both_mirrors() -> [bool; 2] {
+    [true, true]
+}
+
+/// Largest distance of a class's mean position from the centre of the
+/// plane (as a fraction of the extent) for which mirroring along that axis
+/// stays on: structures further off-centre keep a side (left/right organs,
+/// apex/base), and mirrored copies would teach the network that either side
+/// is the same class.
+pub const MIRROR_CENTRE_TOLERANCE: f64 = 0.1;
+
+/// Whether mirroring along axes `pa` (rows) and `pb` (columns) keeps the
+/// structures where they occur: each foreground class's mean position over
+/// the training set within [`MIRROR_CENTRE_TOLERANCE`] of the centre.
+fn mirror_decision(fp: &Fingerprint, pa: usize, pb: usize) -> ([bool; 2], Vec<String>) {
+    let k = fp.labels.classes();
+    let mut notes = Vec::new();
+    let mut out = [true, true];
+    for (slot, axis) in [(0, pa), (1, pb)] {
+        for class in 1..k {
+            let (mut s, mut n) = (0f64, 0u64);
+            for c in &fp.cases {
+                let v = c.label_voxels.get(class).copied().unwrap_or(0);
+                if let Some(m) = c.label_centroids.get(class) {
+                    s += m[axis] * v as f64;
+                    n += v;
+                }
+            }
+            if n == 0 {
+                continue;
+            }
+            let m = s / n as f64;
+            if (m - 0.5).abs() > MIRROR_CENTRE_TOLERANCE {
+                out[slot] = false;
+                notes.push(format!(
+                    "{} sits at {:.2} of the {}",
+                    fp.labels.name(class),
+                    m,
+                    if slot == 0 { "rows" } else { "columns" }
+                ));
+            }
+        }
+    }
+    (out, notes)
 }
 
 /// Decides the plan from a fingerprint.
@@ -457,6 +540,20 @@ pub fn plan(fp: &Fingerprint) -> Plan {
             "in-plane spacing {target:.3?}{unit}: the median over cases; planes resampled to it (images linearly, labels as one-hot maps; predictions back to each input's grid)"
         )
     });
+    let (mirror, notes) = mirror_decision(fp, pa, pb);
+    reasons.push(match mirror {
+        [true, true] => "augmentation: flips and 90° rotations (every structure near the centre of the planes: no side to keep), small rotations and scaling, intensity changes".into(),
+        _ => format!(
+            "augmentation: no flips along the {}{} (structures keep a side: {}), small rotations and scaling, intensity changes",
+            match mirror {
+                [false, false] => "rows or columns",
+                [false, true] => "rows",
+                _ => "columns",
+            },
+            ", no 90° rotations",
+            notes.join(", ")
+        ),
+    });
     let mut sides: Vec<usize> = sides_at(target).iter().map(|&(h, w)| h.max(w)).collect();
     sides.sort_unstable();
     let side = sides[sides.len() / 2];
@@ -507,6 +604,7 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         median_spacing,
         target_spacing,
         orientation,
+        mirror,
         reasons,
     }
 }
@@ -515,6 +613,18 @@ pub fn plan(fp: &Fingerprint) -> Plan {
 pub const STEPS_PER_EPOCH: usize = 250;
 
 impl Plan {
+    /// `base` with the plan's mirroring decision: flips only along the
+    /// axes it allows, 90° rotations only when both are.
+    pub fn augment(&self, base: AugmentConfig) -> AugmentConfig {
+        let both = self.mirror == [true, true];
+        AugmentConfig {
+            flip_v: base.flip_v && self.mirror[0],
+            flip_h: base.flip_h && self.mirror[1],
+            rot90_p: if both { base.rot90_p } else { 0.0 },
+            ..base
+        }
+    }
+
     /// How cases are sliced, normalised and labelled.
     pub fn slice_plan(&self) -> SlicePlan {
         SlicePlan {
@@ -559,7 +669,7 @@ impl Plan {
                 foreground_ratio: 0.5,
                 inside_fov: false,
             },
-            augment: AugmentConfig::default(),
+            augment: self.augment(AugmentConfig::default()),
             loss: Loss::CeDice,
             optimizer: OptimizerConfig {
                 lr: 3e-3,
@@ -574,6 +684,8 @@ impl Plan {
             sliding_window: SlidingWindow {
                 roi: self.patch,
                 overlap: 0.25,
+                // test-time flips only where training flipped
+                tta_axes: self.mirror,
                 ..SlidingWindow::default()
             },
             ..TrainConfig::default()

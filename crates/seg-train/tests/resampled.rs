@@ -76,6 +76,10 @@ fn planes_are_resampled_to_the_median_spacing_and_predicted_back() {
     assert_eq!(plan.patch, 32, "resampled planes are 24 × 20");
     assert!(plan.reasons.iter().any(|r| r.contains("in-plane spacing")));
     assert_eq!(fp.cases[3].shape, [12, 10, 6]);
+    // class 1 in the low x, class 2 in the high x of every case: x keeps a side
+    let c = &fp.cases[0].label_centroids;
+    assert!(c[1][0] < 0.4 && c[2][0] > 0.6, "{c:?}");
+    assert!(!plan.mirror[0], "{:?}", plan.reasons);
 
     // a coarse case's stack is on the fine grid, its label aligned
     let coarse = root.join("images/case03.nii.gz");
@@ -192,6 +196,7 @@ fn fingerprint_2d(n: usize, side: usize) -> Fingerprint {
                 modalities: 1,
                 label_voxels: vec![10, 5, 5],
                 orientation: None,
+                label_centroids: vec![[0.5; 3]; 3],
             })
             .collect(),
         foreground: IntensityStats {
@@ -215,4 +220,26 @@ fn planes_larger_than_the_budget_allows_are_coarsened() {
     let f = 2048.0 / MAX_PLANE_SIDE as f64;
     assert_eq!(big.target_spacing, Some([f, f]), "{:?}", big.reasons);
     assert_eq!(big.patch, 256, "512² planes, 256² patches");
+}
+
+#[test]
+fn structures_that_keep_a_side_turn_mirroring_off_along_that_axis() {
+    let centred = plan(&fingerprint_2d(4, 256));
+    assert_eq!(centred.mirror, [true, true]);
+    let aug = centred.augment(seg_data::augment::AugmentConfig::default());
+    assert!(aug.flip_h && aug.flip_v && aug.rot90_p > 0.0);
+    // class 1 on the left of every image, class 2 on the right (lungs,
+    // kidneys): no horizontal flips, no 90° rotations; rows stay mirrored
+    let mut fp = fingerprint_2d(4, 256);
+    for c in &mut fp.cases {
+        c.label_centroids = vec![[0.5, 0.5, 0.5], [0.5, 0.52, 0.3], [0.5, 0.47, 0.72]];
+    }
+    let lateral = plan(&fp);
+    assert_eq!(lateral.mirror, [true, false], "{:?}", lateral.reasons);
+    let aug = lateral.augment(seg_data::augment::AugmentConfig::default());
+    assert!(!aug.flip_h && aug.flip_v && aug.rot90_p == 0.0);
+    assert!(lateral
+        .reasons
+        .iter()
+        .any(|r| r.contains("no flips along the columns")));
 }
