@@ -22,9 +22,15 @@ pub struct PredictArgs {
     /// Output folder: masks/<stem>.png (label values; volumes: .nii.gz in the input's geometry), and for binary bundles <stem>.png (16-bit foreground probability).
     #[arg(long)]
     output: PathBuf,
-    /// Field-of-view masks, matched by case ID (normalisation statistics and output limited to the FOV).
+    /// Field-of-view masks, matched by case ID (normalisation statistics and output limited to the FOV). Without it, bundles trained with FOV masks find each image's FOV themselves.
     #[arg(long)]
     fov: Option<PathBuf>,
+    /// Do not find missing FOVs from the images (segment whole images).
+    #[arg(long)]
+    no_auto_fov: bool,
+    /// Segment every image at its own scale (by default an image whose FOV diameter differs from the training images' by more than 10 % is resampled to their scale and back).
+    #[arg(long)]
+    no_rescale: bool,
     /// Average over flips (4 passes; the default for multi-class bundles, as in nnU-Net).
     #[arg(long, conflicts_with = "no_tta")]
     tta: bool,
@@ -64,6 +70,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         }
         seg.set_class_probabilities(true);
     }
+    seg.set_auto_fov(!a.no_auto_fov).set_rescale(!a.no_rescale);
     if a.tta || a.no_tta {
         seg.set_tta(a.tta);
     }

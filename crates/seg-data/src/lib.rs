@@ -22,6 +22,7 @@ pub mod check;
 pub mod dataset;
 pub mod dataset_json;
 pub mod error;
+pub mod fov;
 pub mod intensity;
 pub mod io;
 pub mod labelmap;

@@ -166,6 +166,25 @@ impl Volume {
         }
     }
 
+    /// An in-memory 8-bit-range 2D image (`h × w × c`, row-major,
+    /// interleaved channels): for building images in code.
+    pub fn from_image_values(h: usize, w: usize, c: usize, values: Vec<f32>) -> Self {
+        let raw = Stats::of(values.iter().map(|&v| v as f64));
+        Self {
+            format: Format::Image,
+            shape: vec![h, w, c],
+            layout: Layout::RowMajor,
+            stored: StoredType::Uint8,
+            raw,
+            values,
+            spacing: vec![1.0, 1.0],
+            affine: None,
+            window: None,
+            transfer_syntax: None,
+            photometric: None,
+        }
+    }
+
     /// Statistics of the values (after scaling), NaN counted.
     pub fn value_stats(&self) -> Stats {
         Stats::of(self.values.iter().map(|&v| v as f64))

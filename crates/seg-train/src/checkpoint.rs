@@ -55,6 +55,11 @@ pub struct BundleInfo {
     /// The automatic plan the model was trained under, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<crate::plan::Plan>,
+    /// Binary models trained with field-of-view masks (fundus photographs):
+    /// the median FOV diameter of the training images, in pixels. Predict
+    /// then finds a missing FOV itself and brings inputs to this scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fov_diameter: Option<f64>,
 }
 
 /// Writes the bundle atomically.

@@ -36,6 +36,7 @@ use crate::infer::{predict, SlidingWindow};
 use seg_core::Device;
 use seg_data::io::image2d::read_mask;
 use seg_data::io::{dicom, file_kind, read_any, FileKind};
+use seg_data::resample::resize_plane;
 use seg_data::{Format, Mask, Volume};
 use seg_models::Model;
 use std::path::{Path, PathBuf};
@@ -94,6 +95,10 @@ pub fn read_input(path: &Path) -> Result<Volume> {
     })
 }
 
+/// Relative difference of FOV diameters (input against training) below
+/// which an image is segmented at its own scale.
+pub const RESCALE_TOLERANCE: f64 = 0.1;
+
 #[derive(Debug)]
 pub struct Segmenter {
     model: Model,
@@ -103,6 +108,11 @@ pub struct Segmenter {
     threshold: f32,
     /// Multi-class bundles: keep every class's probability.
     class_probabilities: bool,
+    /// Bundles trained with FOV masks: find a missing FOV from the image.
+    auto_fov: bool,
+    /// Bundles that recorded their training FOV diameter: bring inputs to
+    /// that scale.
+    rescale: bool,
     device: Device,
 }
 
@@ -121,6 +131,8 @@ impl Segmenter {
             window,
             threshold: info.threshold,
             class_probabilities: false,
+            auto_fov: true,
+            rescale: true,
             info,
             device: device.clone(),
         })
@@ -136,6 +148,23 @@ impl Segmenter {
     /// probability ([`Segmentation::class_probabilities`]).
     pub fn set_class_probabilities(&mut self, keep: bool) -> &mut Self {
         self.class_probabilities = keep;
+        self
+    }
+
+    /// Bundles trained on images with FOV masks: whether a 2D image given
+    /// without one gets the FOV found from the image
+    /// ([`seg_data::fov::estimate_fov`]; on by default).
+    pub fn set_auto_fov(&mut self, on: bool) -> &mut Self {
+        self.auto_fov = on;
+        self
+    }
+
+    /// Bundles that recorded their training FOV diameter: whether an image
+    /// whose FOV is more than 10 % larger or smaller is resampled to the
+    /// training scale, segmented, and its probabilities resampled back (on
+    /// by default).
+    pub fn set_rescale(&mut self, on: bool) -> &mut Self {
+        self.rescale = on;
         self
     }
 
@@ -267,15 +296,62 @@ impl Segmenter {
                 },
             );
         }
+        // a bundle trained with FOV masks finds a missing one itself
+        let found;
+        let fov = match fov {
+            Some(m) => Some(m),
+            None if self.auto_fov && self.info.fov_diameter.is_some() => {
+                found = seg_data::fov::estimate_fov(vol)?;
+                Some(&found)
+            }
+            None => None,
+        };
+        // an image whose FOV is another size than the training images' is
+        // segmented at the training scale
+        let scale = match (self.info.fov_diameter, fov) {
+            (Some(trained), Some(m)) if self.rescale => {
+                let d = seg_data::fov::diameter(&m.data);
+                let f = if d > 0.0 { trained / d } else { 1.0 };
+                ((f - 1.0).abs() > RESCALE_TOLERANCE).then_some(f)
+            }
+            _ => None,
+        };
         let fov = fov.map(|m| m.data.as_slice());
-        let (img, c) = self.info.preprocess.apply_image(vol, fov)?;
-        if c != self.in_channels {
-            return Err(Error::Channels {
-                got: c,
-                expected: self.in_channels,
-            });
-        }
-        let mut p = self.foreground(&img, c, h, w)?;
+        let mut p = match scale {
+            None => self.binary_probabilities(vol, fov)?,
+            Some(f) => {
+                let (nh, nw) = (
+                    ((h as f64 * f).round() as usize).max(1),
+                    ((w as f64 * f).round() as usize).max(1),
+                );
+                let c = vol.shape[2];
+                let mut values = vec![0f32; nh * nw * c];
+                for ch in 0..c {
+                    let plane: Vec<f32> = vol.values.iter().skip(ch).step_by(c).copied().collect();
+                    let r = resize_plane(&plane, h, w, nh, nw);
+                    for (i, v) in r.into_iter().enumerate() {
+                        values[i * c + ch] = v;
+                    }
+                }
+                let scaled = Volume {
+                    shape: vec![nh, nw, c],
+                    values,
+                    ..vol.clone()
+                };
+                let sfov: Option<Vec<u8>> = fov.map(|m| {
+                    let f: Vec<f32> = m.iter().map(|&v| (v != 0) as u8 as f32).collect();
+                    resize_plane(&f, h, w, nh, nw)
+                        .into_iter()
+                        .map(|v| (v >= 0.5) as u8)
+                        .collect()
+                });
+                let ps = self.binary_probabilities(&scaled, sfov.as_deref())?;
+                resize_plane(&ps, nh, nw, h, w)
+                    .into_iter()
+                    .map(|v| v.clamp(0.0, 1.0))
+                    .collect()
+            }
+        };
         if let Some(f) = fov {
             p.iter_mut().zip(f).for_each(|(v, &m)| {
                 if m == 0 {
@@ -291,6 +367,20 @@ impl Segmenter {
             p,
             self.threshold,
         ))
+    }
+
+    /// Foreground probabilities of a 2D image at its own size, through the
+    /// bundle's preprocessing (FOV statistics when `fov` is given).
+    fn binary_probabilities(&self, vol: &Volume, fov: Option<&[u8]>) -> Result<Vec<f32>> {
+        let (h, w) = (vol.shape[0], vol.shape[1]);
+        let (img, c) = self.info.preprocess.apply_image(vol, fov)?;
+        if c != self.in_channels {
+            return Err(Error::Channels {
+                got: c,
+                expected: self.in_channels,
+            });
+        }
+        self.foreground(&img, c, h, w)
     }
 
     /// Foreground probabilities (`h × w`) of a preprocessed channel-planar

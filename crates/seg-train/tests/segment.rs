@@ -47,6 +47,7 @@ fn tiny_bundle(dir: &Path, threshold: f32) -> PathBuf {
         val_dice: None,
         slices: None,
         plan: None,
+        fov_diameter: None,
     };
     let path = dir.join("bundle.safetensors");
     save_bundle(&net, &info, &path).unwrap();

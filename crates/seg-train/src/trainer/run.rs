@@ -153,6 +153,8 @@ pub struct Trainer {
     labelled: Option<LabelledData>,
     /// Multi-class runs: every `val_stride`-th plane is validated.
     val_stride: usize,
+    /// Binary runs on images with FOV masks: their median FOV diameter.
+    fov_diameter: Option<f64>,
 }
 
 impl Trainer {
@@ -283,6 +285,7 @@ impl Trainer {
                 "validation: every {val_stride}th plane of the validation cases (all of them would cost more than a sixth of an epoch)"
             );
         }
+        let fov_diameter = median_fov_diameter(&train);
         Ok(Self {
             cfg,
             net,
@@ -294,6 +297,7 @@ impl Trainer {
             paths,
             threshold,
             created,
+            fov_diameter,
             labelled,
             val_stride,
         })
@@ -319,6 +323,7 @@ impl Trainer {
             val_dice,
             slices: self.labelled.as_ref().map(|d| d.plan.clone()),
             plan: self.cfg.plan.clone(),
+            fov_diameter: self.fov_diameter,
         }
     }
 
@@ -511,6 +516,22 @@ impl Trainer {
         }
         Ok(Outcome::Finished)
     }
+}
+
+/// The median FOV diameter (pixels) of whole training images that carry an
+/// FOV mask; `None` when they do not.
+fn median_fov_diameter(train: &[Sample]) -> Option<f64> {
+    let mut d: Vec<f64> = train
+        .iter()
+        .filter_map(|s| s.fov.as_ref())
+        .map(|f| seg_data::fov::diameter(f))
+        .filter(|d| *d > 0.0)
+        .collect();
+    if d.is_empty() {
+        return None;
+    }
+    d.sort_by(f64::total_cmp);
+    Some(d[d.len() / 2])
 }
 
 /// Class indices `(N, 1, H, W)` as one-hot `(N, K, H, W)` f32.

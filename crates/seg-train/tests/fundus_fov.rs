@@ -1,0 +1,105 @@
+//! Bundles trained with FOV masks (fundus photographs) on a real DRIVE
+//! image: without `--fov` the FOV is found from the image and used as a
+//! given one is; an image whose FOV is another size than the training
+//! images' is segmented at their scale. Tiny random-weight bundles: the
+//! pipeline is under test, not the model.
+
+use seg_core::Device;
+use seg_data::io::image2d::read_image;
+use seg_models::{ModelConfig, Network};
+use seg_train::checkpoint::{save_bundle, BundleInfo};
+use seg_train::infer::SlidingWindow;
+use seg_train::segment::Segmenter;
+use std::path::{Path, PathBuf};
+
+mod common;
+
+fn bundle(dir: &Path, name: &str, fov_diameter: Option<f64>) -> PathBuf {
+    let cfg = ModelConfig::from_name("unet")
+        .unwrap()
+        .with_base(2)
+        .with_in_channels(1);
+    let net = Network::new(&cfg, &Device::Cpu, 7).unwrap();
+    let info = BundleInfo {
+        format_version: 1,
+        preprocess: seg_data::Preprocess::fundus(),
+        patch: 32,
+        sliding_window: SlidingWindow {
+            roi: 64,
+            overlap: 0.25,
+            ..Default::default()
+        },
+        threshold: 0.5,
+        epoch: 1,
+        val_dice: None,
+        slices: None,
+        plan: None,
+        fov_diameter,
+    };
+    let path = dir.join(name);
+    save_bundle(&net, &info, &path).unwrap();
+    path
+}
+
+#[test]
+fn a_missing_fov_is_found_and_other_scales_are_brought_to_the_training_one() {
+    let Some(img) = common::shared("datasets/DRIVE/test/images/01_test.tif") else {
+        return;
+    };
+    let dir = common::tmp("fundus", "fov");
+    let src = read_image(&img).unwrap();
+    let found = seg_data::fov::estimate_fov(&src).unwrap();
+    let d = seg_data::fov::diameter(&found.data);
+    let at_scale = bundle(&dir, "a.safetensors", Some(d));
+    let seg = Segmenter::open(&at_scale, &Device::Cpu).unwrap();
+    let s = seg.segment_file(&img, None).unwrap();
+    // zero outside the found FOV, something inside
+    assert!(found
+        .data
+        .iter()
+        .zip(&s.probabilities)
+        .all(|(&m, &p)| m != 0 || p == 0.0));
+    assert!(found
+        .data
+        .iter()
+        .zip(&s.probabilities)
+        .any(|(&m, &p)| m != 0 && p > 0.0));
+    // off: the whole image, as a bundle without a training FOV does
+    let mut whole = Segmenter::open(&at_scale, &Device::Cpu).unwrap();
+    whole.set_auto_fov(false);
+    let w = whole.segment_file(&img, None).unwrap();
+    let plain = Segmenter::open(&bundle(&dir, "b.safetensors", None), &Device::Cpu).unwrap();
+    assert_eq!(
+        w.probabilities,
+        plain.segment_file(&img, None).unwrap().probabilities
+    );
+    assert!(found
+        .data
+        .iter()
+        .zip(&w.probabilities)
+        .any(|(&m, &p)| m == 0 && p > 0.0));
+
+    // a bundle trained on FOVs 0.6 × this one: the image is shrunk, segmented, and brought back
+    let smaller = bundle(&dir, "c.safetensors", Some(0.6 * d));
+    let seg_c = Segmenter::open(&smaller, &Device::Cpu).unwrap();
+    let r = seg_c.segment_file(&img, None).unwrap();
+    assert_eq!(
+        r.probabilities.len(),
+        s.probabilities.len(),
+        "the input's size"
+    );
+    assert_ne!(r.probabilities, s.probabilities);
+    assert!(found
+        .data
+        .iter()
+        .zip(&r.probabilities)
+        .all(|(&m, &p)| (m != 0 || p == 0.0) && (0.0..=1.0).contains(&p)));
+    let mut same_scale = Segmenter::open(&smaller, &Device::Cpu).unwrap();
+    same_scale.set_rescale(false);
+    assert_eq!(
+        same_scale.segment_file(&img, None).unwrap().probabilities,
+        s.probabilities,
+        "without rescaling: as at the training scale"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
