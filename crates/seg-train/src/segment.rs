@@ -99,6 +99,15 @@ pub fn read_input(path: &Path) -> Result<Volume> {
 /// which an image is segmented at its own scale.
 pub const RESCALE_TOLERANCE: f64 = 0.1;
 
+/// Scale factors (training FOV diameter / input's) outside which an image
+/// is not rescaled (not a photograph of the kind trained on).
+pub const MIN_RESCALE: f64 = 0.25;
+pub const MAX_RESCALE: f64 = 4.0;
+
+/// Least share of the image an automatically found FOV must cover to be
+/// used.
+pub const MIN_FOV_SHARE: f64 = 0.05;
+
 #[derive(Debug)]
 pub struct Segmenter {
     model: Model,
@@ -301,8 +310,17 @@ impl Segmenter {
         let fov = match fov {
             Some(m) => Some(m),
             None if self.auto_fov && self.info.fov_diameter.is_some() => {
-                found = seg_data::fov::estimate_fov(vol)?;
-                Some(&found)
+                // an image with no plausible FOV (flat, or a bright speck) is segmented whole
+                match seg_data::fov::estimate_fov(vol) {
+                    Ok(m) if m.foreground_fraction() >= MIN_FOV_SHARE => {
+                        found = m;
+                        Some(&found)
+                    }
+                    Ok(_) | Err(_) => {
+                        tracing::warn!("no field of view found in the image: segmenting it whole");
+                        None
+                    }
+                }
             }
             None => None,
         };
@@ -312,7 +330,14 @@ impl Segmenter {
             (Some(trained), Some(m)) if self.rescale => {
                 let d = seg_data::fov::diameter(&m.data);
                 let f = if d > 0.0 { trained / d } else { 1.0 };
-                ((f - 1.0).abs() > RESCALE_TOLERANCE).then_some(f)
+                if !(MIN_RESCALE..=MAX_RESCALE).contains(&f) {
+                    tracing::warn!(
+                        "FOV diameter {d:.0} px against {trained:.0} in training: too far to rescale, segmented as it is"
+                    );
+                    None
+                } else {
+                    ((f - 1.0).abs() > RESCALE_TOLERANCE).then_some(f)
+                }
             }
             _ => None,
         };

@@ -101,5 +101,18 @@ fn a_missing_fov_is_found_and_other_scales_are_brought_to_the_training_one() {
         s.probabilities,
         "without rescaling: as at the training scale"
     );
+    // no plausible FOV (a flat image, a bright speck): segmented whole, no rescaling
+    let flat = seg_data::Volume::from_image_values(40, 50, 3, vec![90.0; 40 * 50 * 3]);
+    let mut speck = vec![0.0; 40 * 50 * 3];
+    speck[(20 * 50 + 25) * 3] = 255.0;
+    let speck = seg_data::Volume::from_image_values(40, 50, 3, speck);
+    for v in [flat, speck] {
+        let p = seg_c.segment_image(&v, None).unwrap().probabilities;
+        assert_eq!(p.len(), 40 * 50);
+        assert!(
+            p.iter().all(|&x| x > 0.0),
+            "nothing zeroed as outside a FOV"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
