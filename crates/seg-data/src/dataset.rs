@@ -57,12 +57,14 @@ pub fn case_id(path: &Path) -> String {
     }
 }
 
-pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The non-hidden entries of `dir` that are files (`dirs` false) or folders,
+/// sorted.
+fn entries_in(dir: &Path, dirs: bool) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
+            (if dirs { p.is_dir() } else { p.is_file() })
                 && !p
                     .file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with('.'))
@@ -72,23 +74,16 @@ pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    entries_in(dir, false)
+}
+
 /// The non-hidden folders of `dir` (cases stored as DICOM series).
 fn series_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_dir()
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    v.sort();
-    Ok(v)
+    entries_in(dir, true)
 }
 
 /// Finds the DRIVE split folder: `root/training` (or `root/DRIVE/training`).

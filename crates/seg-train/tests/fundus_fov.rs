@@ -6,39 +6,13 @@
 
 use seg_core::Device;
 use seg_data::io::image2d::read_image;
-use seg_models::{ModelConfig, Network};
-use seg_train::checkpoint::{save_bundle, BundleInfo};
-use seg_train::infer::SlidingWindow;
 use seg_train::segment::Segmenter;
 use std::path::{Path, PathBuf};
 
 mod common;
 
 fn bundle(dir: &Path, name: &str, fov_diameter: Option<f64>) -> PathBuf {
-    let cfg = ModelConfig::from_name("unet")
-        .unwrap()
-        .with_base(2)
-        .with_in_channels(1);
-    let net = Network::new(&cfg, &Device::Cpu, 7).unwrap();
-    let info = BundleInfo {
-        format_version: 1,
-        preprocess: seg_data::Preprocess::fundus(),
-        patch: 32,
-        sliding_window: SlidingWindow {
-            roi: 64,
-            overlap: 0.25,
-            ..Default::default()
-        },
-        threshold: 0.5,
-        epoch: 1,
-        val_dice: None,
-        slices: None,
-        plan: None,
-        fov_diameter,
-    };
-    let path = dir.join(name);
-    save_bundle(&net, &info, &path).unwrap();
-    path
+    common::tiny_fundus_bundle(&dir.join(name), 0.5, fov_diameter)
 }
 
 #[test]

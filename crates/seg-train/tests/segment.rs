@@ -10,10 +10,7 @@ mod example;
 use seg_core::Device;
 use seg_data::io::image2d::{read_image, write_mask_png};
 use seg_data::io::nifti::{read_nifti_with_info, write_nifti};
-use seg_data::{Mask, Preprocess, StoredType};
-use seg_models::{ModelConfig, Network};
-use seg_train::checkpoint::{save_bundle, BundleInfo};
-use seg_train::infer::SlidingWindow;
+use seg_data::{Mask, StoredType};
 use seg_train::segment::{list_inputs, Geometry, Segmentation, Segmenter};
 use seg_train::Error;
 use std::path::{Path, PathBuf};
@@ -28,30 +25,7 @@ use common::shared;
 
 /// A U-Net of base 2 with seeded random weights and the fundus plan.
 fn tiny_bundle(dir: &Path, threshold: f32) -> PathBuf {
-    let cfg = ModelConfig::from_name("unet")
-        .unwrap()
-        .with_base(2)
-        .with_in_channels(1);
-    let net = Network::new(&cfg, &Device::Cpu, 7).unwrap();
-    let info = BundleInfo {
-        format_version: 1,
-        preprocess: Preprocess::fundus(),
-        patch: 32,
-        sliding_window: SlidingWindow {
-            roi: 64,
-            overlap: 0.25,
-            ..Default::default()
-        },
-        threshold,
-        epoch: 1,
-        val_dice: None,
-        slices: None,
-        plan: None,
-        fov_diameter: None,
-    };
-    let path = dir.join("bundle.safetensors");
-    save_bundle(&net, &info, &path).unwrap();
-    path
+    common::tiny_fundus_bundle(&dir.join("bundle.safetensors"), threshold, None)
 }
 
 fn median(v: &[f32]) -> f32 {

@@ -29,3 +29,41 @@ pub fn shared(sub: &str) -> Option<PathBuf> {
     }
     None
 }
+
+/// A U-Net of base 2 with seeded (`seed`) random weights, the fundus
+/// preprocessing, a 64 px window and `threshold`, saved as `path`: for
+/// tests of the segmenting pipeline, not of a model.
+#[allow(dead_code)]
+pub fn tiny_fundus_bundle(
+    path: &std::path::Path,
+    threshold: f32,
+    fov_diameter: Option<f64>,
+) -> PathBuf {
+    use seg_core::Device;
+    use seg_models::{ModelConfig, Network};
+    use seg_train::checkpoint::{save_bundle, BundleInfo};
+    use seg_train::infer::SlidingWindow;
+    let cfg = ModelConfig::from_name("unet")
+        .unwrap()
+        .with_base(2)
+        .with_in_channels(1);
+    let net = Network::new(&cfg, &Device::Cpu, 7).unwrap();
+    let info = BundleInfo {
+        format_version: 1,
+        preprocess: seg_data::Preprocess::fundus(),
+        patch: 32,
+        sliding_window: SlidingWindow {
+            roi: 64,
+            overlap: 0.25,
+            ..Default::default()
+        },
+        threshold,
+        epoch: 1,
+        val_dice: None,
+        slices: None,
+        plan: None,
+        fov_diameter,
+    };
+    save_bundle(&net, &info, path).unwrap();
+    path.to_path_buf()
+}
