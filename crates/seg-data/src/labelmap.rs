@@ -173,19 +173,9 @@ fn read_palette_png(path: &Path) -> Result<Option<Volume>> {
             values.push(v as f32);
         }
     }
-    let raw = crate::volume::Stats::of(values.iter().map(|&v| v as f64));
     Ok(Some(Volume {
-        format: Format::Image,
-        shape: vec![h, w, 1],
-        layout: crate::volume::Layout::RowMajor,
-        stored: crate::volume::StoredType::Uint8,
-        raw,
-        values,
-        spacing: vec![1.0, 1.0],
-        affine: None,
-        window: None,
-        transfer_syntax: None,
         photometric: Some("palette indices".into()),
+        ..Volume::from_image_values(h, w, 1, values)
     }))
 }
 

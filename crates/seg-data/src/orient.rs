@@ -111,6 +111,19 @@ impl Reorient {
         out
     }
 
+    /// `vol` (column-major, of this reordering's source dims) reordered:
+    /// values, shape, spacing and affine.
+    pub fn volume(&self, vol: &Volume) -> Volume {
+        let sp = |j: usize| vol.spacing.get(j).copied().unwrap_or(1.0);
+        Volume {
+            values: self.apply(&vol.values),
+            shape: self.out_dims().to_vec(),
+            spacing: self.perm.iter().map(|&j| sp(j)).collect(),
+            affine: vol.affine.map(|a| self.affine(&a)),
+            ..vol.clone()
+        }
+    }
+
     /// The affine of the reordered volume.
     pub fn affine(&self, a: &[[f64; 4]; 4]) -> [[f64; 4]; 4] {
         let mut out = *a;
@@ -144,17 +157,7 @@ pub fn reorient(vol: &Volume, codes: &str) -> Option<(Volume, Reorient)> {
     if r.is_identity() {
         return None;
     }
-    let sp = |j: usize| vol.spacing.get(j).copied().unwrap_or(1.0);
-    Some((
-        Volume {
-            values: r.apply(&vol.values),
-            shape: r.out_dims().to_vec(),
-            spacing: r.perm.iter().map(|&j| sp(j)).collect(),
-            affine: Some(r.affine(&a)),
-            ..vol.clone()
-        },
-        r,
-    ))
+    Some((r.volume(vol), r))
 }
 
 #[cfg(test)]

@@ -166,8 +166,9 @@ impl Volume {
         }
     }
 
-    /// An in-memory 8-bit-range 2D image (`h × w × c`, row-major,
-    /// interleaved channels): for building images in code.
+    /// A 2D image (`h × w × c`, row-major, interleaved channels) stored as
+    /// 8-bit: the readers set their own stored type and photometric
+    /// interpretation over it; also for building images in code.
     pub fn from_image_values(h: usize, w: usize, c: usize, values: Vec<f32>) -> Self {
         let raw = Stats::of(values.iter().map(|&v| v as f64));
         Self {

@@ -2,7 +2,7 @@
 //! BMP in; PNG masks and 16-bit probability maps out.
 
 use crate::error::{Error, Result};
-use crate::volume::{check_size, Format, Layout, Stats, StoredType, Volume};
+use crate::volume::{check_size, StoredType, Volume};
 use image::{DynamicImage, ImageEncoder, ImageReader, Limits};
 use std::path::Path;
 
@@ -82,18 +82,8 @@ pub fn read_image(path: &Path) -> Result<Volume> {
         other => (other.to_rgb32f().into_raw(), 3, StoredType::Float32),
     };
     let (values, channels) = simplify_channels(values, channels);
-    let raw = Stats::of(values.iter().map(|&v| v as f64));
     Ok(Volume {
-        format: Format::Image,
-        shape: vec![h, w, channels],
-        layout: Layout::RowMajor,
         stored,
-        raw,
-        values,
-        spacing: vec![1.0, 1.0],
-        affine: None,
-        window: None,
-        transfer_syntax: None,
         photometric: Some(
             match channels {
                 1 => "L",
@@ -103,6 +93,7 @@ pub fn read_image(path: &Path) -> Result<Volume> {
             }
             .to_string(),
         ),
+        ..Volume::from_image_values(h, w, channels, values)
     })
 }
 

@@ -23,34 +23,6 @@ pub fn read_case_image(path: &Path) -> Result<Volume> {
 /// comparisons.
 const AFFINE_TOL: f64 = 1e-3;
 
-fn inverse3(m: [[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
-    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
-    if det.abs() < 1e-12 {
-        return None;
-    }
-    let c =
-        |r0: usize, c0: usize, r1: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
-    Some([
-        [
-            c(1, 1, 2, 2) / det,
-            -c(0, 1, 2, 2) / det,
-            c(0, 1, 1, 2) / det,
-        ],
-        [
-            -c(1, 0, 2, 2) / det,
-            c(0, 0, 2, 2) / det,
-            -c(0, 0, 1, 2) / det,
-        ],
-        [
-            c(1, 0, 2, 1) / det,
-            -c(0, 0, 2, 1) / det,
-            c(0, 0, 1, 1) / det,
-        ],
-    ])
-}
-
 /// The label volume on its image's voxel grid. When both are 3D volumes
 /// with affines and the label is stored in another axis order or direction
 /// (e.g. a NIfTI label of a DICOM series, flipped rows), its voxels are
@@ -63,80 +35,26 @@ pub fn align_label(label: &Volume, image: &Volume) -> Volume {
     let (Some(al), Some(ai)) = (label.affine, image.affine) else {
         return label.clone();
     };
-    let (Ok(dl), Ok(di)) = (spatial_dims(label), spatial_dims(image)) else {
-        return label.clone();
-    };
-    if label.format == Format::Image
-        || image.format == Format::Image
-        || label.layout != crate::volume::Layout::ColumnMajor
-    {
+    if label.format == Format::Image || image.format == Format::Image {
         return label.clone();
     }
-    let same = (0..3).all(|r| (0..4).all(|c| (al[r][c] - ai[r][c]).abs() < AFFINE_TOL));
-    if same && dl == di {
+    let close =
+        |a: &[[f64; 4]; 4]| (0..3).all(|r| (0..4).all(|c| (a[r][c] - ai[r][c]).abs() < AFFINE_TOL));
+    let di = spatial_dims(image).ok();
+    if close(&al) && spatial_dims(label).ok() == di {
         return label.clone();
     }
-    // M = A_label⁻¹ · A_image: image voxel → label voxel
-    let rl = [0, 1, 2].map(|r| [al[r][0], al[r][1], al[r][2]]);
-    let Some(inv) = inverse3(rl) else {
-        return label.clone();
-    };
-    let mut m = [[0.0; 4]; 3];
-    for r in 0..3 {
-        for c in 0..4 {
-            let mut v = 0.0;
-            for k in 0..3 {
-                v += inv[r][k] * (ai[k][c] - if c == 3 { al[k][3] } else { 0.0 });
-            }
-            m[r][c] = v;
-        }
-    }
-    // a signed permutation with an integral shift, landing inside the label
-    let mut perm = [(0usize, 0i64); 3]; // label axis r = sign · image axis perm.0 + shift
-    for r in 0..3 {
-        let nz: Vec<usize> = (0..3).filter(|&c| m[r][c].abs() > AFFINE_TOL).collect();
-        if nz.len() != 1 || (m[r][nz[0]].abs() - 1.0).abs() > AFFINE_TOL {
-            return label.clone();
-        }
-        let shift = m[r][3];
-        if (shift - shift.round()).abs() > 0.05 {
-            return label.clone();
-        }
-        perm[r] = (nz[0], m[r][nz[0]].signum() as i64);
-    }
-    let mut axes: Vec<usize> = perm.iter().map(|p| p.0).collect();
-    axes.sort_unstable();
-    if axes != [0, 1, 2] {
-        return label.clone();
-    }
-    // the label extent seen along the image's axes must be the image's
-    for (r, &(c, _)) in perm.iter().enumerate() {
-        if dl[r] != di[c] {
-            return label.clone();
-        }
-    }
-    let shifts = [0, 1, 2].map(|r| m[r][3].round() as i64);
-    let n = di[0] * di[1] * di[2];
-    let mut values = Vec::with_capacity(n);
-    for k in 0..di[2] {
-        for j in 0..di[1] {
-            for i in 0..di[0] {
-                let ijk = [i as i64, j as i64, k as i64];
-                let l: [i64; 3] = [0, 1, 2].map(|r| perm[r].1 * ijk[perm[r].0] + shifts[r]);
-                if (0..3).any(|r| l[r] < 0 || l[r] >= dl[r] as i64) {
-                    return label.clone();
-                }
-                let idx = l[0] as usize + dl[0] * (l[1] as usize + dl[1] * l[2] as usize);
-                values.push(label.values[idx]);
+    // the label in the image's orientation: aligned when the grids then coincide
+    match crate::orient::reorient(label, &crate::orient::axis_codes(&ai)) {
+        Some((moved, _))
+            if moved.affine.as_ref().is_some_and(close) && spatial_dims(&moved).ok() == di =>
+        {
+            Volume {
+                spacing: image.spacing.clone(),
+                ..moved
             }
         }
-    }
-    Volume {
-        shape: di.to_vec(),
-        spacing: image.spacing.clone(),
-        affine: Some(ai),
-        values,
-        ..label.clone()
+        _ => label.clone(),
     }
 }
 

@@ -129,17 +129,7 @@ impl Stack {
                         .collect();
                     if let Some((l, lp)) = label {
                         if spatial_dims(l).ok() == Some(how.dims) {
-                            oriented_label = Volume {
-                                values: how.apply(&l.values),
-                                shape: how.out_dims().to_vec(),
-                                affine: l.affine.map(|a| how.affine(&a)),
-                                spacing: how
-                                    .perm
-                                    .iter()
-                                    .map(|&j| l.spacing.get(j).copied().unwrap_or(1.0))
-                                    .collect(),
-                                ..l.clone()
-                            };
+                            oriented_label = how.volume(l);
                             label = Some((&oriented_label, lp));
                         }
                     }
