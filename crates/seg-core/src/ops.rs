@@ -14,6 +14,7 @@ mod gate;
 mod maxpool;
 mod relu;
 mod upsample;
+pub mod vol;
 
 use candle_core::{DType, Result, Tensor};
 
@@ -142,25 +143,31 @@ pub fn pad_to(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     Ok(out)
 }
 
-/// Zero-pads `x` to the spatial size of `reference`.
+/// Zero-pads `x` to the spatial size of `reference` (NCHW, or depth-major
+/// volumes: [`vol::pad_to3`]).
 pub fn pad_like(x: &Tensor, reference: &Tensor) -> Result<Tensor> {
+    if reference.rank() == 5 {
+        let (_, d, _, h, w) = reference.dims5()?;
+        return vol::pad_to3(x, d, h, w);
+    }
     let (_, _, h, w) = reference.dims4()?;
     pad_to(x, h, w)
 }
 
-/// Concatenates NCHW tensors along the channel axis.
+/// Concatenates NCHW (or depth-major 5-d) tensors along the channel axis.
 pub fn cat_channels(xs: &[&Tensor]) -> Result<Tensor> {
-    Tensor::cat(xs, 1)
+    let axis = xs.first().map_or(1, |x| vol::channel_axis(x));
+    Tensor::cat(xs, axis)
 }
 
 /// Mean over channels, keeping the axis: (N,C,H,W) → (N,1,H,W).
 pub fn channel_mean(x: &Tensor) -> Result<Tensor> {
-    x.mean_keepdim(1)
+    x.mean_keepdim(vol::channel_axis(x))
 }
 
 /// Maximum over channels, keeping the axis: (N,C,H,W) → (N,1,H,W).
 pub fn channel_max(x: &Tensor) -> Result<Tensor> {
-    x.max_keepdim(1)
+    x.max_keepdim(vol::channel_axis(x))
 }
 
 /// Copies a contiguous f32 tensor's data out (any layout is made contiguous first).

@@ -1,9 +1,9 @@
 //! Attention U-Net (Oktay et al. 2018): additive attention gates filter each
 //! skip connection with the gating signal coming up from the decoder.
 
-use crate::{check_input, Recorder};
+use crate::{check_input, output, Recorder};
 use seg_core::candle::Result;
-use seg_core::layers::{conv2d, conv_norm_act, norm2d, Conv2d, Norm2d, NormKind};
+use seg_core::layers::{conv_nd, conv_norm_act, norm2d, Conv2d, Norm2d, NormKind};
 use seg_core::ops::{
     cat_channels, max_pool2x2, pad_like, relu, sigmoid, spatial_gate, upsample_nearest2x,
 };
@@ -22,6 +22,10 @@ pub struct AttentionUNetConfig {
     pub base: usize,
     /// Normalisation (default batch norm).
     pub norm: NormKind,
+    /// Spatial dimensions: 2 (NCHW images) or 3 (NCDHW volumes, with
+    /// `Conv3d` weights under the same names); default 2.
+    #[serde(skip_serializing_if = "crate::is_two")]
+    pub dims: usize,
 }
 
 impl Default for AttentionUNetConfig {
@@ -31,6 +35,7 @@ impl Default for AttentionUNetConfig {
             out_channels: 1,
             base: 64,
             norm: NormKind::Batch,
+            dims: 2,
         }
     }
 }
@@ -47,13 +52,13 @@ impl ConvNorm {
         cin: usize,
         cout: usize,
         k: usize,
-        norm: NormKind,
+        (norm, dims): (NormKind, usize),
         vb: VarBuilder,
         ci: &str,
         ni: &str,
     ) -> Result<Self> {
         Ok(Self {
-            conv: conv2d(cin, cout, k, k / 2, true, vb.pp(ci))?,
+            conv: conv_nd(dims, cin, cout, k, k / 2, true, vb.pp(ci))?,
             norm: norm2d(norm, cout, vb.pp(ni))?,
         })
     }
@@ -74,7 +79,7 @@ struct ConvBlock {
 }
 
 impl ConvBlock {
-    fn new(cin: usize, cout: usize, norm: NormKind, vb: VarBuilder) -> Result<Self> {
+    fn new(cin: usize, cout: usize, norm: (NormKind, usize), vb: VarBuilder) -> Result<Self> {
         let vb = vb.pp("conv");
         Ok(Self {
             a: ConvNorm::new(cin, cout, 3, norm, vb.clone(), "0", "1")?,
@@ -96,7 +101,13 @@ struct AttentionGate {
 }
 
 impl AttentionGate {
-    fn new(f_g: usize, f_l: usize, f_int: usize, norm: NormKind, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        f_g: usize,
+        f_l: usize,
+        f_int: usize,
+        norm: (NormKind, usize),
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             w_g: ConvNorm::new(f_g, f_int, 1, norm, vb.pp("W_g"), "0", "1")?,
             w_x: ConvNorm::new(f_l, f_int, 1, norm, vb.pp("W_x"), "0", "1")?,
@@ -130,7 +141,7 @@ pub struct AttentionUNet {
 impl AttentionUNet {
     /// Builds the network; tensor names are those of the reference.
     pub fn new(cfg: &AttentionUNetConfig, vb: VarBuilder) -> Result<Self> {
-        let (b, n) = (cfg.base, cfg.norm);
+        let (b, n) = (cfg.base, (cfg.norm, cfg.dims));
         let widths = [
             (cfg.in_channels, b),
             (b, 2 * b),
@@ -155,7 +166,7 @@ impl AttentionUNet {
                 dec: ConvBlock::new(2 * w, w, n, vb.pp(format!("dec{lvl}")))?,
             });
         }
-        let head = conv2d(b, cfg.out_channels, 1, 0, true, vb.pp("head"))?;
+        let head = conv_nd(cfg.dims, b, cfg.out_channels, 1, 0, true, vb.pp("head"))?;
         Ok(Self {
             cfg: cfg.clone(),
             encoders,
@@ -171,9 +182,9 @@ impl AttentionUNet {
 
     /// As [`forward_t`](Self::forward_t), reporting each block's output.
     pub fn forward_recorded(&self, x: &Tensor, train: bool, rec: &mut Recorder) -> Result<Tensor> {
-        check_input(x, self.cfg.in_channels)?;
+        let x = check_input(x, self.cfg.in_channels, self.cfg.dims)?;
         let mut skips: Vec<Tensor> = Vec::new();
-        let mut d = x.clone();
+        let mut d = x;
         for (i, e) in self.encoders.iter().enumerate() {
             let input = if i == 0 { d.clone() } else { max_pool2x2(&d)? };
             d = e.forward_t(&input, train)?;
@@ -193,6 +204,6 @@ impl AttentionUNet {
         }
         let y = self.head.forward(&d)?;
         rec("head", &y);
-        Ok(y)
+        output(y)
     }
 }

@@ -120,6 +120,17 @@ impl ModelConfig {
         each!(self, c => c.norm)
     }
 
+    /// Spatial dimensions: 2 (images) or 3 (volumes).
+    pub fn dims(&self) -> usize {
+        each!(self, c => c.dims)
+    }
+
+    /// With 2D or 3D layers.
+    pub fn with_dims(mut self, dims: usize) -> Self {
+        each!(&mut self, c => c.dims = dims);
+        self
+    }
+
     /// With another input channel count.
     pub fn with_in_channels(mut self, n: usize) -> Self {
         each!(&mut self, c => c.in_channels = n);
@@ -206,6 +217,9 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         let model = self.name();
         let bad = |reason: String| Err(Error::InvalidConfig { model, reason });
+        if !matches!(self.dims(), 2 | 3) {
+            return bad(format!("dims must be 2 or 3 (got {})", self.dims()));
+        }
         if self.in_channels() == 0 {
             return bad("in_channels must be at least 1".into());
         }
@@ -254,9 +268,16 @@ mod tests {
                 out_channels: 2,
                 base: 8,
                 bilinear: true,
-                norm: NormKind::Batch
+                norm: NormKind::Batch,
+                dims: 2,
             })
         );
+        // 2D configurations serialise without `dims`; 3D ones with it
+        assert!(!c.to_json().contains("dims"));
+        let c3 = c.clone().with_dims(3);
+        assert!(c3.to_json().contains(r#""dims":3"#), "{}", c3.to_json());
+        assert_eq!(ModelConfig::from_json(&c3.to_json()).unwrap(), c3);
+        assert!(c.with_dims(4).validate().is_err());
         let c = ModelConfig::from_json(r#"{"model": "unetpp"}"#).unwrap();
         assert_eq!(c.base(), 32);
         let c = ModelConfig::from_json(r#"{"model": "resunet"}"#).unwrap();

@@ -45,20 +45,56 @@ pub const DEPTH: usize = 4;
 /// Records a block's output during a forward pass (for summaries).
 pub type Recorder<'a> = dyn FnMut(&str, &seg_core::Tensor) + 'a;
 
-/// Checks that an NCHW input has the expected channels and is large enough.
+/// Checks that an input has the expected rank (NCHW for `dims = 2`, NCDHW
+/// for `dims = 3`), channels and size, and returns it in the layout the
+/// layers take (volumes depth-major: `seg_core::ops::vol`).
 pub(crate) fn check_input(
     x: &seg_core::Tensor,
     in_channels: usize,
-) -> seg_core::candle::Result<()> {
+    dims: usize,
+) -> seg_core::candle::Result<seg_core::Tensor> {
+    let min = 1 << DEPTH;
+    if dims == 3 {
+        let &[_, c, d, h, w] = x.dims() else {
+            seg_core::candle::bail!(
+                "a 3D network takes (N, C, D, H, W) volumes, got shape {:?}",
+                x.dims()
+            )
+        };
+        if c != in_channels {
+            seg_core::candle::bail!("input has {c} channels, the network expects {in_channels}");
+        }
+        if d < min || h < min || w < min {
+            seg_core::candle::bail!(
+                "input {d}x{h}x{w} is too small: the network halves the size {DEPTH} times, so depth, height and width must be at least {min}"
+            );
+        }
+        return seg_core::ops::vol::to_depth_major(x);
+    }
     let (_, c, h, w) = x.dims4()?;
     if c != in_channels {
         seg_core::candle::bail!("input has {c} channels, the network expects {in_channels}");
     }
-    let min = 1 << DEPTH;
     if h < min || w < min {
         seg_core::candle::bail!(
             "input {h}x{w} is too small: the network halves the size {DEPTH} times, so height and width must be at least {min}"
         );
     }
-    Ok(())
+    Ok(x.clone())
+}
+
+/// A network's logits in the caller's layout: depth-major volumes back to
+/// NCDHW.
+pub(crate) fn output(y: seg_core::Tensor) -> seg_core::candle::Result<seg_core::Tensor> {
+    if y.rank() == 5 {
+        seg_core::ops::vol::from_depth_major(&y)
+    } else {
+        Ok(y)
+    }
+}
+
+/// serde's `skip_serializing_if` for `dims`: 2D configurations keep the
+/// JSON they always had.
+pub(crate) fn is_two(v: &usize) -> bool {
+    *v == 2
 }

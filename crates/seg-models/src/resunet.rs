@@ -2,10 +2,10 @@
 //! map (a 7×7 convolution over the channel mean and max) on each decoder
 //! concatenation.
 
-use crate::{check_input, Recorder};
+use crate::{check_input, output, Recorder};
 use seg_core::candle::Result;
 use seg_core::layers::{
-    conv2d, conv_norm_act, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
+    conv_nd, conv_norm_act, conv_transpose_nd, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
 };
 use seg_core::ops::{
     add_relu, cat_channels, channel_mean_max, max_pool2x2, pad_like, sigmoid, spatial_gate,
@@ -25,6 +25,10 @@ pub struct ResUNetConfig {
     pub base: usize,
     /// Normalisation (default batch norm).
     pub norm: NormKind,
+    /// Spatial dimensions: 2 (NCHW images) or 3 (NCDHW volumes, with
+    /// `Conv3d` weights under the same names); default 2.
+    #[serde(skip_serializing_if = "crate::is_two")]
+    pub dims: usize,
 }
 
 impl Default for ResUNetConfig {
@@ -34,6 +38,7 @@ impl Default for ResUNetConfig {
             out_channels: 1,
             base: 64,
             norm: NormKind::Batch,
+            dims: 2,
         }
     }
 }
@@ -48,20 +53,25 @@ struct ResidualBlock {
 }
 
 impl ResidualBlock {
-    fn new(cin: usize, cout: usize, norm: NormKind, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cin: usize,
+        cout: usize,
+        (norm, dims): (NormKind, usize),
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let shortcut = if cin != cout {
             let s = vb.pp("shortcut");
             Some((
-                conv2d(cin, cout, 1, 0, true, s.pp("0"))?,
+                conv_nd(dims, cin, cout, 1, 0, true, s.pp("0"))?,
                 norm2d(norm, cout, s.pp("1"))?,
             ))
         } else {
             None
         };
         Ok(Self {
-            conv1: conv2d(cin, cout, 3, 1, true, vb.pp("conv1"))?,
+            conv1: conv_nd(dims, cin, cout, 3, 1, true, vb.pp("conv1"))?,
             bn1: norm2d(norm, cout, vb.pp("bn1"))?,
-            conv2: conv2d(cout, cout, 3, 1, true, vb.pp("conv2"))?,
+            conv2: conv_nd(dims, cout, cout, 3, 1, true, vb.pp("conv2"))?,
             bn2: norm2d(norm, cout, vb.pp("bn2"))?,
             shortcut,
         })
@@ -84,9 +94,9 @@ struct SpatialAttention {
 }
 
 impl SpatialAttention {
-    fn new(vb: VarBuilder) -> Result<Self> {
+    fn new(dims: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            conv: conv2d(2, 1, 7, 3, true, vb.pp("conv"))?,
+            conv: conv_nd(dims, 2, 1, 7, 3, true, vb.pp("conv"))?,
         })
     }
 
@@ -116,7 +126,7 @@ pub struct ResUNet {
 impl ResUNet {
     /// Builds the network; tensor names are those of the reference.
     pub fn new(cfg: &ResUNetConfig, vb: VarBuilder) -> Result<Self> {
-        let (b, n) = (cfg.base, cfg.norm);
+        let (b, n) = (cfg.base, (cfg.norm, cfg.dims));
         let widths = [
             (cfg.in_channels, b),
             (b, 2 * b),
@@ -136,12 +146,12 @@ impl ResUNet {
         let mut levels = Vec::new();
         for (lvl, w) in [(4, 8 * b), (3, 4 * b), (2, 2 * b), (1, b)] {
             levels.push(DecoderLevel {
-                upconv: conv_transpose2x2(2 * w, w, vb.pp(format!("upconv{lvl}")))?,
-                sam: SpatialAttention::new(vb.pp(format!("sam{lvl}")))?,
+                upconv: conv_transpose_nd(cfg.dims, 2 * w, w, vb.pp(format!("upconv{lvl}")))?,
+                sam: SpatialAttention::new(cfg.dims, vb.pp(format!("sam{lvl}")))?,
                 decoder: ResidualBlock::new(2 * w, w, n, vb.pp(format!("decoder{lvl}")))?,
             });
         }
-        let final_conv = conv2d(b, cfg.out_channels, 1, 0, true, vb.pp("final"))?;
+        let final_conv = conv_nd(cfg.dims, b, cfg.out_channels, 1, 0, true, vb.pp("final"))?;
         Ok(Self {
             cfg: cfg.clone(),
             encoders,
@@ -157,9 +167,9 @@ impl ResUNet {
 
     /// As [`forward_t`](Self::forward_t), reporting each block's output.
     pub fn forward_recorded(&self, x: &Tensor, train: bool, rec: &mut Recorder) -> Result<Tensor> {
-        check_input(x, self.cfg.in_channels)?;
+        let x = check_input(x, self.cfg.in_channels, self.cfg.dims)?;
         let mut skips: Vec<Tensor> = Vec::new();
-        let mut d = x.clone();
+        let mut d = x;
         for (i, e) in self.encoders.iter().enumerate() {
             let input = if i == 0 { d.clone() } else { max_pool2x2(&d)? };
             d = e.forward_t(&input, train)?;
@@ -179,6 +189,6 @@ impl ResUNet {
         }
         let y = self.final_conv.forward(&d)?;
         rec("final", &y);
-        Ok(y)
+        output(y)
     }
 }

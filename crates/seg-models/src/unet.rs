@@ -1,10 +1,10 @@
 //! U-Net (Ronneberger et al. 2015) with the state-dict names of the widely
 //! used milesial/Pytorch-UNet repository, so its checkpoints load unchanged.
 
-use crate::{check_input, Recorder};
+use crate::{check_input, output, Recorder};
 use seg_core::candle::Result;
 use seg_core::layers::{
-    conv2d, conv_norm_act, conv_transpose2x2, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
+    conv_nd, conv_norm_act, conv_transpose_nd, norm2d, Conv2d, ConvTranspose2d, Norm2d, NormKind,
 };
 use seg_core::ops::{cat_channels, max_pool2x2, pad_like, upsample_bilinear2x};
 use seg_core::{Module, Tensor, VarBuilder};
@@ -25,6 +25,10 @@ pub struct UNetConfig {
     pub bilinear: bool,
     /// Normalisation (default batch norm).
     pub norm: NormKind,
+    /// Spatial dimensions: 2 (NCHW images) or 3 (NCDHW volumes, with
+    /// `Conv3d` weights under the same names); default 2.
+    #[serde(skip_serializing_if = "crate::is_two")]
+    pub dims: usize,
 }
 
 impl Default for UNetConfig {
@@ -35,6 +39,7 @@ impl Default for UNetConfig {
             base: 64,
             bilinear: false,
             norm: NormKind::Batch,
+            dims: 2,
         }
     }
 }
@@ -49,12 +54,18 @@ pub(crate) struct DoubleConv {
 }
 
 impl DoubleConv {
-    fn new(cin: usize, cout: usize, mid: usize, norm: NormKind, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cin: usize,
+        cout: usize,
+        mid: usize,
+        (norm, dims): (NormKind, usize),
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let vb = vb.pp("double_conv");
         Ok(Self {
-            c1: conv2d(cin, mid, 3, 1, false, vb.pp("0"))?,
+            c1: conv_nd(dims, cin, mid, 3, 1, false, vb.pp("0"))?,
             n1: norm2d(norm, mid, vb.pp("1"))?,
-            c2: conv2d(mid, cout, 3, 1, false, vb.pp("3"))?,
+            c2: conv_nd(dims, mid, cout, 3, 1, false, vb.pp("3"))?,
             n2: norm2d(norm, cout, vb.pp("4"))?,
         })
     }
@@ -82,7 +93,7 @@ impl Up {
         cin: usize,
         cout: usize,
         bilinear: bool,
-        norm: NormKind,
+        norm: (NormKind, usize),
         vb: VarBuilder,
     ) -> Result<Self> {
         if bilinear {
@@ -92,7 +103,7 @@ impl Up {
             })
         } else {
             Ok(Self {
-                up: Upsample::Transposed(conv_transpose2x2(cin, cin / 2, vb.pp("up"))?),
+                up: Upsample::Transposed(conv_transpose_nd(norm.1, cin, cin / 2, vb.pp("up"))?),
                 conv: DoubleConv::new(cin, cout, cout, norm, vb.pp("conv"))?,
             })
         }
@@ -121,7 +132,11 @@ pub struct UNet {
 impl UNet {
     /// Builds the network; tensor names are those of the reference.
     pub fn new(cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
-        let (b, f, n) = (cfg.base, if cfg.bilinear { 2 } else { 1 }, cfg.norm);
+        let (b, f, n) = (
+            cfg.base,
+            if cfg.bilinear { 2 } else { 1 },
+            (cfg.norm, cfg.dims),
+        );
         let inc = DoubleConv::new(cfg.in_channels, b, b, n, vb.pp("inc"))?;
         let widths = [
             (b, 2 * b),
@@ -150,7 +165,15 @@ impl UNet {
                 vb.pp(format!("up{}", i + 1)),
             )?);
         }
-        let outc = conv2d(b, cfg.out_channels, 1, 0, true, vb.pp("outc").pp("conv"))?;
+        let outc = conv_nd(
+            cfg.dims,
+            b,
+            cfg.out_channels,
+            1,
+            0,
+            true,
+            vb.pp("outc").pp("conv"),
+        )?;
         Ok(Self {
             cfg: cfg.clone(),
             inc,
@@ -167,8 +190,8 @@ impl UNet {
 
     /// As [`forward_t`](Self::forward_t), reporting each block's output.
     pub fn forward_recorded(&self, x: &Tensor, train: bool, rec: &mut Recorder) -> Result<Tensor> {
-        check_input(x, self.cfg.in_channels)?;
-        let mut skips = vec![self.inc.forward_t(x, train)?];
+        let x = check_input(x, self.cfg.in_channels, self.cfg.dims)?;
+        let mut skips = vec![self.inc.forward_t(&x, train)?];
         rec("inc", &skips[0]);
         for (i, d) in self.downs.iter().enumerate() {
             let prev = skips.last().expect("at least the input block");
@@ -184,6 +207,6 @@ impl UNet {
         }
         let y = self.outc.forward(&x)?;
         rec("outc", &y);
-        Ok(y)
+        output(y)
     }
 }

@@ -3,9 +3,9 @@
 //! four heads on X(0,1..4) are stacked on a new leading axis in training and
 //! averaged in inference.
 
-use crate::{check_input, Recorder};
+use crate::{check_input, output, Recorder};
 use seg_core::candle::Result;
-use seg_core::layers::{conv2d, conv_norm_act, norm2d, Conv2d, Norm2d, NormKind};
+use seg_core::layers::{conv_nd, conv_norm_act, norm2d, Conv2d, Norm2d, NormKind};
 use seg_core::ops::{cat_channels, max_pool2x2, pad_like, upsample_bilinear2x};
 use seg_core::{Module, Tensor, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,10 @@ pub struct UNetPlusPlusConfig {
     pub deep_supervision: bool,
     /// Normalisation (default batch norm).
     pub norm: NormKind,
+    /// Spatial dimensions: 2 (NCHW images) or 3 (NCDHW volumes, with
+    /// `Conv3d` weights under the same names); default 2.
+    #[serde(skip_serializing_if = "crate::is_two")]
+    pub dims: usize,
 }
 
 impl Default for UNetPlusPlusConfig {
@@ -36,6 +40,7 @@ impl Default for UNetPlusPlusConfig {
             base: 32,
             deep_supervision: false,
             norm: NormKind::Batch,
+            dims: 2,
         }
     }
 }
@@ -49,11 +54,17 @@ struct VggBlock {
 }
 
 impl VggBlock {
-    fn new(cin: usize, mid: usize, cout: usize, norm: NormKind, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cin: usize,
+        mid: usize,
+        cout: usize,
+        (norm, dims): (NormKind, usize),
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
-            conv1: conv2d(cin, mid, 3, 1, true, vb.pp("conv1"))?,
+            conv1: conv_nd(dims, cin, mid, 3, 1, true, vb.pp("conv1"))?,
             bn1: norm2d(norm, mid, vb.pp("bn1"))?,
-            conv2: conv2d(mid, cout, 3, 1, true, vb.pp("conv2"))?,
+            conv2: conv_nd(dims, mid, cout, 3, 1, true, vb.pp("conv2"))?,
             bn2: norm2d(norm, cout, vb.pp("bn2"))?,
         })
     }
@@ -86,14 +97,21 @@ impl UNetPlusPlus {
                 };
                 nodes.insert(
                     (i, j),
-                    VggBlock::new(cin, w[i], w[i], cfg.norm, vb.pp(format!("conv{i}_{j}")))?,
+                    VggBlock::new(
+                        cin,
+                        w[i],
+                        w[i],
+                        (cfg.norm, cfg.dims),
+                        vb.pp(format!("conv{i}_{j}")),
+                    )?,
                 );
             }
         }
         let heads = if cfg.deep_supervision {
             (1..5)
                 .map(|k| {
-                    conv2d(
+                    conv_nd(
+                        cfg.dims,
                         w[0],
                         cfg.out_channels,
                         1,
@@ -104,7 +122,15 @@ impl UNetPlusPlus {
                 })
                 .collect::<Result<_>>()?
         } else {
-            vec![conv2d(w[0], cfg.out_channels, 1, 0, true, vb.pp("final"))?]
+            vec![conv_nd(
+                cfg.dims,
+                w[0],
+                cfg.out_channels,
+                1,
+                0,
+                true,
+                vb.pp("final"),
+            )?]
         };
         Ok(Self {
             cfg: cfg.clone(),
@@ -121,7 +147,7 @@ impl UNetPlusPlus {
 
     /// As [`forward_t`](Self::forward_t), reporting each block's output.
     pub fn forward_recorded(&self, x: &Tensor, train: bool, rec: &mut Recorder) -> Result<Tensor> {
-        check_input(x, self.cfg.in_channels)?;
+        let x = check_input(x, self.cfg.in_channels, self.cfg.dims)?;
         let node = |i: usize, j: usize| &self.nodes[&(i, j)];
         let mut xs: HashMap<(usize, usize), Tensor> = HashMap::new();
         for i in 0..5 {
@@ -149,7 +175,7 @@ impl UNetPlusPlus {
             for (k, head) in (1..5).zip(&self.heads) {
                 let y = head.forward(&xs[&(0, k)])?;
                 rec(&format!("final{k}"), &y);
-                outs.push(y);
+                outs.push(output(y)?);
             }
             let stacked = Tensor::stack(&outs, 0)?;
             if train {
@@ -160,7 +186,7 @@ impl UNetPlusPlus {
         } else {
             let y = self.heads[0].forward(&xs[&(0, 4)])?;
             rec("final", &y);
-            Ok(y)
+            output(y)
         }
     }
 }

@@ -334,7 +334,20 @@ fn every_fixture_matches_pytorch() {
         }
         return;
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    check_folder(&dir);
+}
+
+/// The 3D networks (`dims = 3`) against `tests/fixtures3d/`, committed:
+/// written by `tests/fixtures3d/make_fixtures_3d.py` from `models3d.py`, the
+/// reference's networks with `Conv3d`, `BatchNorm3d`, `MaxPool3d`,
+/// `ConvTranspose3d` and trilinear / nearest 3D upsampling.
+#[test]
+fn every_3d_fixture_matches_pytorch() {
+    check_folder(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures3d"));
+}
+
+fn check_folder(dir: &Path) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))

@@ -1,5 +1,8 @@
 //! 2D convolution (square kernel, stride 1, "same" padding for odd kernels)
-//! and the 2×2 stride-2 transposed convolution used for learned upsampling.
+//! and the 2×2 stride-2 transposed convolution used for learned upsampling;
+//! with `dims = 3` ([`conv_nd`], [`conv_transpose_nd`]) the same layers hold
+//! `Conv3d` / `ConvTranspose3d` weights and take depth-major volumes
+//! ([`crate::ops::vol`]).
 
 use super::Norm2d;
 use candle_core::{Module, ModuleT, Result, Tensor};
@@ -15,7 +18,8 @@ fn torch_default(fan_in: usize) -> Init {
     }
 }
 
-/// `nn.Conv2d(cin, cout, k, padding=p, bias=...)`.
+/// `nn.Conv2d(cin, cout, k, padding=p, bias=...)`, or `nn.Conv3d` when its
+/// weight is 5-d (built by [`conv_nd`] with `dims = 3`).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -53,8 +57,38 @@ pub fn conv2d(
     })
 }
 
+/// Builds a k×k (`dims = 2`) or k×k×k (`dims = 3`, padding k / 2) convolution.
+pub fn conv_nd(
+    dims: usize,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    padding: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    if dims != 3 {
+        return conv2d(cin, cout, k, padding, bias, vb);
+    }
+    let init = torch_default(cin * k * k * k);
+    let weight = vb.get_with_hints((cout, cin, k, k, k), "weight", init)?;
+    let bias = if bias {
+        Some(vb.get_with_hints(cout, "bias", init)?)
+    } else {
+        None
+    };
+    Ok(Conv2d {
+        weight,
+        bias,
+        padding,
+    })
+}
+
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.weight.rank() == 5 {
+            return crate::ops::vol::conv3d(x, &self.weight, self.bias.as_ref());
+        }
         if self.weight.dims()[2] == 1 && self.padding == 0 && !x.device().is_cpu() {
             let y = pointwise(x, &self.weight)?;
             return match &self.bias {
@@ -94,11 +128,16 @@ pub fn conv_norm_act(
         if fusable {
             let (scale, shift) = bn.eval_scale_shift()?;
             let o = conv.out_channels();
-            let w = conv.weight.broadcast_mul(&scale.reshape((o, 1, 1, 1))?)?;
+            let mut per_out = vec![1; conv.weight.rank()];
+            per_out[0] = o;
+            let w = conv.weight.broadcast_mul(&scale.reshape(per_out)?)?;
             let b = match &conv.bias {
                 Some(b) => ((b * &scale)? + &shift)?,
                 None => shift,
             };
+            if w.rank() == 5 {
+                return crate::ops::vol::conv3d_relu_inference(x, &w, Some(&b), relu);
+            }
             return crate::ops::conv2d_relu_inference(x, &w, Some(&b), conv.padding, relu);
         }
     }
@@ -125,7 +164,8 @@ fn pointwise(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     w2.broadcast_matmul(&x3)?.reshape((n, cout, h, wd))
 }
 
-/// `nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)`: doubles H and W.
+/// `nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)`: doubles H and W
+/// (or `nn.ConvTranspose3d`, doubling D too, when its weight is 5-d).
 #[derive(Debug, Clone)]
 pub struct ConvTranspose2d {
     weight: Tensor,
@@ -141,8 +181,28 @@ pub fn conv_transpose2x2(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv
     Ok(ConvTranspose2d { weight, bias })
 }
 
+/// Builds a 2×2 (`dims = 2`) or 2×2×2 (`dims = 3`, weight `(cin, cout, 2,
+/// 2, 2)`) stride-2 transposed convolution.
+pub fn conv_transpose_nd(
+    dims: usize,
+    cin: usize,
+    cout: usize,
+    vb: VarBuilder,
+) -> Result<ConvTranspose2d> {
+    if dims != 3 {
+        return conv_transpose2x2(cin, cout, vb);
+    }
+    let init = torch_default(cout * 8);
+    let weight = vb.get_with_hints((cin, cout, 2, 2, 2), "weight", init)?;
+    let bias = vb.get_with_hints(cout, "bias", init)?;
+    Ok(ConvTranspose2d { weight, bias })
+}
+
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.weight.rank() == 5 {
+            return crate::ops::vol::conv_transpose3d_2x(x, &self.weight, &self.bias);
+        }
         crate::ops::conv_transpose2x2(x, &self.weight, &self.bias)
     }
 }

@@ -70,6 +70,10 @@ impl BatchNorm2d {
     /// Training mode: normalises with the batch's statistics and updates the
     /// running ones; then ReLU when `relu` (one fused kernel on the CPU).
     pub fn forward_train(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        if x.rank() == 5 {
+            // BatchNorm3d: statistics over N·D·H·W are those of the planes
+            return crate::ops::vol::per_plane(x, |p| self.forward_train(p, relu));
+        }
         let (n, c, h, w) = x.dims4()?;
         let count = (n * h * w) as f64;
         if n * h * w < 2 {
@@ -135,6 +139,11 @@ pub fn group_norm(c: usize, groups: usize, vb: VarBuilder) -> Result<GroupNorm> 
 
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() == 5 {
+            // statistics per sample span every plane: normalise in PyTorch's layout
+            let y = self.inner.forward(&crate::ops::vol::from_depth_major(x)?)?;
+            return crate::ops::vol::to_depth_major(&y);
+        }
         self.inner.forward(x)
     }
 }

@@ -64,6 +64,9 @@ impl CustomOp3 for ChannelAffine {
 
 /// `x·scale + shift` per channel of an NCHW tensor (`scale`, `shift`: (C)).
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    if x.rank() == 5 {
+        return super::vol::per_plane(x, |p| channel_affine(p, scale, shift));
+    }
     if use_cpu_kernel(x) {
         return x.contiguous()?.apply_op3(
             &scale.contiguous()?,

@@ -132,6 +132,9 @@ impl CustomOp1 for ChannelMeanMaxBackward {
 /// (N, C, H, W) → (N, 2, H, W). One kernel on the CPU; elsewhere composed
 /// from [`super::channel_mean`], [`super::channel_max`] and a concatenation.
 pub fn channel_mean_max(x: &Tensor) -> Result<Tensor> {
+    if x.rank() == 5 {
+        return super::vol::per_plane(x, channel_mean_max);
+    }
     if use_cpu_kernel(x) {
         x.contiguous()?.apply_op1(ChannelMeanMax::default())
     } else {

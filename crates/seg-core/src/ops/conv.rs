@@ -22,6 +22,7 @@
 //! sum over all N·H·W pixels. Every output element is computed by one
 //! thread in a fixed order, so results do not depend on thread scheduling.
 
+mod conv3d;
 mod direct;
 mod gemm;
 mod route;
@@ -30,6 +31,7 @@ mod tests;
 mod transpose;
 mod winograd;
 
+pub(crate) use conv3d::{conv3d_composed, conv3d_cpu};
 pub use transpose::{conv_transpose2x2, conv_transpose2x2_reference};
 
 use super::cpu_f32;

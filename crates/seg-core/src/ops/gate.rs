@@ -135,6 +135,10 @@ impl CustomOp2 for GateGrad {
 /// channels. Parallel kernels on the CPU; elsewhere candle's
 /// `broadcast_mul` (also the kernels' reference).
 pub fn spatial_gate(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if x.rank() == 5 {
+        let gp = super::vol::planes(g)?;
+        return super::vol::per_plane(x, |p| spatial_gate(p, &gp));
+    }
     if use_cpu_kernel(x) && use_cpu_kernel(g) {
         x.contiguous()?.apply_op2(&g.contiguous()?, SpatialGate)
     } else {

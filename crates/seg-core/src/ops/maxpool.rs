@@ -94,6 +94,9 @@ impl CustomOp1 for MaxPoolScatter {
 
 /// Max-pooling with a 2×2 window and stride 2; odd heights/widths are floored.
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    if x.rank() == 5 {
+        return super::vol::max_pool3d_2x(x);
+    }
     let (_, _, h, w) = x.dims4()?;
     if h < 2 || w < 2 {
         candle_core::bail!("max-pool 2x2: input {h}x{w} is smaller than the window (the image is too small for this network depth)");

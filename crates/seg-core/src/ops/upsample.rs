@@ -137,6 +137,9 @@ impl CustomOp1 for Bilinear2xBackward {
 
 /// Bilinear ×2 upsampling with `align_corners=True`, differentiable.
 pub fn upsample_bilinear2x(x: &Tensor) -> Result<Tensor> {
+    if x.rank() == 5 {
+        return super::vol::upsample_trilinear2x(x);
+    }
     if use_cpu_kernel(x) {
         x.contiguous()?.apply_op1(Bilinear2x)
     } else {
@@ -233,6 +236,9 @@ impl CustomOp1 for Nearest2xBackward {
 /// Nearest-neighbour ×2 upsampling, differentiable: one parallel kernel
 /// each way on the CPU ([`upsample_nearest2x_reference`] elsewhere).
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    if x.rank() == 5 {
+        return super::vol::upsample_nearest3d_2x(x);
+    }
     if use_cpu_kernel(x) {
         x.contiguous()?.apply_op1(Nearest2x)
     } else {
