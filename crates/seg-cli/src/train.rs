@@ -102,6 +102,9 @@ pub struct TrainArgs {
     /// Planned data: in-plane spacing planes are resampled to, `MM` or `ROW,COL` (mm; pixels for 2D images), or `native` to keep each case's own.
     #[arg(long, value_name = "MM|ROW,COL|native", value_parser = planned::parse_target_spacing)]
     target_spacing: Option<TargetSpacing>,
+    /// Planned volume data: 3 (a 3D network), 2.5 (neighbouring slices as channels) or 2 (single slices); the plan picks 3D for near-isotropic volumes a 3D patch covers.
+    #[arg(long, value_parser = ["2", "2.5", "3"])]
+    dims: Option<String>,
     /// Planned data: flips and 90° rotations in augmentation, `on` or `off` (the plan turns them off along axes where the structures keep a side).
     #[arg(long, value_parser = ["on", "off"])]
     mirror: Option<String>,
@@ -261,12 +264,17 @@ pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
             matches!(cfg.data, DataSource::Synthetic(_))
         }
     };
+    if a.dims.is_some() && auto.is_none() {
+        bail!("--dims applies to planned volume data (NIfTI / DICOM volumes with label maps); 2D image sets train in 2D");
+    }
     let planned_io = auto
         .as_ref()
         .map(|(p, _)| (p.in_channels, p.labels.classes()));
     if let Some(m) = &a.model {
         let base = a.base.unwrap_or(if synthetic { 8 } else { 16 });
-        cfg.model = ModelConfig::from_name(m)?.with_base(base);
+        cfg.model = ModelConfig::from_name(m)?
+            .with_base(base)
+            .with_dims(cfg.model.dims());
         if let Some((i, k)) = planned_io {
             cfg.model = cfg.model.with_in_channels(i).with_out_channels(k);
         }
@@ -327,6 +335,10 @@ pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
     if let Some(p) = a.patch {
         cfg.sampler.size = p;
         cfg.sliding_window.roi = cfg.sliding_window.roi.max(p);
+        if let Some(v) = &mut cfg.volumetric {
+            v.patch = [p; 3];
+            cfg.sliding_window.roi3 = Some([p; 3]);
+        }
     }
     if let Some(l) = &a.loss {
         cfg.loss = Loss::from_name(l).expect("value checked by clap");

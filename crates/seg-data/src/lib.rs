@@ -28,6 +28,7 @@ pub mod io;
 pub mod labelmap;
 pub mod msd;
 pub mod orient;
+pub mod patch3d;
 pub mod preprocess;
 pub mod resample;
 pub mod sample;

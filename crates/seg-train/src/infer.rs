@@ -5,6 +5,10 @@
 //! by the tile batch plus the output accumulators, and no autograd graph is
 //! built (the model runs on detached weights).
 
+mod volume;
+
+pub use volume::predict_volume;
+
 use crate::error::{Error, Result};
 use seg_core::{Device, Tensor};
 use seg_data::sampling::grid_positions;
@@ -38,6 +42,17 @@ pub struct SlidingWindow {
     /// (structures that keep a side) is not averaged over them.
     #[serde(default = "both_axes")]
     pub tta_axes: [bool; 2],
+    /// 3D models: the window's depth, height and width (`roi` is the 2D
+    /// side); `None` for 2D models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roi3: Option<[usize; 3]>,
+    /// 3D models: whether TTA may flip along depth.
+    #[serde(default = "yes")]
+    pub tta_depth: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn both_axes() -> [bool; 2] {
@@ -53,6 +68,8 @@ impl Default for SlidingWindow {
             batch: 4,
             tta: false,
             tta_axes: both_axes(),
+            roi3: None,
+            tta_depth: true,
         }
     }
 }

@@ -181,7 +181,8 @@ impl Loss {
     /// Computes the loss. A deep-supervision output (heads stacked on a
     /// leading axis: rank 5) gives the mean of the per-head losses.
     pub fn compute(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        if logits.rank() == 5 {
+        // deep supervision: heads stacked on a leading axis
+        if logits.rank() == target.rank() + 1 {
             let heads = logits.dim(0)?;
             let mut total: Option<Tensor> = None;
             for k in 0..heads {

@@ -33,6 +33,7 @@
 //! - **validation**: a seeded 20 % of the cases (1–50), whole volumes.
 
 mod fingerprint;
+pub mod volumetric;
 
 pub use fingerprint::{
     discover_labels, fingerprint, read_cases, CaseFingerprint, Fingerprint, IntensityStats,
@@ -95,8 +96,28 @@ pub struct Plan {
     /// side.
     #[serde(default = "both_mirrors")]
     pub mirror: [bool; 2],
+    /// 2 (2D / 2.5D, `context` neighbours) or 3 (a 3D network).
+    #[serde(default = "two")]
+    pub dims: usize,
+    /// The 3D patch (depth = the slice axis, rows, columns) and batch: what
+    /// `dims = 3` trains with (recorded for 2.5D plans too, for `--dims 3`).
+    #[serde(default)]
+    pub patch3: Option<[usize; 3]>,
+    #[serde(default)]
+    pub batch3: usize,
+    /// Whether flips along the slice axis are allowed (3D augmentation).
+    #[serde(default = "yes")]
+    pub mirror_depth: bool,
     /// One line per decision: what and why.
     pub reasons: Vec<String>,
+}
+
+fn two() -> usize {
+    2
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
@@ -177,35 +198,42 @@ pub const MIRROR_CENTRE_TOLERANCE: f64 = 0.1;
 /// structures where they occur: each foreground class's mean position over
 /// the training set within [`MIRROR_CENTRE_TOLERANCE`] of the centre.
 fn mirror_decision(fp: &Fingerprint, pa: usize, pb: usize) -> ([bool; 2], Vec<String>) {
-    let k = fp.labels.classes();
     let mut notes = Vec::new();
     let mut out = [true, true];
     for (slot, axis) in [(0, pa), (1, pb)] {
-        for class in 1..k {
-            let (mut s, mut n) = (0f64, 0u64);
-            for c in &fp.cases {
-                let v = c.label_voxels.get(class).copied().unwrap_or(0);
-                if let Some(m) = c.label_centroids.get(class) {
-                    s += m[axis] * v as f64;
-                    n += v;
-                }
-            }
-            if n == 0 {
-                continue;
-            }
-            let m = s / n as f64;
-            if (m - 0.5).abs() > MIRROR_CENTRE_TOLERANCE {
-                out[slot] = false;
-                notes.push(format!(
-                    "{} sits at {:.2} of the {}",
-                    fp.labels.name(class),
-                    m,
-                    if slot == 0 { "rows" } else { "columns" }
-                ));
-            }
-        }
+        let off = off_centre(fp, axis, if slot == 0 { "rows" } else { "columns" });
+        out[slot] = off.is_empty();
+        notes.extend(off);
     }
     (out, notes)
+}
+
+/// The classes whose mean position along `axis` is more than
+/// [`MIRROR_CENTRE_TOLERANCE`] off the centre, as notes naming the axis.
+fn off_centre(fp: &Fingerprint, axis: usize, name: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    for class in 1..fp.labels.classes() {
+        let (mut s, mut n) = (0f64, 0u64);
+        for c in &fp.cases {
+            let v = c.label_voxels.get(class).copied().unwrap_or(0);
+            if let Some(m) = c.label_centroids.get(class) {
+                s += m[axis] * v as f64;
+                n += v;
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        let m = s / n as f64;
+        if (m - 0.5).abs() > MIRROR_CENTRE_TOLERANCE {
+            notes.push(format!(
+                "{} sits at {:.2} of the {name}",
+                fp.labels.name(class),
+                m
+            ));
+        }
+    }
+    notes
 }
 
 /// Decides the plan from a fingerprint.
@@ -300,6 +328,8 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         )
     });
     let (mirror, notes) = mirror_decision(fp, pa, pb);
+    let depth_notes = off_centre(fp, slice_axis, "slices");
+    let mirror_depth = depth_notes.is_empty();
     reasons.push(match mirror {
         [true, true] => "augmentation: flips and 90° rotations (every structure near the centre of the planes: no side to keep), small rotations and scaling, intensity changes".into(),
         _ => format!(
@@ -321,8 +351,34 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         "patch {patch}: the planes' median larger side is {side} px, rounded to the nearest multiple of 16 (the networks pool 4 times) within 32–256; larger planes are cropped in training and tiled at inference"
     ));
     let batch = ((8 * 128 * 128) / (patch * patch)).clamp(4, 16);
-    reasons.push(format!("batch {batch}: about 8 × 128² pixels per step"));
     let modalities = fp.cases[0].modalities;
+    // 3D or 2.5D (plan/volumetric.rs): the median case as (depth along
+    // the slice axis, rows, columns) at the target spacing
+    let median_case = {
+        let (h, w) = median_pair(&sides_at(target));
+        [median_shape[slice_axis], h, w]
+    };
+    let (three_d, why) = volumetric::decide(fp, median_spacing, median_case);
+    let (patch3, _) = volumetric::patch_for(median_case);
+    let batch3 = volumetric::batch_for(patch3);
+    let (dims, context) = if three_d { (3, 0) } else { (2, context) };
+    if three_d {
+        reasons.retain(|r| !r.starts_with("2.5D") && !r.starts_with("patch "));
+        reasons.push(format!(
+            "{why}; patch {patch3:?}, batch {batch3} (about {} voxels per step); flips along depth {}",
+            volumetric::BATCH_VOXELS,
+            if mirror_depth {
+                "on".to_string()
+            } else {
+                format!("off ({})", depth_notes.join(", "))
+            }
+        ));
+    } else {
+        if fp.volumes {
+            reasons.push(why);
+        }
+        reasons.push(format!("batch {batch}: about 8 × 128² pixels per step"));
+    }
     let in_channels = modalities * (2 * context + 1);
     let val_cases = (n / 5).clamp(1, 50).min(n.saturating_sub(1)).max(1);
     reasons.push(format!(
@@ -343,10 +399,12 @@ pub fn plan(fp: &Fingerprint) -> Plan {
     // per step than the fused BatchNorm (ResUNet 16, 2 × 256², Zen 4): in a
     // time budget that costs more than small-batch statistics do
     let layer_norm = NormKind::Batch;
-    reasons.push(
-        "network: resunet base 16 (16–256 channels), batch normalisation (--norm instance is 2.5–3.5× slower per step here)"
-            .into(),
-    );
+    let model = if three_d { "unet" } else { "resunet" };
+    reasons.push(if three_d {
+        "network: 3D unet base 16 (16–256 channels; nnU-Net's 3D full-resolution network is a plain U-Net), batch normalisation".into()
+    } else {
+        "network: resunet base 16 (16–256 channels), batch normalisation (--norm instance is 2.5–3.5× slower per step here)".into()
+    });
     Plan {
         labels: fp.labels.clone(),
         norm,
@@ -354,8 +412,8 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         context,
         in_channels,
         patch,
-        batch,
-        model: "resunet".into(),
+        batch: if three_d { batch3 } else { batch },
+        model: model.into(),
         base: 16,
         layer_norm,
         val_cases,
@@ -364,8 +422,20 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         target_spacing,
         orientation,
         mirror,
+        dims,
+        patch3: Some(patch3),
+        batch3,
+        mirror_depth,
         reasons,
     }
+}
+
+/// The median of each side of (rows, columns) pairs.
+fn median_pair(v: &[(usize, usize)]) -> (usize, usize) {
+    (
+        median(v.iter().map(|p| p.0).collect()),
+        median(v.iter().map(|p| p.1).collect()),
+    )
 }
 
 /// Batches per epoch of planned runs (nnU-Net's 250).
@@ -404,7 +474,25 @@ impl Plan {
             .with_base(self.base)
             .with_norm(self.layer_norm)
             .with_in_channels(self.in_channels)
-            .with_out_channels(self.labels.classes());
+            .with_out_channels(self.labels.classes())
+            .with_dims(if self.dims == 3 { 3 } else { 2 });
+        let volumetric = match (self.dims, self.patch3) {
+            (3, Some(patch)) => Some(crate::trainer::Volumetric {
+                patch,
+                augment: seg_data::patch3d::Augment3 {
+                    flip_axes: [self.mirror_depth, self.mirror[0], self.mirror[1]],
+                    ..Default::default()
+                },
+            }),
+            (3, None) => {
+                return Err(crate::error::Error::Setting {
+                    setting: "plan.patch3".into(),
+                    expected: "a 3D patch for a 3D plan".into(),
+                    got: "none".into(),
+                })
+            }
+            _ => None,
+        };
         Ok(TrainConfig {
             model,
             data: DataSource::Labelled {
@@ -425,7 +513,8 @@ impl Plan {
             batch: self.batch,
             sampler: PatchSampler {
                 size: self.patch,
-                foreground_ratio: 0.5,
+                // nnU-Net's 3D: a third of the patches on a foreground class
+                foreground_ratio: if volumetric.is_some() { 0.33 } else { 0.5 },
                 inside_fov: false,
             },
             augment: self.augment(AugmentConfig::default()),
@@ -442,13 +531,57 @@ impl Plan {
             plan: Some(self.clone()),
             sliding_window: SlidingWindow {
                 roi: self.patch,
-                overlap: 0.25,
+                overlap: if volumetric.is_some() { 0.5 } else { 0.25 },
                 // test-time flips only where training flipped
                 tta_axes: self.mirror,
+                roi3: volumetric.as_ref().map(|v| v.patch),
+                tta_depth: self.mirror_depth,
+                batch: if volumetric.is_some() { 2 } else { 4 },
                 ..SlidingWindow::default()
             },
+            volumetric,
             ..TrainConfig::default()
         })
+    }
+
+    /// The plan with `dims` forced: `3` a 3D network on the plan's 3D
+    /// patch, `2` one plane (no context), `2.5` one neighbouring plane on
+    /// each side as channels; `modalities` input images per case.
+    pub fn with_dims(mut self, dims: &str, modalities: usize) -> Result<Self> {
+        let (d, context) = match dims {
+            "3" => (3, 0),
+            "2" => (2, 0),
+            "2.5" => (2, 1),
+            _ => {
+                return Err(crate::error::Error::Setting {
+                    setting: "--dims".into(),
+                    expected: "2, 2.5 or 3".into(),
+                    got: dims.into(),
+                })
+            }
+        };
+        if d == 3 && self.patch3.is_none() {
+            return Err(crate::error::Error::Setting {
+                setting: "--dims".into(),
+                expected: "volumes (3D needs a volume dataset)".into(),
+                got: dims.into(),
+            });
+        }
+        if d != self.dims {
+            self.batch = if d == 3 {
+                self.batch3
+            } else {
+                ((8 * 128 * 128) / (self.patch * self.patch)).clamp(4, 16)
+            };
+            if self.model == "unet" && d == 2 || self.model == "resunet" && d == 3 {
+                self.model = if d == 3 { "unet" } else { "resunet" }.into();
+            }
+        }
+        self.dims = d;
+        self.context = context;
+        self.in_channels = modalities * (2 * context + 1);
+        self.reasons.push(format!("--dims {dims}"));
+        Ok(self)
     }
 }
 

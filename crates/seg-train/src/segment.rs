@@ -113,6 +113,8 @@ pub struct Segmenter {
     model: Model,
     info: BundleInfo,
     in_channels: usize,
+    /// 2 (images, planes) or 3 (a 3D network: volumes whole).
+    dims: usize,
     window: SlidingWindow,
     threshold: f32,
     /// Multi-class bundles: keep every class's probability.
@@ -137,6 +139,7 @@ impl Segmenter {
         Ok(Self {
             model: net.inference_model()?,
             in_channels: net.config().in_channels(),
+            dims: net.config().dims(),
             window,
             threshold: info.threshold,
             class_probabilities: false,

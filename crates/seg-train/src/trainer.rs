@@ -20,7 +20,7 @@ mod run;
 mod validate;
 
 pub use budget::{horizon, TimeBudget};
-pub use config::{DataSource, TrainConfig};
+pub use config::{DataSource, TrainConfig, Volumetric};
 pub use data::{load_data, load_labelled, LabelledData};
 pub use run::{EpochRecord, Observer, Outcome, RunPaths, Silent, TrainState, Trainer};
 pub use validate::validate;

@@ -62,6 +62,12 @@ pub(super) fn data_source(a: &TrainArgs, dir: &Path) -> Result<(DataSource, Opti
         ));
     }
     let modalities = fp.cases[0].modalities;
+    if let Some(d) = &a.dims {
+        p = p.with_dims(d, modalities)?;
+    }
+    if let (Some(_), 3) = (a.context, p.dims) {
+        bail!("--context applies to 2D / 2.5D training; a 3D network (--dims 3) sees the volume whole");
+    }
     if let Some(c) = a.context {
         p.context = c;
         p.reasons.push(format!("--context {c}"));

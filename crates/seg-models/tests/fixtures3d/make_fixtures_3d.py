@@ -15,9 +15,15 @@ configuration below it writes OUT_DIR/<name>.safetensors holding:
   loss               BCE-with-logits(out_train, target), mean
   grad.<param>       d loss / d param for every trainable parameter
   after.<buffer>     BN running_mean / running_var after that one train pass
-and the configuration as JSON in the file's metadata under "config" (the
-constructor arguments as in the 2D fixtures, plus "dims": 3) and the input
-shape as JSON under "input_shape".
+and in the file's metadata: "config", the configuration as JSON, serialised
+exactly as make_fixtures.py does (json.dumps of {"model": ..., then the case's
+constructor arguments in the order given below}) with "dims": 3 appended;
+"input_shape" (JSON list); and "seed", the seed the case was built from.
+
+Each case takes the first seed of (--seed)*100 + index + 1000*k, k = 0, 1, ...
+whose float32 fixture lies well inside the parity tolerances of a float64
+evaluation of the same weights and input (see model_case); the script prints
+each case's seed and those ratios. check_models3d.py checks the written files.
 """
 import argparse
 import copy

@@ -6,7 +6,7 @@
 
 use super::{Geometry, Segmentation, Segmenter};
 use crate::error::{Error, Result};
-use crate::infer::predict_planes;
+use crate::infer::{predict_planes, predict_volume};
 use seg_data::labelmap::{SlicePlan, Stack};
 use seg_data::{slicing, Format, Volume};
 use std::path::Path;
@@ -49,21 +49,56 @@ impl Segmenter {
         let mut probs = Vec::with_capacity(stack.slices);
         // per class, the planes of its probability (only when asked for)
         let mut per_class: Vec<Vec<Vec<f32>>> = vec![Vec::new(); if keep { k_classes } else { 0 }];
-        let ks: Vec<usize> = (0..stack.slices).collect();
-        for chunk in ks.chunks(16) {
-            let planes: Vec<Vec<f32>> = chunk
-                .iter()
-                .map(|&k| stack.sample(k, plan.context).image)
-                .collect();
-            let preds = predict_planes(
+        // 3D models: the whole volume through the 3D sliding window, then
+        // plane by plane as below
+        let volume_probs = if self.dims == 3 {
+            Some(predict_volume(
                 &self.model,
-                &planes,
-                expected,
-                stack.height,
-                stack.width,
+                &stack.image,
+                stack.channels,
+                [stack.slices, stack.height, stack.width],
                 &self.window,
                 &self.device,
-            )?;
+            )?)
+        } else {
+            None
+        };
+        let ks: Vec<usize> = (0..stack.slices).collect();
+        for chunk in ks.chunks(16) {
+            let preds = match &volume_probs {
+                Some((all, oc)) => {
+                    let p = stack.height * stack.width;
+                    let vol = stack.slices * p;
+                    chunk
+                        .iter()
+                        .map(|&k| {
+                            let maps: Vec<f32> = (0..*oc)
+                                .flat_map(|ch| {
+                                    all[ch * vol + k * p..ch * vol + (k + 1) * p]
+                                        .iter()
+                                        .copied()
+                                })
+                                .collect();
+                            (maps, *oc)
+                        })
+                        .collect::<Vec<_>>()
+                }
+                None => {
+                    let planes: Vec<Vec<f32>> = chunk
+                        .iter()
+                        .map(|&k| stack.sample(k, plan.context).image)
+                        .collect();
+                    predict_planes(
+                        &self.model,
+                        &planes,
+                        expected,
+                        stack.height,
+                        stack.width,
+                        &self.window,
+                        &self.device,
+                    )?
+                }
+            };
             for (p, oc) in preds {
                 if oc != k_classes {
                     return Err(Error::Channels {

@@ -9,6 +9,7 @@ use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
 use seg_data::augment::AugmentConfig;
 use seg_data::labelmap::SlicePlan;
+use seg_data::patch3d::Augment3;
 use seg_data::sampling::PatchSampler;
 use seg_data::synthetic::SyntheticConfig;
 use seg_data::Preprocess;
@@ -38,6 +39,17 @@ pub enum DataSource {
 }
 
 /// Everything a training run needs.
+/// 3D training: a 3D network (`model.dims = 3`) on patches cut from whole
+/// cases (a labelled dataset's planes as depth).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Volumetric {
+    /// Patch depth, height and width.
+    pub patch: [usize; 3],
+    /// 3D augmentation.
+    #[serde(default)]
+    pub augment: Augment3,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TrainConfig {
@@ -73,6 +85,9 @@ pub struct TrainConfig {
     pub plan: Option<crate::plan::Plan>,
     pub sliding_window: SlidingWindow,
     pub out_dir: PathBuf,
+    /// 3D training (`None`: 2D / 2.5D).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volumetric: Option<Volumetric>,
 }
 
 impl TrainConfig {
@@ -157,6 +172,29 @@ impl TrainConfig {
                 return bad("max_seconds", "a positive number", t);
             }
         }
+        match (&self.volumetric, self.model.dims()) {
+            (Some(v), 3) => {
+                if !matches!(self.data, DataSource::Labelled { .. }) {
+                    return bad(
+                        "volumetric",
+                        "a labelled (volume / label-map) dataset",
+                        "2D images",
+                    );
+                }
+                if let Some(&s) = v.patch.iter().find(|&&s| !(16..=MAX).contains(&s)) {
+                    return bad("volumetric.patch", "sides between 16 and 65536", s);
+                }
+            }
+            (None, 2) => {}
+            (Some(_), d) => return bad("model.dims", "3 for volumetric training", d),
+            (None, d) => {
+                return bad(
+                    "volumetric",
+                    "a 3D patch for a 3D model",
+                    format!("none (dims {d})"),
+                )
+            }
+        }
         self.schedule.validate()?;
         Ok(())
     }
@@ -208,6 +246,7 @@ impl Default for TrainConfig {
                 ..SlidingWindow::default()
             },
             out_dir: PathBuf::from("runs/latest"),
+            volumetric: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use super::config::{DataSource, TrainConfig};
 use crate::error::{Error, Result};
 use seg_data::dataset::{self, DriveSplit};
 use seg_data::labelmap::{SlicePlan, Stack};
+use seg_data::patch3d::VoxelIndex;
 use seg_data::sampling::ClassIndex;
 use seg_data::spec::{DatasetKind, DatasetSpec};
 use seg_data::Sample;
@@ -17,6 +18,9 @@ pub struct LabelledData {
     pub plan: SlicePlan,
     pub val: Vec<Stack>,
     pub index: ClassIndex,
+    /// 3D training: the training cases whole (their planes are then not
+    /// cut into samples) and where each class lies in them.
+    pub volumes: Option<(Vec<Stack>, VoxelIndex)>,
 }
 
 /// Loads a [`DataSource::Labelled`] dataset: cases split by the seed (whole
@@ -28,6 +32,7 @@ pub fn load_labelled(
     slices: &SlicePlan,
     val_count: usize,
     seed: u64,
+    volumetric: bool,
 ) -> Result<(Vec<Sample>, LabelledData)> {
     let kind = DatasetKind::from_name(layout).ok_or_else(|| Error::Setting {
         setting: "data.layout".into(),
@@ -65,18 +70,32 @@ pub fn load_labelled(
             })
             .collect()
     };
-    let train: Vec<Sample> = stacks(&train_cases)?
+    let train_stacks = stacks(&train_cases)?;
+    let val = stacks(&val_cases)?;
+    if volumetric {
+        let voxels = VoxelIndex::new(&train_stacks, slices.labels.classes());
+        return Ok((
+            Vec::new(),
+            LabelledData {
+                plan: slices.clone(),
+                val,
+                index: ClassIndex::default(),
+                volumes: Some((train_stacks, voxels)),
+            },
+        ));
+    }
+    let train: Vec<Sample> = train_stacks
         .iter()
         .flat_map(|s| s.samples(slices.context))
         .collect();
     let index = ClassIndex::new(&train, slices.labels.classes());
-    let val = stacks(&val_cases)?;
     Ok((
         train,
         LabelledData {
             plan: slices.clone(),
             val,
             index,
+            volumes: None,
         },
     ))
 }
@@ -107,7 +126,14 @@ pub(super) fn load(cfg: &TrainConfig) -> Result<(Vec<Sample>, Vec<Sample>, Optio
             layout,
             slices,
         } => {
-            let (train, data) = load_labelled(root, layout, slices, cfg.val_count, cfg.seed)?;
+            let (train, data) = load_labelled(
+                root,
+                layout,
+                slices,
+                cfg.val_count,
+                cfg.seed,
+                cfg.volumetric.is_some(),
+            )?;
             return Ok((train, Vec::new(), Some(data)));
         }
         DataSource::Synthetic(s) => dataset::load_synthetic(s, &cfg.preprocess)?,

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::optim::Optimizer;
 use crate::schedule::Scheduler;
 use seg_core::{Device, Tensor};
+use seg_data::patch3d::random_batch_3d;
 use seg_data::sampling::{random_batch, random_batch_balanced};
 use seg_data::Sample;
 use seg_models::Network;
@@ -173,13 +174,16 @@ impl Trainer {
                 });
             }
         }
-        if train.is_empty() {
+        let channels = match labelled.as_ref().and_then(|d| d.volumes.as_ref()) {
+            Some((stacks, _)) => stacks.first().map(|s| s.channels),
+            None => train.first().map(|s| s.channels),
+        };
+        let Some(channels) = channels else {
             return Err(Error::TooFewCases {
                 found: 0,
                 needed: 2,
             });
-        }
-        let channels = train[0].channels;
+        };
         if channels != cfg.model.in_channels() {
             return Err(Error::Channels {
                 got: channels,
@@ -260,10 +264,13 @@ impl Trainer {
             Some(d) => d.val.iter().map(|s| s.id.clone()).collect(),
             None => val.iter().map(|s| s.id.clone()).collect(),
         };
-        let mut train_ids: Vec<String> = train
-            .iter()
-            .map(|s| s.id.split('#').next().unwrap_or(&s.id).to_string())
-            .collect();
+        let mut train_ids: Vec<String> = match labelled.as_ref().and_then(|d| d.volumes.as_ref()) {
+            Some((stacks, _)) => stacks.iter().map(|s| s.id.clone()).collect(),
+            None => train
+                .iter()
+                .map(|s| s.id.split('#').next().unwrap_or(&s.id).to_string())
+                .collect(),
+        };
         train_ids.dedup();
         let split = serde_json::json!({
             "seed": cfg.seed,
@@ -307,6 +314,11 @@ impl Trainer {
     /// slices and validation cases).
     pub fn split_sizes(&self) -> (usize, usize) {
         match &self.labelled {
+            Some(LabelledData {
+                volumes: Some((stacks, _)),
+                val,
+                ..
+            }) => (stacks.len(), val.len()),
             Some(d) => (self.train.len(), d.val.len()),
             None => (self.train.len(), self.val.len()),
         }
@@ -365,26 +377,43 @@ impl Trainer {
                     break;
                 }
                 let step_started = Instant::now();
-                let batch = match &self.labelled {
-                    Some(d) => random_batch_balanced(
-                        &self.train,
-                        &d.index,
-                        &self.cfg.sampler,
-                        &self.cfg.augment,
-                        self.cfg.batch,
-                        self.cfg.seed,
-                        self.state.global_step,
-                    )?,
-                    None => random_batch(
-                        &self.train,
-                        &self.cfg.sampler,
-                        &self.cfg.augment,
-                        self.cfg.batch,
-                        self.cfg.seed,
-                        self.state.global_step,
-                    )?,
-                };
-                let (x, mut y, _fov) = batch.to_tensors(&self.device)?;
+                let volumes = self.labelled.as_ref().and_then(|d| d.volumes.as_ref());
+                let (x, mut y) =
+                    if let (Some(v), Some((stacks, voxels))) = (&self.cfg.volumetric, volumes) {
+                        random_batch_3d(
+                            stacks,
+                            voxels,
+                            v.patch,
+                            self.cfg.sampler.foreground_ratio,
+                            &v.augment,
+                            self.cfg.batch,
+                            self.cfg.seed,
+                            self.state.global_step,
+                        )?
+                        .to_tensors(&self.device)?
+                    } else {
+                        let batch = match &self.labelled {
+                            Some(d) => random_batch_balanced(
+                                &self.train,
+                                &d.index,
+                                &self.cfg.sampler,
+                                &self.cfg.augment,
+                                self.cfg.batch,
+                                self.cfg.seed,
+                                self.state.global_step,
+                            )?,
+                            None => random_batch(
+                                &self.train,
+                                &self.cfg.sampler,
+                                &self.cfg.augment,
+                                self.cfg.batch,
+                                self.cfg.seed,
+                                self.state.global_step,
+                            )?,
+                        };
+                        let (x, y, _fov) = batch.to_tensors(&self.device)?;
+                        (x, y)
+                    };
                 if self.labelled.is_some() {
                     y = one_hot(&y, self.cfg.model.out_channels())?;
                 } else if multiclass {
@@ -536,12 +565,16 @@ fn median_fov_diameter(train: &[Sample]) -> Option<f64> {
 
 /// Class indices `(N, 1, H, W)` as one-hot `(N, K, H, W)` f32.
 fn one_hot(y: &Tensor, k: usize) -> Result<Tensor> {
-    let (n, _, h, w) = y.dims4()?;
+    // (N, 1, spatial...) → (N, K, spatial...)
+    let mut dims = y.dims().to_vec();
+    dims[1] = k;
+    let mut per_class = vec![1; dims.len()];
+    per_class[1] = k;
     let classes = Tensor::arange(0u32, k as u32, y.device())?
         .to_dtype(seg_core::DType::F32)?
-        .reshape((1, k, 1, 1))?
-        .broadcast_as((n, k, h, w))?;
-    Ok(y.broadcast_as((n, k, h, w))?
+        .reshape(per_class)?
+        .broadcast_as(dims.as_slice())?;
+    Ok(y.broadcast_as(dims.as_slice())?
         .eq(&classes)?
         .to_dtype(seg_core::DType::F32)?)
 }

@@ -125,8 +125,40 @@ pub fn validate_stacks(
         let mut tp = vec![0u64; classes];
         let mut npred = vec![0u64; classes];
         let mut ngt = vec![0u64; classes];
+        let mut count = |probs: &[f32], c: usize, gt: &[u8]| {
+            let n = gt.len();
+            for (i, &g) in gt.iter().enumerate() {
+                let mut best = 0;
+                for ch in 1..c {
+                    if probs[ch * n + i] > probs[best * n + i] {
+                        best = ch;
+                    }
+                }
+                npred[best] += 1;
+                ngt[g as usize] += 1;
+                if best == g as usize {
+                    tp[best] += 1;
+                }
+            }
+        };
+        if net.config().dims() == 3 {
+            // a 3D model: the whole case through the 3D sliding window
+            let (probs, c) = infer::predict_volume(
+                &model,
+                &st.image,
+                st.channels,
+                [st.slices, st.height, st.width],
+                sw,
+                net.device(),
+            )?;
+            count(&probs, c, label);
+        }
         let first = (stride / 2).min(st.slices.saturating_sub(1));
-        let ks: Vec<usize> = (first..st.slices).step_by(stride).collect();
+        let ks: Vec<usize> = if net.config().dims() == 3 {
+            Vec::new()
+        } else {
+            (first..st.slices).step_by(stride).collect()
+        };
         for chunk in ks.chunks(16) {
             let planes: Vec<Vec<f32>> =
                 chunk.iter().map(|&k| st.sample(k, context).image).collect();
@@ -141,20 +173,7 @@ pub fn validate_stacks(
                 net.device(),
             )?;
             for (&k, (probs, c)) in chunk.iter().zip(preds) {
-                let gt = &label[k * plane..(k + 1) * plane];
-                for (i, &g) in gt.iter().enumerate() {
-                    let mut best = 0;
-                    for ch in 1..c {
-                        if probs[ch * plane + i] > probs[best * plane + i] {
-                            best = ch;
-                        }
-                    }
-                    npred[best] += 1;
-                    ngt[g as usize] += 1;
-                    if best == g as usize {
-                        tp[best] += 1;
-                    }
-                }
+                count(&probs, c, &label[k * plane..(k + 1) * plane]);
             }
         }
         for k in 1..classes {
