@@ -5,6 +5,10 @@
 //! on one 1×C×584×565 image). Each side runs in its own process (so each
 //! reports its own peak RSS); with `--peer` the sides alternate, A B A B …,
 //! and each ratio is seg/pytorch of one pair, the reported ratio their median.
+//!
+//! `--dims 3` runs the 3D networks (NCDHW) instead, against
+//! `xtask/peer/torch_peer3d.py`: `train` on a random N×C×S×S×S batch, `infer`
+//! on one 1×C×S×S×S volume (S = 128 unless `--size` says otherwise).
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -20,7 +24,11 @@ pub struct Case {
     pub in_channels: usize,
     pub mode: String,
     pub batch: usize,
+    /// The side of a train batch's images; with `dims` 3, also the side of
+    /// the infer volume (2D inference is always on one 584×565 image).
     pub size: usize,
+    /// 2 (NCHW images) or 3 (NCDHW volumes, the networks' 3D layers).
+    pub dims: usize,
 }
 
 impl Case {
@@ -35,6 +43,28 @@ impl Case {
             "--mode".into(),
             self.mode.clone(),
         ];
+        if self.dims == 3 {
+            let side = self.size.to_string();
+            v.extend(["--dims".into(), "3".into()]);
+            if self.mode == "train" {
+                v.extend([
+                    "--batch".into(),
+                    self.batch.to_string(),
+                    "--size".into(),
+                    side,
+                ]);
+            } else {
+                v.extend([
+                    "--depth".into(),
+                    side.clone(),
+                    "--height".into(),
+                    side.clone(),
+                    "--width".into(),
+                    side,
+                ]);
+            }
+            return v;
+        }
         if self.mode == "train" {
             v.extend([
                 "--batch".into(),
@@ -53,7 +83,12 @@ impl Case {
         v
     }
 
-    fn shape(&self) -> Vec<usize> {
+    /// The input's shape: (N, C, H, W), or (N, C, D, H, W) with `dims` 3.
+    pub fn shape(&self) -> Vec<usize> {
+        if self.dims == 3 {
+            let n = if self.mode == "train" { self.batch } else { 1 };
+            return vec![n, self.in_channels, self.size, self.size, self.size];
+        }
         if self.mode == "train" {
             vec![self.batch, self.in_channels, self.size, self.size]
         } else {
@@ -75,6 +110,7 @@ pub fn default_cases() -> Vec<Case> {
                 mode: mode.into(),
                 batch,
                 size,
+                dims: 2,
             });
         }
     }
@@ -87,10 +123,45 @@ pub fn default_cases() -> Vec<Case> {
                 mode: mode.into(),
                 batch,
                 size,
+                dims: 2,
             });
         }
     }
     v
+}
+
+/// The 3D cases of one network: `train` on a batch of `batch` S×S×S volumes
+/// (S = `size`, default 64) and `infer` on one volume (S = `size`, default
+/// 128), for each of `modes`.
+pub fn cases_3d(
+    model: &str,
+    base: usize,
+    in_channels: usize,
+    modes: &[String],
+    batch: usize,
+    size: Option<usize>,
+) -> Vec<Case> {
+    modes
+        .iter()
+        .map(|mode| {
+            let train = mode == "train";
+            Case {
+                model: model.into(),
+                base,
+                in_channels,
+                mode: mode.clone(),
+                batch: if train { batch } else { 1 },
+                size: size.unwrap_or(if train { 64 } else { 128 }),
+                dims: 3,
+            }
+        })
+        .collect()
+}
+
+/// The default 3D set: U-Net base 16, one input channel, a train step on
+/// 2×1×64³ and inference on one 1×1×128³ volume.
+pub fn default_cases_3d() -> Vec<Case> {
+    cases_3d("unet", 16, 1, &["train".into(), "infer".into()], 2, None)
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), MiB.
@@ -109,13 +180,16 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
     use seg_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
     let cfg = ModelConfig::from_name(&case.model)?
         .with_base(case.base)
-        .with_in_channels(case.in_channels);
+        .with_in_channels(case.in_channels)
+        .with_dims(case.dims);
     let net = Network::new(&cfg, &Device::Cpu, 0)?;
     let params = net.params().num_trainable();
     let shape = case.shape();
     let x = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu)?;
     let mut step: Box<dyn FnMut() -> Result<()> + Send> = if case.mode == "train" {
-        let y = Tensor::rand(0f32, 1.0, (shape[0], 1, shape[2], shape[3]), &Device::Cpu)?
+        let mut y_shape = shape.clone();
+        y_shape[1] = 1;
+        let y = Tensor::rand(0f32, 1.0, y_shape.as_slice(), &Device::Cpu)?
             .ge(0.8)?
             .to_dtype(DType::F32)?;
         let mut opt = Optimizer::new(
@@ -129,9 +203,11 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
             net.params().trainable(),
         );
         let net = net.clone();
+        // deep supervision stacks its heads in front: (heads, N, C, spatial…)
+        let stacked_rank = case.dims + 3;
         Box::new(move || {
             let mut out = net.forward_t(&x, true)?;
-            if out.rank() == 5 {
+            if out.rank() == stacked_rank {
                 out = out.mean(0)?;
             }
             let loss = seg_train::losses::bce(&out, &y, None)?;
@@ -160,7 +236,7 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let med = median(times.clone());
-    let pixels: usize = shape[0] * shape[2] * shape[3];
+    let pixels: usize = shape[0] * shape[2..].iter().product::<usize>();
     println!(
         "{}",
         json!({
@@ -321,5 +397,64 @@ mod tests {
         for m in ["resunet", "attention_unet", "unetpp"] {
             assert_eq!(c.iter().filter(|c| c.model == m).count(), 2);
         }
+        assert!(c.iter().all(|c| c.dims == 2 && c.shape().len() == 4));
+    }
+
+    #[test]
+    fn default_3d_set_is_a_unet_step_and_a_volume() {
+        let c = default_cases_3d();
+        assert_eq!(c.len(), 2);
+        assert!(c
+            .iter()
+            .all(|c| c.model == "unet" && c.base == 16 && c.in_channels == 1 && c.dims == 3));
+        assert_eq!(c[0].mode, "train");
+        assert_eq!(c[0].shape(), [2, 1, 64, 64, 64]);
+        assert_eq!(c[1].mode, "infer");
+        assert_eq!(c[1].shape(), [1, 1, 128, 128, 128]);
+        // both sides are told the volume's shape
+        let a = c[0].args();
+        assert!(a.windows(2).any(|w| w == ["--dims", "3"]));
+        assert!(a.windows(2).any(|w| w == ["--size", "64"]));
+        let a = c[1].args();
+        for flag in ["--depth", "--height", "--width"] {
+            assert!(a.windows(2).any(|w| w == [flag, "128"]), "{a:?}");
+        }
+        // --size overrides the side of both
+        let c = cases_3d("resunet", 8, 2, &["infer".into()], 4, Some(32));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].shape(), [1, 2, 32, 32, 32]);
+    }
+
+    #[test]
+    fn two_d_arguments_are_unchanged() {
+        let c = &default_cases()[0];
+        assert_eq!(
+            c.args(),
+            [
+                "--model",
+                "unet",
+                "--base",
+                "16",
+                "--in-channels",
+                "3",
+                "--mode",
+                "train",
+                "--batch",
+                "8",
+                "--size",
+                "64"
+            ]
+        );
+        let c = default_cases()
+            .into_iter()
+            .find(|c| c.mode == "infer")
+            .unwrap();
+        assert_eq!(c.shape(), [1, 3, 584, 565]);
+        assert!(c.args().ends_with(&[
+            "--height".into(),
+            "584".into(),
+            "--width".into(),
+            "565".into()
+        ]));
     }
 }

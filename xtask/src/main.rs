@@ -50,15 +50,24 @@ enum Task {
         model: Option<String>,
         #[arg(long)]
         base: Option<usize>,
-        #[arg(long, default_value_t = 3)]
-        in_channels: usize,
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        #[arg(long, default_value_t = 64)]
-        size: usize,
+        /// Input channels [default: 3; 1 with --dims 3].
+        #[arg(long)]
+        in_channels: Option<usize>,
+        /// Train batch [default: 8; 2 with --dims 3].
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Train image side [default: 64]; with --dims 3 the cube side of
+        /// train and infer [default: 64 and 128].
+        #[arg(long)]
+        size: Option<usize>,
         /// train or infer (default: both, with --model).
         #[arg(long)]
         mode: Option<String>,
+        /// 2 (images) or 3 (volumes: the 3D networks, default U-Net base 16,
+        /// train 2×1×64³ and infer 1×1×128³; --model, --base, --mode, --batch,
+        /// --size and --in-channels change it).
+        #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=3))]
+        dims: usize,
         #[arg(long, default_value_t = 10)]
         reps: usize,
         #[arg(long, default_value_t = 2)]
@@ -66,11 +75,13 @@ enum Task {
         /// Alternating seg/peer rounds per configuration.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// A Python interpreter with torch: runs shared/bench/torch_peer.py alternately.
+        /// A Python interpreter with torch: runs the peer script alternately.
         #[arg(long)]
         peer: Option<String>,
-        #[arg(long, default_value = "../shared/bench/torch_peer.py")]
-        peer_script: std::path::PathBuf,
+        /// The peer script [default: ../shared/bench/torch_peer.py; with
+        /// --dims 3 xtask/peer/torch_peer3d.py].
+        #[arg(long)]
+        peer_script: Option<std::path::PathBuf>,
     },
     /// Time each 3×3 convolution of a U-Net on its own (a profiling aid).
     #[command(hide = true)]
@@ -106,10 +117,17 @@ enum Task {
         batch: usize,
         #[arg(long, default_value_t = 64)]
         size: usize,
-        #[arg(long, default_value_t = 584)]
-        height: usize,
-        #[arg(long, default_value_t = 565)]
-        width: usize,
+        /// 2D inference is on 584×565 whatever these say.
+        #[arg(long)]
+        height: Option<usize>,
+        #[arg(long)]
+        width: Option<usize>,
+        /// 3D inference: the volume's side (a cube: --height and --width, if
+        /// given, must be the same).
+        #[arg(long)]
+        depth: Option<usize>,
+        #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=3))]
+        dims: usize,
         #[arg(long, default_value_t = 10)]
         reps: usize,
         #[arg(long, default_value_t = 2)]
@@ -132,6 +150,37 @@ enum Task {
     },
 }
 
+/// The peer script when `--peer-script` is not given: the 2D peer in
+/// ../shared, or, for 3D, ours in xtask/peer/ (from the workspace root, else
+/// where this xtask was built from).
+fn default_peer_script(dims: usize) -> std::path::PathBuf {
+    if dims == 3 {
+        let here = std::path::PathBuf::from("xtask/peer/torch_peer3d.py");
+        if here.is_file() {
+            here
+        } else {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/torch_peer3d.py")
+        }
+    } else {
+        "../shared/bench/torch_peer.py".into()
+    }
+}
+
+/// `bench-one`'s case: a 3D infer volume is a cube of side --depth (or
+/// --size); 2D inference ignores --height/--width (always 584×565).
+fn bench_one_case(
+    mut case: bench::Case,
+    [depth, height, width]: [Option<usize>; 3],
+) -> Result<bench::Case> {
+    if case.dims == 3 && case.mode != "train" {
+        case.size = depth.unwrap_or(case.size);
+        if [height, width].iter().flatten().any(|&s| s != case.size) {
+            anyhow::bail!("3D inference takes a cube: --depth, --height and --width must be equal");
+        }
+    }
+    Ok(case)
+}
+
 fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
@@ -151,32 +200,45 @@ fn main() {
             batch,
             size,
             mode,
+            dims,
             reps,
             warmup,
             rounds,
             peer,
             peer_script,
         } => {
-            let cases = match model {
-                None => bench::default_cases(),
-                Some(m) => {
-                    let modes: Vec<String> = match mode {
-                        Some(x) => vec![x],
-                        None => vec!["train".into(), "infer".into()],
-                    };
-                    modes
+            let modes: Vec<String> = match mode {
+                Some(x) => vec![x],
+                None => vec!["train".into(), "infer".into()],
+            };
+            let cases = if dims == 3 {
+                // one network by default, so the other flags apply to it too
+                bench::cases_3d(
+                    model.as_deref().unwrap_or("unet"),
+                    base.unwrap_or(16),
+                    in_channels.unwrap_or(1),
+                    &modes,
+                    batch.unwrap_or(2),
+                    size,
+                )
+            } else {
+                match model {
+                    None => bench::default_cases(),
+                    Some(m) => modes
                         .into_iter()
                         .map(|mode| bench::Case {
                             model: m.clone(),
                             base: base.unwrap_or(16),
-                            in_channels,
+                            in_channels: in_channels.unwrap_or(3),
                             mode,
-                            batch,
-                            size,
+                            batch: batch.unwrap_or(8),
+                            size: size.unwrap_or(64),
+                            dims: 2,
                         })
-                        .collect()
+                        .collect(),
                 }
             };
+            let peer_script = peer_script.unwrap_or_else(|| default_peer_script(dims));
             if peer.is_some() && !peer_script.is_file() {
                 eprintln!(
                     "error: peer script {} not found (pass --peer-script)",
@@ -212,22 +274,25 @@ fn main() {
             mode,
             batch,
             size,
-            height: _,
-            width: _,
+            height,
+            width,
+            depth,
+            dims,
             reps,
             warmup,
-        } => bench::run_one(
-            &bench::Case {
+        } => bench_one_case(
+            bench::Case {
                 model,
                 base,
                 in_channels,
                 mode,
                 batch,
                 size,
+                dims,
             },
-            reps,
-            warmup,
-        ),
+            [depth, height, width],
+        )
+        .and_then(|case| bench::run_one(&case, reps, warmup)),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -85,3 +85,70 @@ fn bench_reports_seg_alone_and_ratios_against_a_peer() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_dims_3_runs_volumes_and_tells_the_peer() {
+    // a stand-in peer that answers only when given the 3D infer volume
+    let dir = std::env::temp_dir().join(format!("xtask-bench3d-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("peer3d.sh");
+    std::fs::write(
+        &script,
+        "case \"$*\" in *'--dims 3 --depth 16 --height 16 --width 16'*) \
+         echo '{\"impl\": \"pytorch\", \"ms_median\": 1000.0, \"peak_rss_mib\": 1.0}';; \
+         *) echo \"unexpected: $*\" >&2; exit 1;; esac\n",
+    )
+    .unwrap();
+    let out = xtask()
+        .args([
+            "bench",
+            "--dims",
+            "3",
+            "--base",
+            "2",
+            "--size",
+            "16",
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--rounds",
+            "1",
+            "--mode",
+            "infer",
+            "--peer",
+            "sh",
+            "--peer-script",
+        ])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = json_lines(&out.stdout);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["shape"], serde_json::json!([1, 1, 16, 16, 16]));
+    assert_eq!(rows[0]["peer_ms_median"].as_f64(), Some(1000.0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("| unet | 2 | infer | [1,1,16,16,16] |"));
+
+    // a train step on a 3D batch, seg alone
+    let out = xtask()
+        .args([
+            "bench", "--dims", "3", "--model", "unet", "--base", "2", "--batch", "2", "--size",
+            "16", "--mode", "train", "--reps", "1", "--warmup", "0", "--rounds", "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = json_lines(&out.stdout);
+    assert_eq!(rows[0]["shape"], serde_json::json!([2, 1, 16, 16, 16]));
+    assert!(rows[0]["seg_ms_median"].as_f64().unwrap() > 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

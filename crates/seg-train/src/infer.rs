@@ -338,7 +338,7 @@ mod tests {
                 blend: Blend::Gaussian,
                 batch: 3,
                 tta: false,
-                tta_axes: [true, true],
+                ..SlidingWindow::default()
             },
             &Device::Cpu,
         )

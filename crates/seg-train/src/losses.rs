@@ -179,7 +179,8 @@ impl Loss {
     }
 
     /// Computes the loss. A deep-supervision output (heads stacked on a
-    /// leading axis: rank 5) gives the mean of the per-head losses.
+    /// leading axis: one rank more than the target) gives the mean of the
+    /// per-head losses.
     pub fn compute(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         // deep supervision: heads stacked on a leading axis
         if logits.rank() == target.rank() + 1 {

@@ -391,9 +391,10 @@ pub fn plan(fp: &Fingerprint) -> Plan {
         })
         .collect();
     reasons.push(format!(
-        "{} classes ({}); loss: cross-entropy + soft Dice; half the patches centred on a class drawn uniformly among the foreground classes",
+        "{} classes ({}); loss: cross-entropy + soft Dice; {} of the patches centred on a class drawn uniformly among the foreground classes",
         fp.labels.classes(),
-        freq.join(", ")
+        freq.join(", "),
+        if three_d { "a third (nnU-Net's 3D)" } else { "half" }
     ));
     // InstanceNorm is built as GroupNorm here and measured 2.5–3.5× slower
     // per step than the fused BatchNorm (ResUNet 16, 2 × 256², Zen 4): in a
@@ -580,7 +581,13 @@ impl Plan {
         self.dims = d;
         self.context = context;
         self.in_channels = modalities * (2 * context + 1);
-        self.reasons.push(format!("--dims {dims}"));
+        self.reasons.push(match (d, self.patch3) {
+            (3, Some(p)) => format!(
+                "--dims 3: a 3D network on patches {p:?}, batch {}",
+                self.batch
+            ),
+            _ => format!("--dims {dims}: context {context}"),
+        });
         Ok(self)
     }
 }

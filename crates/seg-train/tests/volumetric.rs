@@ -75,7 +75,7 @@ fn isotropic_volumes_are_planned_in_3d_trained_and_predicted() {
     assert_eq!(plan.dims, 3, "{:#?}", plan.reasons);
     assert_eq!((plan.context, plan.in_channels), (0, 1));
     // depth = the slice axis (z, 22), then rows (x, 20) and columns (y, 18)
-    assert_eq!(plan.patch3, Some([32, 32, 32]));
+    assert_eq!(plan.patch3, Some([24, 24, 24]));
     assert!(plan.reasons.iter().any(|r| r.starts_with("dims 3")));
     // --dims overrides the plan both ways
     let flat = plan.clone().with_dims("2.5", 1).unwrap();
@@ -90,7 +90,7 @@ fn isotropic_volumes_are_planned_in_3d_trained_and_predicted() {
     let run = tmp("run");
     let mut cfg = plan.train_config(&root, spec.kind().name()).unwrap();
     assert_eq!(cfg.model.dims(), 3);
-    assert_eq!(cfg.sliding_window.roi3, Some([32, 32, 32]));
+    assert_eq!(cfg.sliding_window.roi3, Some([24, 24, 24]));
     cfg.model = cfg.model.with_base(8);
     cfg.epochs = 10;
     cfg.steps_per_epoch = 20;

@@ -18,16 +18,21 @@ pub(super) struct Progress {
 impl Observer for Progress {
     fn on_start(&mut self, cfg: &TrainConfig, state: &TrainState, train: usize, val: usize) {
         self.history = state.history.clone();
+        let (kind, what, patch) = match &cfg.volumetric {
+            Some(v) => (
+                "3D ",
+                "cases",
+                format!("{}x{}x{}", v.patch[0], v.patch[1], v.patch[2]),
+            ),
+            None => ("", "images", format!("{}px", cfg.sampler.size)),
+        };
         eprintln!(
-            "training {} (base {}) on {} images, validating on {}; {} epochs x {} batches of {} patches {}px; output {}",
+            "training {kind}{} (base {}) on {train} {what}, validating on {val}; {} epochs x {} batches of {} patches {patch}; output {}",
             cfg.model.name(),
             cfg.model.base(),
-            train,
-            val,
             cfg.epochs,
             cfg.steps_per_epoch,
             cfg.batch,
-            cfg.sampler.size,
             cfg.out_dir.display()
         );
         if let Some(t) = cfg.max_seconds {

@@ -148,8 +148,9 @@ pub fn predict_volume(
             for z in 0..roi[0].min(d.saturating_sub(p[0])) {
                 for y in 0..roi[1].min(h.saturating_sub(p[1])) {
                     let gzy = g[0][z] * g[1][y];
-                    for x in 0..roi[2].min(w.saturating_sub(p[2])) {
-                        let wv = gzy * g[2][x];
+                    let len = roi[2].min(w.saturating_sub(p[2]));
+                    for (x, &gx) in g[2].iter().enumerate().take(len) {
+                        let wv = gzy * gx;
                         let o = ((p[0] + z) * h + p[1] + y) * w + p[2] + x;
                         norm[o] += wv;
                         for ch in 0..k {

@@ -9,8 +9,10 @@
 //!   smallest; anisotropic volumes are planned as 2.5D along the coarse
 //!   axis, as nnU-Net's 2D), and
 //! - one patch covers the median case whole: the median (resampled) shape,
-//!   each side rounded up to a multiple of 16 (the networks pool four
-//!   times), is at most [`MAX_PATCH_VOXELS`] (96³). Each step then trains
+//!   each side rounded up to a multiple of 8 (the networks pool four times
+//!   and pad odd sizes back; rounding to 16 would add up to 2.3× the voxels
+//!   of a small case, e.g. Hippocampus' 36 × 35 × 50 → 48 × 48 × 64 instead
+//!   of 40 × 40 × 56), is at most [`MAX_PATCH_VOXELS`] (96³). Each step then trains
 //!   on whole cases with all their context, which is where 3D beats 2.5D
 //!   (Hippocampus: docs/results.md); larger cases stay 2.5D.
 //!
@@ -22,27 +24,30 @@ use super::Fingerprint;
 /// The most voxels of a planned 3D patch (96³).
 pub const MAX_PATCH_VOXELS: usize = 96 * 96 * 96;
 
-/// About this many voxels per 3D batch (batch between 2 and 8).
-pub const BATCH_VOXELS: usize = 600_000;
+/// About this many voxels per 3D batch (batch between 2 and 8): a
+/// base-16 3D U-Net step on 2 × 64³ voxels takes ~4 s on two cores (Zen 4;
+/// `cargo xtask bench --dims 3`), so a 20-minute budget fits ~1000 steps of
+/// this size.
+pub const BATCH_VOXELS: usize = 200_000;
 
-/// Rounds up to a multiple of 16, at least 16.
-fn up16(n: usize) -> usize {
-    n.div_ceil(16).max(1) * 16
+/// Rounds up to a multiple of 8, at least 16.
+fn up8(n: usize) -> usize {
+    (n.div_ceil(8) * 8).max(16)
 }
 
 /// The 3D patch for a median case shape (depth, rows, columns): each side
-/// rounded up to a multiple of 16, scaled down (proportions kept, sides
-/// rounded down to multiples of 16, at least 16) while above
+/// rounded up to a multiple of 8, scaled down (proportions kept, sides
+/// rounded down to multiples of 8, at least 16) while above
 /// [`MAX_PATCH_VOXELS`]. Returns the patch and whether it covers the
 /// median case whole.
 pub fn patch_for(shape: [usize; 3]) -> ([usize; 3], bool) {
-    let whole = shape.map(up16);
+    let whole = shape.map(up8);
     if whole.iter().product::<usize>() <= MAX_PATCH_VOXELS {
         return (whole, true);
     }
     let mut f = (MAX_PATCH_VOXELS as f64 / whole.iter().product::<usize>() as f64).cbrt();
     loop {
-        let p = whole.map(|s| ((s as f64 * f) as usize / 16).max(1) * 16);
+        let p = whole.map(|s| (((s as f64 * f) as usize / 8) * 8).max(16));
         if p.iter().product::<usize>() <= MAX_PATCH_VOXELS || f < 0.01 {
             return (p, false);
         }
@@ -98,13 +103,14 @@ mod tests {
     #[test]
     fn patches_cover_small_cases_and_shrink_large_ones() {
         // Hippocampus-like
-        assert_eq!(patch_for([35, 36, 50]), ([48, 48, 64], true));
-        assert_eq!(batch_for([48, 48, 64]), 4);
+        assert_eq!(patch_for([36, 35, 50]), ([40, 40, 56], true));
+        assert_eq!(batch_for([40, 40, 56]), 2);
+        assert_eq!(patch_for([5, 9, 17]), ([16, 16, 24], true));
         // a CT: scaled down, proportions kept, within the budget
         let (p, whole) = patch_for([300, 512, 512]);
         assert!(!whole);
         assert!(p.iter().product::<usize>() <= MAX_PATCH_VOXELS, "{p:?}");
-        assert!(p.iter().all(|s| s % 16 == 0 && *s >= 16));
+        assert!(p.iter().all(|s| s % 8 == 0 && *s >= 16));
         assert!(p[1] == p[2] && p[0] < p[1], "{p:?}");
         assert_eq!(batch_for(p), 2);
     }
