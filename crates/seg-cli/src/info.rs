@@ -25,6 +25,9 @@ pub struct InfoArgs {
     /// UNet++: deep supervision heads.
     #[arg(long)]
     deep_supervision: bool,
+    /// 3 for the 3D network (Conv3d layers; traced on a D×H×W volume with D = H).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..4))]
+    dims: u8,
     /// Input height x width used to trace the output shapes.
     #[arg(long, default_value = "256x256", value_parser = parse_hw)]
     input: (usize, usize),
@@ -73,6 +76,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         }
         cfg = cfg.with_deep_supervision(true);
     }
+    cfg = cfg.with_dims(a.dims as usize);
     cfg.validate()?;
     let net = Network::new(&cfg, &Device::Cpu, 0).context("building the network")?;
     let (h, w) = a.input;

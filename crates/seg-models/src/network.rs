@@ -161,17 +161,27 @@ impl Network {
     /// runs one inference pass and reports each block's output shape and
     /// parameter count.
     pub fn summary(&self, height: usize, width: usize) -> Result<Summary> {
-        let x = Tensor::zeros(
-            (1, self.config.in_channels(), height, width),
-            DType::F32,
-            &self.device,
-        )?;
+        let c = self.config.in_channels();
+        // 3D networks: a volume as deep as it is high
+        let shape: Vec<usize> = if self.config.dims() == 3 {
+            vec![1, c, height, height, width]
+        } else {
+            vec![1, c, height, width]
+        };
+        let x = Tensor::zeros(shape, DType::F32, &self.device)?;
         let mut rows = Vec::new();
         let params = &self.params;
         let out = self.model.forward_recorded(&x, false, &mut |name, t| {
             rows.push(SummaryRow {
                 name: name.to_string(),
-                output_shape: t.dims().to_vec(),
+                output_shape: {
+                    // volumes run depth-major inside: report PyTorch's NCDHW
+                    let mut s = t.dims().to_vec();
+                    if s.len() == 5 {
+                        s.swap(1, 2);
+                    }
+                    s
+                },
                 params: params.num_trainable_under(name),
             })
         })?;
@@ -227,6 +237,31 @@ mod tests {
                     assert_eq!(y.dims(), &[2, 1, h, w], "{name} {h}x{w} train={train}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_3d_network_keeps_odd_volume_sizes_and_summarises_in_ncdhw() {
+        for name in MODEL_NAMES {
+            let net = Network::new(&cfg(name, 2).with_dims(3), &Device::Cpu, 1).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 2, 17, 16, 19), &Device::Cpu).unwrap();
+            for train in [false, true] {
+                let y = net.forward_t(&x, train).unwrap();
+                assert_eq!(y.dims(), &[2, 1, 17, 16, 19], "{name} train={train}");
+            }
+            let s = net.summary(16, 20).unwrap();
+            assert_eq!(s.output_shape, vec![1, 1, 16, 16, 20]);
+            assert_eq!(
+                s.rows[0].output_shape[..3],
+                [1, 2, 16],
+                "{name}: NCDHW rows"
+            );
+            let sum: usize = s.rows.iter().map(|r| r.params).sum();
+            assert_eq!(sum, s.total_params, "{name}");
+            // a 2D batch is not a volume
+            let flat = Tensor::zeros((1, 2, 16, 16), seg_core::DType::F32, &Device::Cpu).unwrap();
+            let msg = net.forward_t(&flat, false).unwrap_err().to_string();
+            assert!(msg.contains("(N, C, D, H, W)"), "{msg}");
         }
     }
 

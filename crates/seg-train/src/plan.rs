@@ -482,6 +482,13 @@ impl Plan {
                 patch,
                 augment: seg_data::patch3d::Augment3 {
                     flip_axes: [self.mirror_depth, self.mirror[0], self.mirror[1]],
+                    // in-plane quarter turns where both plane axes may flip
+                    // (applied to square in-plane patches only)
+                    rot90_p: if self.mirror == [true, true] {
+                        0.5
+                    } else {
+                        0.0
+                    },
                     ..Default::default()
                 },
             }),

@@ -314,4 +314,56 @@ mod tests {
             NormKind::Instance
         );
     }
+
+    /// Volumes (depth-major): instance norm over each sample's whole volume
+    /// per channel (InstanceNorm3d), batch norm over N·D·H·W (BatchNorm3d).
+    #[test]
+    fn volume_norms_take_statistics_over_every_plane() {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let inorm = norm2d(NormKind::Instance, 2, vb.pp("in")).unwrap();
+        let bn = norm2d(NormKind::Batch, 2, vb.pp("bn")).unwrap();
+        let (n, d, c, h, w) = (2, 3, 2, 4, 5);
+        // NCDHW, each depth plane with its own offset: per-plane statistics
+        // would remove it, per-volume ones keep it
+        let x = rand_tensor(&[n, c, d, h, w], 9);
+        let offs = Tensor::new(&[0f32, 5.0, -3.0], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, d, 1, 1))
+            .unwrap();
+        let x = x.broadcast_add(&offs).unwrap();
+        let xd = crate::ops::vol::to_depth_major(&x).unwrap();
+        for (norm, per_sample) in [(&inorm, true), (&bn, false)] {
+            let y = crate::ops::vol::from_depth_major(&norm.forward_t(&xd, true).unwrap()).unwrap();
+            let want = if per_sample {
+                let m = x.mean_keepdim((2, 3, 4)).unwrap();
+                let v = x
+                    .broadcast_sub(&m)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .mean_keepdim((2, 3, 4))
+                    .unwrap();
+                x.broadcast_sub(&m)
+                    .unwrap()
+                    .broadcast_div(&(v + 1e-5).unwrap().sqrt().unwrap())
+                    .unwrap()
+            } else {
+                let m = x.mean_keepdim((0, 2, 3, 4)).unwrap();
+                let v = x
+                    .broadcast_sub(&m)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .mean_keepdim((0, 2, 3, 4))
+                    .unwrap();
+                x.broadcast_sub(&m)
+                    .unwrap()
+                    .broadcast_div(&(v + 1e-5).unwrap().sqrt().unwrap())
+                    .unwrap()
+            };
+            let diff = max_abs_diff(&y, &want);
+            assert!(diff < 1e-4, "per_sample {per_sample}: {diff}");
+        }
+    }
 }

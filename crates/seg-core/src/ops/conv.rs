@@ -31,6 +31,8 @@ mod tests;
 mod transpose;
 mod winograd;
 
+#[cfg(test)]
+pub(crate) use conv3d::SLAB_BYTES_OVERRIDE;
 pub(crate) use conv3d::{conv3d_composed, conv3d_cpu};
 pub use transpose::{conv_transpose2x2, conv_transpose2x2_reference};
 

@@ -12,9 +12,14 @@
 //! expanded gradient `dY[n·D + s, kd·O + o] = dout[n, s − kd + p, o]`: the
 //! input gradient and the weight gradient of the 2D convolution, run by the
 //! same kernels ([`super::route`]) with the same rules. The 2D products
-//! (`Y`, `dY`) are scratch: nothing beyond the input is kept for backward.
+//! (`Y`, `dY`) are scratch: nothing beyond the input is kept for backward,
+//! and large volumes are computed a slab of planes at a time so that the
+//! scratch stays under [`SLAB_BYTES`] (the forward's output planes with
+//! their k − 1 neighbours; the backward's source planes, each input plane's
+//! gradient needing only its own expanded plane, the weight gradient summed
+//! over the slabs in order).
 
-use super::{channel_sums, route, slice, Geom, InputGrad, WeightGrad};
+use super::{channel_sums, route, slice, Geom};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -74,22 +79,52 @@ impl Geom3 {
     }
 }
 
-/// Sums the taps' planes along depth: `y` (N·D, k·O, H·W) → (N, D, O, H·W),
-/// plus bias, then ReLU if `relu`.
-fn combine(y: &[f32], g: &Geom3, bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
+/// The taps' planes (`Y`) the forward pass holds at once, in bytes: larger
+/// volumes are computed a slab of output planes at a time (with the k − 1
+/// neighbouring input planes), so the scratch stays this small whatever
+/// the volume (a 128³ volume's first layer would otherwise need 3× its
+/// output).
+const SLAB_BYTES: usize = 64 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: a smaller slab scratch, to exercise the slab path on small volumes.
+    pub(crate) static SLAB_BYTES_OVERRIDE: std::cell::Cell<Option<usize>> =
+        const { std::cell::Cell::new(None) };
+}
+
+fn slab_bytes() -> usize {
+    #[cfg(test)]
+    if let Some(b) = SLAB_BYTES_OVERRIDE.with(|c| c.get()) {
+        return b;
+    }
+    SLAB_BYTES
+}
+
+/// Writes output planes `d0..` of sample `n` (`out`: whole planes, O × H·W
+/// each) from `y`, the taps' planes of source planes `y0..` of that sample
+/// ((k·O) × H·W each): the sum along depth, plus bias, then ReLU if `relu`.
+#[allow(clippy::too_many_arguments)]
+fn combine(
+    out: &mut [f32],
+    y: &[f32],
+    y0: usize,
+    d0: usize,
+    g: &Geom3,
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
     let hw = g.hw();
-    let mut out = vec![0f32; g.n * g.d * g.o * hw];
+    let y_planes = y.len() / (g.k * g.o * hw);
     out.par_chunks_mut(hw).enumerate().for_each(|(i, dst)| {
-        let (o, nd) = (i % g.o, i / g.o);
-        let (n, d) = (nd / g.d, nd % g.d);
-        let b = bias.map_or(0.0, |b| b[o]);
-        dst.fill(b);
+        let (o, d) = (i % g.o, d0 + i / g.o);
+        dst.fill(bias.map_or(0.0, |b| b[o]));
         for kd in 0..g.k {
-            if let Some(s) = g.source(d, kd) {
-                let src = &y[((n * g.d + s) * g.k * g.o + kd * g.o + o) * hw..][..hw];
-                for (a, &v) in dst.iter_mut().zip(src) {
-                    *a += v;
-                }
+            let Some(s) = g.source(d, kd) else { continue };
+            debug_assert!(s >= y0 && s - y0 < y_planes);
+            let src = &y[((s - y0) * g.k * g.o + kd * g.o + o) * hw..][..hw];
+            for (a, &v) in dst.iter_mut().zip(src) {
+                *a += v;
             }
         }
         if relu {
@@ -98,7 +133,6 @@ fn combine(y: &[f32], g: &Geom3, bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
             }
         }
     });
-    out
 }
 
 /// The forward op on (x (N, D, C, H, W), wcat (k·O, C, k, k) [, bias (O)]).
@@ -123,14 +157,39 @@ impl Conv3dOp {
             }
             None => None,
         };
-        let y = route::forward(
-            slice(x.0, x.1, "input")?,
-            slice(w.0, w.1, "weight")?,
-            None,
-            false,
-            &g.planes,
-        );
-        let out = combine(&y, &g, bs, self.relu);
+        let (xs, ws) = (slice(x.0, x.1, "input")?, slice(w.0, w.1, "weight")?);
+        let hw = g.hw();
+        let (plane_in, plane_y, plane_out) = (g.planes.c * hw, g.k * g.o * hw, g.o * hw);
+        let mut out = vec![0f32; g.n * g.d * plane_out];
+        if g.n * g.d * plane_y * 4 <= slab_bytes() {
+            // every plane of the batch in one 2D pass
+            let y = route::forward(xs, ws, None, false, &g.planes);
+            for n in 0..g.n {
+                let dst = &mut out[n * g.d * plane_out..(n + 1) * g.d * plane_out];
+                let src = &y[n * g.d * plane_y..(n + 1) * g.d * plane_y];
+                combine(dst, src, 0, 0, &g, bs, self.relu);
+            }
+        } else {
+            let p = g.pad();
+            let slab = (slab_bytes() / 4 / plane_y)
+                .saturating_sub(2 * p)
+                .clamp(1, g.d);
+            for n in 0..g.n {
+                for d0 in (0..g.d).step_by(slab) {
+                    let d1 = (d0 + slab).min(g.d);
+                    let (s0, s1) = (d0.saturating_sub(p), (d1 + p).min(g.d));
+                    let geom = Geom::new(
+                        &[s1 - s0, g.planes.c, g.planes.h, g.planes.w],
+                        w.1.dims(),
+                        p,
+                    )?;
+                    let xin = &xs[(n * g.d + s0) * plane_in..(n * g.d + s1) * plane_in];
+                    let y = route::forward(xin, ws, None, false, &geom);
+                    let dst = &mut out[(n * g.d + d0) * plane_out..(n * g.d + d1) * plane_out];
+                    combine(dst, &y, s0, d0, &g, bs, self.relu);
+                }
+            }
+        }
         Ok((CpuStorage::F32(out), g.out_shape()))
     }
 
@@ -143,30 +202,16 @@ impl Conv3dOp {
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         let g = Geom3::new(x.dims(), w.dims())?;
         let grad = grad.contiguous()?;
-        let dy = grad.apply_op1_no_bwd(&Expand { g })?;
-        let x4 = x.contiguous()?.reshape(g.planes_dims().to_vec())?;
-        let dx = if x.track_op() {
-            let dx = dy.apply_op2_no_bwd(
-                &w.contiguous()?,
-                &InputGrad {
-                    padding: g.pad(),
-                    x_dims: g.planes_dims().to_vec(),
-                },
-            )?;
-            Some(dx.reshape(x.dims())?)
+        let want_dx = x.track_op();
+        let flat =
+            grad.apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &Backward { g, want_dx })?;
+        let (nx, nw) = (if want_dx { x.elem_count() } else { 0 }, w.elem_count());
+        let dx = if want_dx {
+            Some(flat.narrow(0, 0, nx)?.reshape(x.dims())?)
         } else {
             None
         };
-        let dw = dy
-            .apply_op2_no_bwd(
-                &x4,
-                &WeightGrad {
-                    padding: g.pad(),
-                    bias: false,
-                    w_dims: w.dims().to_vec(),
-                },
-            )?
-            .reshape(w.dims())?;
+        let dw = flat.narrow(0, nx, nw)?.reshape(w.dims())?;
         let db = if bias {
             let (n, d, o, h, wd) = grad.dims5()?;
             Some(
@@ -177,12 +222,6 @@ impl Conv3dOp {
             None
         };
         Ok((dx, dw, db))
-    }
-}
-
-impl Geom3 {
-    fn planes_dims(&self) -> [usize; 4] {
-        [self.n * self.d, self.planes.c, self.planes.h, self.planes.w]
     }
 }
 
@@ -243,31 +282,110 @@ impl CustomOp3 for Conv3dOp {
     }
 }
 
-/// The expanded gradient: dout (N, D, O, H, W) → dY (N·D, k·O, H, W).
-struct Expand {
-    g: Geom3,
+/// The expanded gradient of source planes `s0..s1` of sample `n`: dY[s,
+/// kd·O + o] = dout[n, s − kd + p, o] (0 where that plane is outside).
+fn expand(dout: &[f32], g: &Geom3, n: usize, s0: usize, s1: usize) -> Vec<f32> {
+    let hw = g.hw();
+    let mut dy = vec![0f32; (s1 - s0) * g.k * g.o * hw];
+    dy.par_chunks_mut(hw).enumerate().for_each(|(i, dst)| {
+        let (o, rest) = (i % g.o, i / g.o);
+        let (kd, s) = (rest % g.k, s0 + rest / g.k);
+        if let Some(d) = g.target(s, kd) {
+            dst.copy_from_slice(&dout[((n * g.d + d) * g.o + o) * hw..][..hw]);
+        }
+    });
+    dy
 }
 
-impl CustomOp1 for Expand {
+/// The backward op on (dout, x, wcat) → [dx (if `want_dx`), dwcat],
+/// flattened: the 2D input- and weight-gradient kernels on the expanded
+/// gradient, a slab of source planes at a time when the expansion of the
+/// whole batch would exceed the slab scratch (each input plane's gradient
+/// needs only its own expanded plane; the weight gradient is summed over
+/// the slabs in order).
+struct Backward {
+    g: Geom3,
+    want_dx: bool,
+}
+
+impl CustomOp3 for Backward {
     fn name(&self) -> &'static str {
-        "seg-conv3d-expand"
+        "seg-conv3d-backward"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
-        let dout = slice(s, l, "gradient")?;
+        let (dout, xs, ws) = (
+            slice(s1, l1, "gradient")?,
+            slice(s2, l2, "input")?,
+            slice(s3, l3, "weight")?,
+        );
+        if l1.dims() != [g.n, g.d, g.o, g.planes.h, g.planes.w] {
+            candle_core::bail!(
+                "seg conv3d backward: gradient shape {:?} does not fit",
+                l1.dims()
+            )
+        }
         let hw = g.hw();
-        let mut dy = vec![0f32; g.n * g.d * g.k * g.o * hw];
-        dy.par_chunks_mut(hw).enumerate().for_each(|(i, dst)| {
-            let (o, rest) = (i % g.o, i / g.o);
-            let (kd, ns) = (rest % g.k, rest / g.k);
-            let (n, s) = (ns / g.d, ns % g.d);
-            if let Some(d) = g.target(s, kd) {
-                dst.copy_from_slice(&dout[((n * g.d + d) * g.o + o) * hw..][..hw]);
+        let (plane_in, plane_y) = (g.planes.c * hw, g.k * g.o * hw);
+        let nw = ws.len();
+        let nx = if self.want_dx { xs.len() } else { 0 };
+        let mut out = vec![0f32; nx + nw];
+        let (dx, dw) = out.split_at_mut(nx);
+        // (sample, first plane, end plane) of each slab; one slab for the
+        // whole batch when its expansion fits
+        let slabs: Vec<(Option<usize>, usize, usize)> = if g.n * g.d * plane_y * 4 <= slab_bytes() {
+            vec![(None, 0, g.d)]
+        } else {
+            let slab = (slab_bytes() / 4 / plane_y).clamp(1, g.d);
+            (0..g.n)
+                .flat_map(|n| {
+                    (0..g.d)
+                        .step_by(slab)
+                        .map(move |s0| (Some(n), s0, (s0 + slab).min(g.d)))
+                })
+                .collect()
+        };
+        let mut first = true;
+        for (n, s0, s1) in slabs {
+            // the slab's planes of x, their expanded gradient, where dx goes
+            let (dy, planes, at) = match n {
+                None => {
+                    let dy: Vec<f32> = (0..g.n).flat_map(|n| expand(dout, g, n, 0, g.d)).collect();
+                    (dy, g.n * g.d, 0)
+                }
+                Some(n) => (expand(dout, g, n, s0, s1), s1 - s0, n * g.d + s0),
+            };
+            let geom = Geom::new(
+                &[planes, g.planes.c, g.planes.h, g.planes.w],
+                l3.dims(),
+                g.pad(),
+            )?;
+            let x_slab = &xs[at * plane_in..(at + planes) * plane_in];
+            if self.want_dx {
+                let d = route::input_grad(&dy, ws, &geom);
+                dx[at * plane_in..(at + planes) * plane_in].copy_from_slice(&d);
             }
-        });
-        let shape = Shape::from((g.n * g.d, g.k * g.o, g.planes.h, g.planes.w));
-        Ok((CpuStorage::F32(dy), shape))
+            let d = route::weight_grad(x_slab, &dy, &geom);
+            if first {
+                dw.copy_from_slice(&d);
+                first = false;
+            } else {
+                for (a, b) in dw.iter_mut().zip(&d) {
+                    *a += b;
+                }
+            }
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 

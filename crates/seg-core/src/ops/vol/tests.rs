@@ -158,6 +158,48 @@ fn conv3d_matches_loops_forward_and_backward() {
 }
 
 #[test]
+fn conv3d_in_slabs_of_planes_gives_the_whole_volume_result() {
+    let x = to_depth_major(&rand_tensor(&[2, 3, 11, 9, 10], 21)).unwrap();
+    let wt = rand_tensor(&[5, 3, 3, 3, 3], 22);
+    let b = rand_tensor(&[5], 23);
+    let gy = rand_tensor(&[2, 11, 5, 9, 10], 24);
+    let run = |slab: Option<usize>| {
+        crate::ops::conv::SLAB_BYTES_OVERRIDE.with(|c| c.set(slab));
+        let (xv, wv, bv) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&wt).unwrap(),
+            Var::from_tensor(&b).unwrap(),
+        );
+        let y = conv3d(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor())).unwrap();
+        let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        crate::ops::conv::SLAB_BYTES_OVERRIDE.with(|c| c.set(None));
+        [
+            f32_data(&y).unwrap(),
+            f32_data(g.get(xv.as_tensor()).unwrap()).unwrap(),
+            f32_data(g.get(wv.as_tensor()).unwrap()).unwrap(),
+            f32_data(g.get(bv.as_tensor()).unwrap()).unwrap(),
+        ]
+    };
+    let whole = run(None);
+    let want = conv3d_reference(&x, &wt, Some(&b)).unwrap();
+    close(&whole[0], &f32_data(&want).unwrap(), 1e-5, "whole");
+    // scratch for 1, 2 and 5 planes of taps (plus halo in the forward):
+    // many slabs, the last one short, per sample
+    let plane = 3 * 5 * 9 * 10 * 4;
+    for planes in [3, 4, 7] {
+        let slabs = run(Some(planes * plane));
+        for (i, what) in ["forward", "dx", "dw", "db"].iter().enumerate() {
+            close(
+                &slabs[i],
+                &whole[i],
+                1e-5,
+                &format!("{planes}-plane slabs: {what}"),
+            );
+        }
+    }
+}
+
+#[test]
 fn conv3d_results_do_not_depend_on_the_thread_count() {
     let x = rand_tensor(&[2, 6, 24, 10, 18], 5);
     let wt = rand_tensor(&[12, 24, 3, 3, 3], 6);
