@@ -101,7 +101,37 @@ fn msd_hippocampus_is_checked_and_planned_for_training() {
             cfg["max_seconds"], 1200.0,
             "planned runs default to 20 minutes"
         );
+        // near-isotropic small cases: the plan takes a 3D network
+        assert!(err.contains("dims 3:"), "{err}");
+        assert_eq!(cfg["model"]["dims"], 3);
+        assert_eq!(plan["plan"]["dims"], 3);
+        assert!(cfg["volumetric"]["patch"].is_array(), "{cfg}");
     }
+    // --dims 2.5 overrides it: slices with a neighbour on each side
+    let out = bin()
+        .args(["train", "--dry-run", "--dims", "2.5", "--data"])
+        .arg(&hip)
+        .arg("--out")
+        .arg(d.join("run25"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("run25/config.json")).unwrap())
+            .unwrap();
+    assert!(cfg["model"].get("dims").is_none(), "{}", cfg["model"]);
+    assert_eq!(cfg["model"]["in_channels"], 3);
+    assert!(cfg.get("volumetric").is_none());
+    // --dims on 2D data is refused
+    let out = bin()
+        .args(["train", "--dry-run", "--dims", "3"])
+        .arg("--out")
+        .arg(d.join("run2d"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dims applies to planned volume data"));
     std::fs::remove_dir_all(&d).unwrap();
 }
 

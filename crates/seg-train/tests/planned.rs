@@ -156,7 +156,22 @@ fn the_plan_of_real_hippocampus_cases() {
     );
     assert_eq!(fp.modalities, vec!["MRI"]);
     assert_eq!(plan.norm, IntensityNorm::ZscoreCase);
-    assert_eq!((plan.slice_axis, plan.context), (2, 1), "1 mm isotropic");
+    // 1 mm isotropic, cases of about 36 × 50 × 35 that one 3D patch
+    // covers: a 3D network on the whole cases
+    assert_eq!(
+        (plan.slice_axis, plan.context, plan.dims),
+        (2, 0, 3),
+        "{:#?}",
+        plan.reasons
+    );
+    let p3 = plan.patch3.unwrap();
+    assert!(
+        p3.iter().all(|s| s % 8 == 0 && (32..=64).contains(s)),
+        "{p3:?}"
+    );
+    // the 2.5D alternative stays available (--dims 2.5)
+    let flat = plan.clone().with_dims("2.5", 1).unwrap();
+    assert_eq!((flat.context, flat.in_channels), (1, 3));
     assert!(fp
         .cases
         .iter()
