@@ -5,7 +5,7 @@
 //! real Hippocampus cases (skipped without ../shared).
 
 use seg_core::Device;
-use seg_data::io::nifti::{read_nifti_with_info, write_nifti};
+use seg_data::io::nifti::read_nifti_with_info;
 use seg_data::labelmap::IntensityNorm;
 use seg_data::spec::DatasetSpec;
 use seg_train::plan::{plan_dataset, write_plan};
@@ -52,14 +52,7 @@ fn write_case(root: &Path, k: usize) {
             }
         }
     }
-    let mut affine = [[0.0; 4]; 4];
-    for i in 0..3 {
-        affine[i][i] = SPACING[i];
-    }
-    affine[3][3] = 1.0;
-    let name = format!("case{k:02}.nii.gz");
-    write_nifti(&root.join("images").join(&name), &DIMS, &img, &affine).unwrap();
-    write_nifti(&root.join("labels").join(&name), &DIMS, &lab, &affine).unwrap();
+    common::write_volume_case(root, k, DIMS, SPACING, &img, &lab);
 }
 
 #[test]

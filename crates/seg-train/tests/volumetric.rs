@@ -5,7 +5,7 @@
 //! `--dims`'s override on the same data.
 
 use seg_core::Device;
-use seg_data::io::nifti::{read_nifti_with_info, write_nifti};
+use seg_data::io::nifti::read_nifti_with_info;
 use seg_data::spec::DatasetSpec;
 use seg_train::plan::plan_dataset;
 use seg_train::segment::Segmenter;
@@ -52,14 +52,7 @@ fn write_case(root: &Path, k: usize) {
             }
         }
     }
-    let mut affine = [[0.0; 4]; 4];
-    for (i, row) in affine.iter_mut().enumerate().take(3) {
-        row[i] = 1.0;
-    }
-    affine[3][3] = 1.0;
-    let name = format!("case{k:02}.nii.gz");
-    write_nifti(&root.join("images").join(&name), &DIMS, &img, &affine).unwrap();
-    write_nifti(&root.join("labels").join(&name), &DIMS, &lab, &affine).unwrap();
+    common::write_volume_case(root, k, DIMS, [1.0; 3], &img, &lab);
 }
 
 #[test]

@@ -43,18 +43,7 @@ pub fn conv2d(
     bias: bool,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    let init = torch_default(cin * k * k);
-    let weight = vb.get_with_hints((cout, cin, k, k), "weight", init)?;
-    let bias = if bias {
-        Some(vb.get_with_hints(cout, "bias", init)?)
-    } else {
-        None
-    };
-    Ok(Conv2d {
-        weight,
-        bias,
-        padding,
-    })
+    conv_nd(2, cin, cout, k, padding, bias, vb)
 }
 
 /// Builds a k×k (`dims = 2`) or k×k×k (`dims = 3`, padding k / 2) convolution.
@@ -67,11 +56,11 @@ pub fn conv_nd(
     bias: bool,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    if dims != 3 {
-        return conv2d(cin, cout, k, padding, bias, vb);
-    }
-    let init = torch_default(cin * k * k * k);
-    let weight = vb.get_with_hints((cout, cin, k, k, k), "weight", init)?;
+    let spatial = if dims == 3 { 3 } else { 2 };
+    let mut shape = vec![cout, cin];
+    shape.extend(std::iter::repeat_n(k, spatial));
+    let init = torch_default(cin * k.pow(spatial as u32));
+    let weight = vb.get_with_hints(shape, "weight", init)?;
     let bias = if bias {
         Some(vb.get_with_hints(cout, "bias", init)?)
     } else {

@@ -11,6 +11,31 @@ pub fn tmp(group: &str, name: &str) -> PathBuf {
     d
 }
 
+/// Writes case `k` of a paired volume dataset: `root/images/caseKK.nii.gz`
+/// and `root/labels/caseKK.nii.gz`, `dims` voxels with a diagonal affine of
+/// `spacing` (mm).
+#[allow(dead_code)]
+pub fn write_volume_case(
+    root: &std::path::Path,
+    k: usize,
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    image: &[f32],
+    label: &[f32],
+) {
+    let mut affine = [[0.0; 4]; 4];
+    for (i, row) in affine.iter_mut().enumerate().take(3) {
+        row[i] = spacing[i];
+    }
+    affine[3][3] = 1.0;
+    let name = format!("case{k:02}.nii.gz");
+    for (sub, values) in [("images", image), ("labels", label)] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+        seg_data::io::nifti::write_nifti(&root.join(sub).join(&name), &dims, values, &affine)
+            .unwrap();
+    }
+}
+
 /// `../shared/<sub>` if present, else a SKIP notice past the output capture.
 #[allow(dead_code)]
 pub fn shared(sub: &str) -> Option<PathBuf> {

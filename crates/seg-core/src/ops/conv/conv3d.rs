@@ -84,7 +84,7 @@ impl Geom3 {
 /// neighbouring input planes), so the scratch stays this small whatever
 /// the volume (a 128³ volume's first layer would otherwise need 3× its
 /// output).
-const SLAB_BYTES: usize = 64 << 20;
+const SLAB_BYTES: usize = 16 << 20;
 
 #[cfg(test)]
 thread_local! {
@@ -282,14 +282,15 @@ impl CustomOp3 for Conv3dOp {
     }
 }
 
-/// The expanded gradient of source planes `s0..s1` of sample `n`: dY[s,
-/// kd·O + o] = dout[n, s − kd + p, o] (0 where that plane is outside).
-fn expand(dout: &[f32], g: &Geom3, n: usize, s0: usize, s1: usize) -> Vec<f32> {
+/// The expanded gradient of the batch's planes `a..b` (plane `n·D + s`):
+/// dY[s, kd·O + o] = dout[n, s − kd + p, o] (0 where that plane is outside).
+fn expand(dout: &[f32], g: &Geom3, a: usize, b: usize) -> Vec<f32> {
     let hw = g.hw();
-    let mut dy = vec![0f32; (s1 - s0) * g.k * g.o * hw];
+    let mut dy = vec![0f32; (b - a) * g.k * g.o * hw];
     dy.par_chunks_mut(hw).enumerate().for_each(|(i, dst)| {
         let (o, rest) = (i % g.o, i / g.o);
-        let (kd, s) = (rest % g.k, s0 + rest / g.k);
+        let (kd, ns) = (rest % g.k, a + rest / g.k);
+        let (n, s) = (ns / g.d, ns % g.d);
         if let Some(d) = g.target(s, kd) {
             dst.copy_from_slice(&dout[((n * g.d + d) * g.o + o) * hw..][..hw]);
         }
@@ -357,13 +358,11 @@ impl CustomOp3 for Backward {
         let mut first = true;
         for (n, s0, s1) in slabs {
             // the slab's planes of x, their expanded gradient, where dx goes
-            let (dy, planes, at) = match n {
-                None => {
-                    let dy: Vec<f32> = (0..g.n).flat_map(|n| expand(dout, g, n, 0, g.d)).collect();
-                    (dy, g.n * g.d, 0)
-                }
-                Some(n) => (expand(dout, g, n, s0, s1), s1 - s0, n * g.d + s0),
+            let (at, planes) = match n {
+                None => (0, g.n * g.d),
+                Some(n) => (n * g.d + s0, s1 - s0),
             };
+            let dy = expand(dout, g, at, at + planes);
             let geom = Geom::new(
                 &[planes, g.planes.c, g.planes.h, g.planes.w],
                 l3.dims(),
