@@ -65,6 +65,10 @@ pub struct TrainArgs {
     /// Early stopping patience in epochs (0 disables).
     #[arg(long)]
     patience: Option<usize>,
+    /// Validate and ship a moving average of the weights with this decay, e.g. 0.999 (0 disables;
+    /// the 3D plan uses one).
+    #[arg(long, value_name = "DECAY")]
+    weight_average: Option<f64>,
     /// Normalisation layers: batch, group or instance (InstanceNorm2d, affine).
     #[arg(long, value_parser = ["batch", "group", "instance"])]
     norm: Option<String>,
@@ -359,6 +363,9 @@ pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
     }
     if let Some(p) = a.patience {
         cfg.early_stop_patience = (p > 0).then_some(p);
+    }
+    if let Some(d) = a.weight_average {
+        cfg.weight_average = (d != 0.0).then_some(d);
     }
     if let Some(p) = &a.init_from {
         if !p.is_file() {

@@ -18,7 +18,7 @@ pub mod vol;
 
 use candle_core::{DType, Result, Tensor};
 
-pub use adam::{adam_step, sum_squares, AdamStep};
+pub use adam::{adam_step, average_step, sum_squares, AdamStep};
 pub use affine::channel_affine;
 pub use batchnorm::{batch_norm_relu_train, batch_norm_train, batch_norm_train_reference};
 pub use chanpool::{channel_mean_max, channel_mean_max_reference};

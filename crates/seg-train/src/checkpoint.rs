@@ -15,7 +15,7 @@
 use crate::error::{Error, Result};
 use crate::infer::SlidingWindow;
 use crate::optim::Optimizer;
-use crate::trainer::TrainState;
+use crate::trainer::{TrainState, WeightAverage};
 use seg_core::params::{read_safetensors, write_safetensors};
 use seg_core::{Device, Tensor};
 use seg_data::labelmap::SlicePlan;
@@ -126,10 +126,19 @@ pub fn load_state(path: &Path) -> Result<(HashMap<String, Tensor>, String)> {
 
 /// Writes the resume sidecar of a run at `path`: the optimiser's state, the
 /// model's weights and the loop state (with the optimiser's step count).
-pub fn save_resume(path: &Path, net: &Network, opt: &Optimizer, state: &TrainState) -> Result<()> {
+pub fn save_resume(
+    path: &Path,
+    net: &Network,
+    opt: &Optimizer,
+    state: &TrainState,
+    average: Option<&WeightAverage>,
+) -> Result<()> {
     let (mut tensors, steps) = opt.state_tensors();
     for (k, t) in net.params().tensors() {
         tensors.push((format!("{MODEL_PREFIX}{k}"), t));
+    }
+    if let Some(a) = average {
+        tensors.extend(a.state_tensors());
     }
     let mut st = state.clone();
     st.optimizer_steps = steps;
@@ -143,7 +152,12 @@ pub fn save_resume(path: &Path, net: &Network, opt: &Optimizer, state: &TrainSta
 /// Restores a run from the sidecar at `path`, written by [`save_resume`]:
 /// loads the weights into `net` and the optimiser's state into `opt`, and
 /// returns the loop state.
-pub fn load_resume(path: &Path, net: &Network, opt: &mut Optimizer) -> Result<TrainState> {
+pub fn load_resume(
+    path: &Path,
+    net: &Network,
+    opt: &mut Optimizer,
+    average: Option<&mut WeightAverage>,
+) -> Result<TrainState> {
     if !path.is_file() {
         return Err(Error::Checkpoint {
             path: path.to_path_buf(),
@@ -164,5 +178,8 @@ pub fn load_resume(path: &Path, net: &Network, opt: &mut Optimizer) -> Result<Tr
         reason: format!("bad training state: {e}"),
     })?;
     opt.load_state(&tensors, state.optimizer_steps)?;
+    if let Some(a) = average {
+        a.load_state(&tensors, state.average_updates)?;
+    }
     Ok(state)
 }

@@ -11,14 +11,18 @@
 //! - `trainer/run.rs`: [`Trainer`], its records and state, [`Observer`];
 //! - `trainer/validate.rs`: [`validate`];
 //! - `trainer/budget.rs`: [`TimeBudget`], the wall-clock budget (`max_seconds`);
+//! - `trainer/average.rs`: [`WeightAverage`], the moving average of the
+//!   weights (`weight_average`);
 //! - the checkpoint and resume format: [`crate::checkpoint`].
 
+mod average;
 mod budget;
 mod config;
 mod data;
 mod run;
 mod validate;
 
+pub use average::WeightAverage;
 pub use budget::{horizon, TimeBudget};
 pub use config::{DataSource, TrainConfig, Volumetric};
 pub use data::{load_data, load_labelled, LabelledData};

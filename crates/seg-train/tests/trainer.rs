@@ -138,6 +138,90 @@ fn same_seed_same_weights_and_resume_matches_an_uninterrupted_run() {
     assert_eq!(csv.lines().count(), 4, "{csv}");
 }
 
+/// The weights of a bundle file.
+fn bundle_weights(path: &std::path::Path) -> BTreeMap<String, Vec<f32>> {
+    let (net, _) = load_bundle(path, &Device::Cpu).unwrap();
+    net.params()
+        .tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype().is_float())
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_weight_average_is_shipped_and_resumes_exactly() {
+    let averaged = |dir: PathBuf| TrainConfig {
+        weight_average: Some(0.9),
+        ..tiny(dir)
+    };
+    let never = AtomicBool::new(false);
+    let dir_a = tmp("avg-a");
+    let mut a = Trainer::new(averaged(dir_a.clone()), &Device::Cpu, false).unwrap();
+    assert_eq!(a.run(&mut Silent, &never).unwrap(), Outcome::Finished);
+    assert_eq!(a.state.average_updates, 9);
+    // the bundles hold the average, which differs from the live weights;
+    // training itself is unchanged by keeping one
+    let live: BTreeMap<String, Vec<f32>> = weights(&a)
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .collect();
+    let last = bundle_weights(&dir_a.join("last.safetensors"));
+    assert_eq!(
+        live.keys().collect::<Vec<_>>(),
+        last.keys().collect::<Vec<_>>()
+    );
+    assert_ne!(live, last, "last.safetensors holds the live weights");
+    let dir_plain = tmp("avg-plain");
+    let mut plain = Trainer::new(tiny(dir_plain.clone()), &Device::Cpu, false).unwrap();
+    plain.run(&mut Silent, &never).unwrap();
+    assert_eq!(weights(&a), weights(&plain), "the average changed training");
+
+    // interrupted mid-epoch 2 and resumed: the same live weights and average
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    let dir_c = tmp("avg-c");
+    let mut c = Trainer::new(averaged(dir_c.clone()), &Device::Cpu, false).unwrap();
+    let stop = &mut StopAt {
+        at: 5,
+        seen: 0,
+        flag: &FLAG,
+    };
+    assert_eq!(
+        c.run(stop, &FLAG).unwrap(),
+        Outcome::Interrupted { epoch: 1, step: 2 }
+    );
+    drop(c);
+    FLAG.store(false, Ordering::SeqCst);
+    let mut r = Trainer::new(averaged(dir_c.clone()), &Device::Cpu, true).unwrap();
+    assert_eq!(r.state.average_updates, 5);
+    r.run(&mut Silent, &never).unwrap();
+    assert_eq!(weights(&a), weights(&r));
+    assert_eq!(last, bundle_weights(&dir_c.join("last.safetensors")));
+    assert_eq!(
+        bundle_weights(&dir_a.join("best.safetensors")),
+        bundle_weights(&dir_c.join("best.safetensors"))
+    );
+    let dice =
+        |t: &Trainer| -> Vec<_> { t.state.history.iter().map(|h| h.val_dice_best).collect() };
+    assert_eq!(
+        dice(&a),
+        dice(&r),
+        "validation (of the average) differs after resuming"
+    );
+
+    // a sidecar without the average cannot resume an averaged run
+    let err = Trainer::new(averaged(dir_plain), &Device::Cpu, true)
+        .err()
+        .expect("no average to resume");
+    assert!(err.to_string().contains("average"), "{err}");
+    // the decay is checked
+    let bad = TrainConfig {
+        weight_average: Some(1.0),
+        ..tiny(tmp("avg-bad"))
+    };
+    assert!(Trainer::new(bad, &Device::Cpu, false).is_err());
+}
+
 #[test]
 fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let dir = tmp("nan");

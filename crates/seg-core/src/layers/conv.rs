@@ -1,4 +1,5 @@
-//! 2D convolution (square kernel, stride 1, "same" padding for odd kernels)
+//! 2D convolution (square kernel, "same" padding for odd kernels, stride 1
+//! unless [`Conv2d::with_stride`])
 //! and the 2×2 stride-2 transposed convolution used for learned upsampling;
 //! with `dims = 3` ([`conv_nd`], [`conv_transpose_nd`]) the same layers hold
 //! `Conv3d` / `ConvTranspose3d` weights and take depth-major volumes
@@ -25,12 +26,61 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     padding: usize,
+    stride: usize,
 }
 
 impl Conv2d {
     /// Output channels.
     pub fn out_channels(&self) -> usize {
         self.weight.dims()[0]
+    }
+
+    /// The same convolution with stride `stride` along every spatial axis
+    /// (`nn.Conv2d/3d(..., stride=s)`: output sizes ⌊(n + 2p − k) / s⌋ + 1).
+    /// Computed as the stride-1 convolution sampled at every s-th position
+    /// (exact, forward and backward; the stride-1 cost — see
+    /// [`crate::ops::vol::conv3d_strided`]).
+    pub fn with_stride(mut self, stride: usize) -> Result<Self> {
+        if stride == 0 {
+            candle_core::bail!("convolution stride must be at least 1");
+        }
+        self.stride = stride;
+        Ok(self)
+    }
+
+    /// The stride.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Samples a stride-1 output at every `stride`-th position.
+    fn strided(&self, y: Tensor) -> Result<Tensor> {
+        if self.stride == 1 {
+            return Ok(y);
+        }
+        let axes: &[usize] = if y.rank() == 5 { &[1, 3, 4] } else { &[2, 3] };
+        crate::ops::vol::sample_every(&y, axes, self.stride)
+    }
+
+    fn forward_stride1(&self, x: &Tensor) -> Result<Tensor> {
+        if self.weight.rank() == 5 {
+            if self.padding != self.weight.dims()[2] / 2 {
+                candle_core::bail!(
+                    "conv3d: padding {} with kernel {} (only padding k / 2)",
+                    self.padding,
+                    self.weight.dims()[2]
+                );
+            }
+            return crate::ops::vol::conv3d(x, &self.weight, self.bias.as_ref());
+        }
+        if self.weight.dims()[2] == 1 && self.padding == 0 && !x.device().is_cpu() {
+            let y = pointwise(x, &self.weight)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+                None => Ok(y),
+            };
+        }
+        crate::ops::conv2d(x, &self.weight, self.bias.as_ref(), self.padding)
     }
 }
 
@@ -70,22 +120,13 @@ pub fn conv_nd(
         weight,
         bias,
         padding,
+        stride: 1,
     })
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.weight.rank() == 5 {
-            return crate::ops::vol::conv3d(x, &self.weight, self.bias.as_ref());
-        }
-        if self.weight.dims()[2] == 1 && self.padding == 0 && !x.device().is_cpu() {
-            let y = pointwise(x, &self.weight)?;
-            return match &self.bias {
-                Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-                None => Ok(y),
-            };
-        }
-        crate::ops::conv2d(x, &self.weight, self.bias.as_ref(), self.padding)
+        self.strided(self.forward_stride1(x)?)
     }
 }
 
@@ -124,10 +165,13 @@ pub fn conv_norm_act(
                 Some(b) => ((b * &scale)? + &shift)?,
                 None => shift,
             };
-            if w.rank() == 5 {
-                return crate::ops::vol::conv3d_relu_inference(x, &w, Some(&b), relu);
-            }
-            return crate::ops::conv2d_relu_inference(x, &w, Some(&b), conv.padding, relu);
+            // the norm and ReLU act per voxel: they commute with the stride's sampling
+            let y = if w.rank() == 5 {
+                crate::ops::vol::conv3d_relu_inference(x, &w, Some(&b), relu)?
+            } else {
+                crate::ops::conv2d_relu_inference(x, &w, Some(&b), conv.padding, relu)?
+            };
+            return conv.strided(y);
         }
     }
     if let (true, true, Norm2d::Batch(bn)) = (train, relu, norm) {
@@ -203,20 +247,64 @@ mod tests {
     use crate::ParamStore;
     use candle_core::{DType, Device, Var};
 
+    /// A strided layer is PyTorch's strided convolution: 2D against candle's
+    /// own strided conv2d (padding 1 and 0), 3D against the op (the fused
+    /// eval path of strided layers: the next test).
+    #[test]
+    fn strided_layers_match_pytorch_semantics() {
+        let store = ParamStore::new(5);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        for (k, p) in [(3, 1), (1, 0), (3, 0)] {
+            let conv = conv2d(3, 5, k, p, true, vb.pp(format!("a{k}{p}")))
+                .unwrap()
+                .with_stride(2)
+                .unwrap();
+            let x = rand_tensor(&[2, 3, 9, 8], 4);
+            let want = x
+                .conv2d(&conv.weight, p, 2, 1, 1)
+                .unwrap()
+                .broadcast_add(&conv.bias.as_ref().unwrap().reshape((1, 5, 1, 1)).unwrap())
+                .unwrap();
+            let got = conv.forward(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_abs_diff(&got, &want) < 1e-5, "k {k} padding {p}");
+        }
+        let c3 = conv_nd(3, 2, 4, 3, 1, false, vb.pp("c3"))
+            .unwrap()
+            .with_stride(2)
+            .unwrap();
+        assert_eq!(c3.stride(), 2);
+        let x = rand_tensor(&[1, 5, 2, 7, 6], 5);
+        let got = c3.forward(&x).unwrap();
+        assert_eq!(got.dims(), &[1, 3, 4, 4, 3]);
+        let want = crate::ops::vol::conv3d_strided(&x, &c3.weight, None, 2).unwrap();
+        assert!(max_abs_diff(&got, &want) == 0.0);
+        assert!(conv2d(1, 1, 3, 1, false, vb.pp("z"))
+            .unwrap()
+            .with_stride(0)
+            .is_err());
+    }
+
     /// The fused eval path (BatchNorm folded into the convolution, ReLU in
     /// the kernel's output) against the three layers run as written, on odd
     /// shapes, with and without conv bias and ReLU, with non-trivial
-    /// running statistics.
+    /// running statistics; 2D and 3D, stride 1 and 2.
     #[test]
     fn fused_eval_conv_norm_relu_matches_the_layers() {
-        for (bias, relu, k, cin, cout) in [
-            (false, true, 3, 5, 7),
-            (true, false, 1, 4, 3),
-            (true, true, 3, 2, 9),
+        for (bias, relu, k, cin, cout, dims, stride) in [
+            (false, true, 3, 5, 7, 2, 1),
+            (true, false, 1, 4, 3, 2, 1),
+            (true, true, 3, 2, 9, 2, 1),
+            (true, true, 3, 3, 4, 2, 2),
+            (false, true, 3, 2, 5, 3, 1),
+            (true, true, 3, 2, 5, 3, 2),
         ] {
             let store = ParamStore::new(7);
             let vb = store.var_builder(DType::F32, &Device::Cpu);
-            let conv = conv2d(cin, cout, k, k / 2, bias, vb.pp("c")).unwrap();
+            let conv = conv_nd(dims, cin, cout, k, k / 2, bias, vb.pp("c"))
+                .unwrap()
+                .with_stride(stride)
+                .unwrap();
             let norm =
                 super::super::norm2d(super::super::NormKind::Batch, cout, vb.pp("n")).unwrap();
             // running statistics and affine parameters away from 0/1
@@ -229,7 +317,11 @@ mod tests {
                 let v = rand_tensor(&[cout], seed).affine(a, b).unwrap();
                 store.get(name).unwrap().set(&v).unwrap();
             }
-            let x = rand_tensor(&[2, cin, 7, 5], 9);
+            let x = if dims == 3 {
+                rand_tensor(&[2, 5, cin, 7, 6], 9)
+            } else {
+                rand_tensor(&[2, cin, 7, 5], 9)
+            };
             // the layers as written: weights are variables (tracked), so no fusion
             let want = {
                 let y = norm.forward_t(&conv.forward(&x).unwrap(), false).unwrap();
@@ -247,6 +339,7 @@ mod tests {
                 weight: detached("c.weight"),
                 bias: bias.then(|| detached("c.bias")),
                 padding: k / 2,
+                stride,
             };
             let vbd = candle_nn::VarBuilder::from_tensors(
                 ["weight", "bias", "running_mean", "running_var"]
@@ -264,7 +357,10 @@ mod tests {
             let fused = conv_norm_act(&dconv, &dnorm, relu, &x, false).unwrap();
             assert!(!fused.track_op());
             let d = max_abs_diff(&fused, &want);
-            assert!(d < 1e-5, "bias {bias} relu {relu} k {k}: {d}");
+            assert!(
+                d < 1e-5,
+                "bias {bias} relu {relu} k {k} {dims}D stride {stride}: {d}"
+            );
             if relu {
                 let min = fused
                     .flatten_all()

@@ -186,6 +186,63 @@ pub fn adam_step(
     Ok(())
 }
 
+/// `avg ← avg + w·(value − avg)`, in place.
+struct AveragePass(f32);
+
+impl InplaceOp2 for AveragePass {
+    fn name(&self) -> &'static str {
+        "seg-weight-average"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        src: &CpuStorage,
+        src_l: &Layout,
+    ) -> Result<()> {
+        let avg = as_mut_f32(dst, dst_l, self.name())?;
+        let value = cpu_f32(src, src_l, self.name())?;
+        if avg.len() != value.len() {
+            candle_core::bail!("seg weight average: sizes disagree");
+        }
+        let w = self.0;
+        avg.par_chunks_mut(CHUNK)
+            .zip(value.par_chunks(CHUNK))
+            .for_each(|(a, v)| {
+                for (a, &v) in a.iter_mut().zip(v) {
+                    *a += w * (v - *a);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// One step of a moving average of a weight: `avg ← avg + w·(value − avg)`
+/// (an exponential moving average with decay 1 − w). In place on the CPU
+/// (f32, contiguous; nothing allocated), else composed and replaced.
+/// `avg` must be a tensor of its own (not sharing storage with a weight).
+pub fn average_step(avg: &mut Tensor, value: &Tensor, w: f64) -> Result<()> {
+    if avg.dims() != value.dims() {
+        candle_core::bail!(
+            "seg weight average: average {:?}, value {:?}",
+            avg.dims(),
+            value.dims()
+        );
+    }
+    let value = value.detach();
+    if avg.device().is_cpu()
+        && avg.dtype() == DType::F32
+        && avg.is_contiguous()
+        && value.dtype() == DType::F32
+    {
+        let value = value.contiguous()?;
+        return avg.inplace_op2(&value, &AveragePass(w as f32));
+    }
+    *avg = (&*avg + ((value - &*avg)? * w)?)?.detach();
+    Ok(())
+}
+
 /// Σ x² of a tensor, in f64 (parallel and allocation-free for CPU f32).
 pub fn sum_squares(x: &Tensor) -> Result<f64> {
     if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
@@ -209,6 +266,32 @@ mod tests {
     use super::*;
     use crate::ops::test_util::*;
     use candle_core::Device;
+
+    /// The in-place average against the formula, on a tensor large enough
+    /// for several parallel chunks; the value is left alone; a strided
+    /// value; shape mismatch refused.
+    #[test]
+    fn average_step_is_the_moving_average() {
+        let f32_vec = |t: &Tensor| crate::ops::f32_data(t).unwrap();
+        let n = 3 * CHUNK + 17;
+        let a0 = rand_tensor(&[n], 1);
+        let v = rand_tensor(&[n], 2);
+        let mut a = a0.copy().unwrap();
+        average_step(&mut a, &v, 0.25).unwrap();
+        let (a0s, vs, got) = (f32_vec(&a0), f32_vec(&v), f32_vec(&a));
+        for i in 0..n {
+            let want = a0s[i] + 0.25 * (vs[i] - a0s[i]);
+            assert!((got[i] - want).abs() <= 1e-6, "{i}: {} vs {want}", got[i]);
+        }
+        assert_eq!(f32_vec(&v), vs, "the value changed");
+        let t = rand_tensor(&[5, 4], 3);
+        let mut b = rand_tensor(&[4, 5], 4);
+        let b0 = f32_vec(&b);
+        average_step(&mut b, &t.t().unwrap(), 1.0).unwrap();
+        assert_eq!(f32_vec(&b), f32_vec(&t.t().unwrap().contiguous().unwrap()));
+        assert_ne!(f32_vec(&b), b0);
+        assert!(average_step(&mut b, &t, 0.5).is_err());
+    }
 
     /// The composed (non-CPU) path written out on the CPU, for comparison.
     fn reference(

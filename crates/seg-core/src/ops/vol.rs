@@ -9,7 +9,8 @@
 //! operations are 2D ones plus a step along depth:
 //! - [`conv3d`]: k×k×k, stride 1, padding k / 2 — the 2D kernels with the
 //!   depth taps stacked as output channels, then a shifted sum along depth
-//!   (`conv/conv3d.rs`);
+//!   (`conv/conv3d.rs`); [`conv3d_strided`], the same sampled every s-th
+//!   voxel;
 //! - [`conv_transpose3d_2x`]: 2×2×2 stride 2 — the 2D transposed kernel
 //!   with both depth taps as output channels, which is already the
 //!   depth-interleaved output (a reshape);
@@ -57,6 +58,41 @@ pub fn per_plane(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Resul
 /// (f32) seg's kernels, elsewhere candle's 2D convolution composed.
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     conv3d_act(x, w, bias, false)
+}
+
+/// `nn.Conv3d(C, O, k, stride=s, padding=k // 2)` on a depth-major volume:
+/// output sizes ⌊(n − 1) / s⌋ + 1 along D, H and W. Computed as the
+/// stride-1 [`conv3d`] sampled at every `s`-th voxel, which is the strided
+/// convolution exactly (output voxel `j` is centred on input voxel `j·s`)
+/// and its gradient (the sampling scatters back), on every device — at the
+/// stride-1 cost, s³ times the strided arithmetic: none of the networks
+/// downsamples by convolution, so this path has no kernel of its own.
+pub fn conv3d_strided(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+) -> Result<Tensor> {
+    if stride == 0 {
+        candle_core::bail!("conv3d: stride must be at least 1");
+    }
+    let y = conv3d(x, w, bias)?;
+    sample_every(&y, &[1, 3, 4], stride)
+}
+
+/// Every `s`-th element (from the first) along each of `axes`.
+pub(crate) fn sample_every(x: &Tensor, axes: &[usize], s: usize) -> Result<Tensor> {
+    let mut out = x.clone();
+    if s == 1 {
+        return Ok(out);
+    }
+    for &axis in axes {
+        let n = out.dim(axis)?;
+        let idx: Vec<u32> = (0..n).step_by(s).map(|i| i as u32).collect();
+        let idx = Tensor::new(idx, out.device())?;
+        out = out.index_select(&idx, axis)?;
+    }
+    Ok(out)
 }
 
 /// [`conv3d`] then an optional ReLU applied as the output is written; only

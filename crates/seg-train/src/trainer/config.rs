@@ -88,6 +88,11 @@ pub struct TrainConfig {
     /// 3D training (`None`: 2D / 2.5D).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volumetric: Option<Volumetric>,
+    /// Validate and ship a moving average of the weights with this decay
+    /// (e.g. 0.999; `None`: the weights as trained). See
+    /// `trainer/average.rs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_average: Option<f64>,
 }
 
 impl TrainConfig {
@@ -115,6 +120,11 @@ impl TrainConfig {
         ] {
             if v == 0 || v > MAX {
                 return bad(name, &format!("between 1 and {MAX}"), v);
+            }
+        }
+        if let Some(d) = self.weight_average {
+            if !(d > 0.0 && d < 1.0) {
+                return bad("weight_average", "a decay in (0, 1), e.g. 0.999", d);
             }
         }
         let o = &self.optimizer;
@@ -247,6 +257,7 @@ impl Default for TrainConfig {
             },
             out_dir: PathBuf::from("runs/latest"),
             volumetric: None,
+            weight_average: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! ([`crate::checkpoint`]), a clear stop on a non-finite loss, and a
 //! cooperative stop flag (Ctrl-C) that writes a checkpoint first.
 
+use super::average::WeightAverage;
 use super::budget::TimeBudget;
 use super::config::TrainConfig;
 use super::data::{load, LabelledData};
@@ -54,6 +55,9 @@ pub struct TrainState {
     pub loss_sum: f64,
     pub loss_count: usize,
     pub history: Vec<EpochRecord>,
+    /// Updates of the weight average so far (`TrainConfig::weight_average`).
+    #[serde(default)]
+    pub average_updates: u64,
 }
 
 /// How a run ended.
@@ -156,6 +160,8 @@ pub struct Trainer {
     val_stride: usize,
     /// Binary runs on images with FOV masks: their median FOV diameter.
     fov_diameter: Option<f64>,
+    /// The moving average of the weights, if the run keeps one.
+    average: Option<WeightAverage>,
 }
 
 impl Trainer {
@@ -246,10 +252,15 @@ impl Trainer {
             loss_sum: 0.0,
             loss_count: 0,
             history: Vec::new(),
+            average_updates: 0,
+        };
+        let mut average = match cfg.weight_average {
+            Some(d) => Some(WeightAverage::new(d, net.params())?),
+            None => None,
         };
         let mut threshold = 0.5;
         if resume {
-            state = checkpoint::load_resume(&paths.state, &net, &mut opt)?;
+            state = checkpoint::load_resume(&paths.state, &net, &mut opt, average.as_mut())?;
             threshold = state.history.last().map(|r| r.threshold).unwrap_or(0.5);
             if cfg.max_seconds.is_none() {
                 // the schedule spans the configured epochs (a budget's estimate, or a
@@ -307,6 +318,7 @@ impl Trainer {
             fov_diameter,
             labelled,
             val_stride,
+            average,
         })
     }
 
@@ -339,15 +351,34 @@ impl Trainer {
         }
     }
 
-    /// Writes `last` (bundle) and its resume state.
+    /// Writes `last` (bundle: the averaged weights when the run keeps an
+    /// average) and its resume state (the live weights, and the average).
     fn save_last(&self) -> Result<()> {
-        checkpoint::save_resume(&self.paths.state, &self.net, &self.opt, &self.state)?;
-        let val = self.state.history.last().and_then(|r| r.val_dice_best);
-        checkpoint::save_bundle(
+        checkpoint::save_resume(
+            &self.paths.state,
             &self.net,
-            &self.bundle_info(self.state.epoch, val),
-            &self.paths.last,
-        )
+            &self.opt,
+            &self.state,
+            self.average.as_ref(),
+        )?;
+        let val = self.state.history.last().and_then(|r| r.val_dice_best);
+        self.with_shipped_weights(|| {
+            checkpoint::save_bundle(
+                &self.net,
+                &self.bundle_info(self.state.epoch, val),
+                &self.paths.last,
+            )
+        })
+    }
+
+    /// Runs `f` with the weights that are validated and shipped in the
+    /// network: the moving average when the run keeps one, else the live
+    /// weights.
+    fn with_shipped_weights<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        match &self.average {
+            Some(a) => a.with_average(self.net.params(), f),
+            None => f(),
+        }
     }
 
     /// Runs (or continues) training until the last epoch, early stopping, or `stop`.
@@ -432,6 +463,10 @@ impl Trainer {
                     }
                     Ok(lv)
                 })?;
+                if let (Some(a), true) = (&mut self.average, lv.is_finite()) {
+                    a.update(self.net.params())?;
+                    self.state.average_updates = a.updates();
+                }
                 if !lv.is_finite() {
                     return Err(Error::NonFiniteLoss {
                         epoch: epoch + 1,
@@ -470,23 +505,25 @@ impl Trainer {
             }
             // validation on full images
             let val_started = Instant::now();
-            let (dice05, dice_best, thr, auc, class_dice) = match &self.labelled {
-                Some(d) => {
-                    let (mean, per_class) = validate_stacks(
-                        &self.net,
-                        &d.val,
-                        d.plan.context,
-                        d.plan.labels.classes(),
-                        &self.cfg.sliding_window,
-                        self.val_stride,
-                    )?;
-                    (mean, mean, 0.5, None, Some(per_class))
-                }
-                None => {
-                    let (a, b, c, d) = validate(&self.net, &self.val, &self.cfg.sliding_window)?;
-                    (a, b, c, d, None)
-                }
-            };
+            let (dice05, dice_best, thr, auc, class_dice) =
+                self.with_shipped_weights(|| match &self.labelled {
+                    Some(d) => {
+                        let (mean, per_class) = validate_stacks(
+                            &self.net,
+                            &d.val,
+                            d.plan.context,
+                            d.plan.labels.classes(),
+                            &self.cfg.sliding_window,
+                            self.val_stride,
+                        )?;
+                        Ok((mean, mean, 0.5, None, Some(per_class)))
+                    }
+                    None => {
+                        let (a, b, c, d) =
+                            validate(&self.net, &self.val, &self.cfg.sliding_window)?;
+                        Ok((a, b, c, d, None))
+                    }
+                })?;
             if let Some(b) = &mut budget {
                 b.record_validation(val_started.elapsed().as_secs_f64());
             }
@@ -512,11 +549,13 @@ impl Trainer {
                 self.state.best_dice = Some(dice_best);
                 self.state.epochs_since_best = 0;
                 self.threshold = thr;
-                checkpoint::save_bundle(
-                    &self.net,
-                    &self.bundle_info(epoch + 1, Some(dice_best)),
-                    &self.paths.best,
-                )?;
+                self.with_shipped_weights(|| {
+                    checkpoint::save_bundle(
+                        &self.net,
+                        &self.bundle_info(epoch + 1, Some(dice_best)),
+                        &self.paths.best,
+                    )
+                })?;
             } else {
                 self.state.epochs_since_best += 1;
             }

@@ -157,6 +157,100 @@ fn conv3d_matches_loops_forward_and_backward() {
     }
 }
 
+/// The stride-s output of a naive stride-1 NCDHW result: voxel (z, y, x)
+/// of the strided output is (z·s, y·s, x·s) of the stride-1 one.
+fn sample_ncdhw(full: &[f32], dims: [usize; 5], s: usize) -> (Vec<f32>, [usize; 5]) {
+    let [n, o, d, h, w] = dims;
+    let (sd, sh, sw) = ((d - 1) / s + 1, (h - 1) / s + 1, (w - 1) / s + 1);
+    let mut out = Vec::with_capacity(n * o * sd * sh * sw);
+    for no in 0..n * o {
+        for z in 0..sd {
+            for y in 0..sh {
+                for x in 0..sw {
+                    out.push(full[((no * d + z * s) * h + y * s) * w + x * s]);
+                }
+            }
+        }
+    }
+    (out, [n, o, sd, sh, sw])
+}
+
+#[test]
+fn strided_conv3d_matches_loops_forward_and_backward() {
+    // PyTorch's Conv3d(c, o, k, stride=s, padding=k // 2): sizes ⌊(n − 1)/s⌋ + 1,
+    // even and odd, a depth of 1
+    for &(n, c, d, h, w, o, k, s) in &[
+        (2, 3, 5, 6, 7, 4, 3, 2),
+        (1, 16, 4, 9, 8, 8, 3, 2),
+        (1, 2, 1, 7, 5, 3, 3, 2),
+        (1, 2, 7, 7, 8, 2, 3, 3),
+        (1, 3, 4, 6, 5, 2, 1, 2),
+    ] {
+        let tag = format!("{n}x{c}x{d}x{h}x{w} -> {o}, k {k}, stride {s}");
+        let x = rand_tensor(&[n, c, d, h, w], 11);
+        let wt = rand_tensor(&[o, c, k, k, k], 12);
+        let b = rand_tensor(&[o], 13);
+        let (xs, ws, bs) = (
+            f32_data(&x).unwrap(),
+            f32_data(&wt).unwrap(),
+            f32_data(&b).unwrap(),
+        );
+        let conv = |xs: &[f32], wts: &[f32], bs: &[f32]| {
+            sample_ncdhw(
+                &naive_conv3d(xs, [n, c, d, h, w], wts, o, k, bs),
+                [n, o, d, h, w],
+                s,
+            )
+        };
+        let (want, odims) = conv(&xs, &ws, &bs);
+        let gy = rand_tensor(&odims, 14);
+        let gys = f32_data(&gy).unwrap();
+        let xv = Var::from_tensor(&to_depth_major(&x).unwrap()).unwrap();
+        let wv = Var::from_tensor(&wt).unwrap();
+        let y = conv3d_strided(xv.as_tensor(), wv.as_tensor(), Some(&b), s).unwrap();
+        assert_eq!(from_depth_major(&y).unwrap().dims(), &odims, "{tag}");
+        close(&ncdhw(&y), &want, 1e-5, &format!("{tag} forward"));
+        let g = (&y * to_depth_major(&gy).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dx = ncdhw(g.get(xv.as_tensor()).unwrap());
+        let dw = f32_data(g.get(wv.as_tensor()).unwrap()).unwrap();
+        // Σ gy·conv(x, w) is linear in x and in w: each gradient element is
+        // the loops' forward of a one-hot input (weight), dotted with gy
+        let dot = |y: &[f32]| -> f64 { y.iter().zip(&gys).map(|(a, b)| (a * b) as f64).sum() };
+        for i in [0, xs.len() / 2, xs.len() - 1] {
+            let mut e = vec![0f32; xs.len()];
+            e[i] = 1.0;
+            let v = dot(&conv(&e, &ws, &[]).0);
+            assert!(
+                (dx[i] as f64 - v).abs() < 1e-4,
+                "{tag} dx[{i}] {} vs {v}",
+                dx[i]
+            );
+        }
+        for i in [0, ws.len() / 2, ws.len() - 1] {
+            let mut e = vec![0f32; ws.len()];
+            e[i] = 1.0;
+            let v = dot(&conv(&xs, &e, &[]).0);
+            assert!(
+                (dw[i] as f64 - v).abs() < 1e-4,
+                "{tag} dw[{i}] {} vs {v}",
+                dw[i]
+            );
+        }
+    }
+    assert!(conv3d_strided(
+        &rand_tensor(&[1, 1, 2, 2, 2], 1),
+        &rand_tensor(&[1, 1, 1, 1, 1], 2),
+        None,
+        0
+    )
+    .is_err());
+}
+
 #[test]
 fn conv3d_in_slabs_of_planes_gives_the_whole_volume_result() {
     let x = to_depth_major(&rand_tensor(&[2, 3, 11, 9, 10], 21)).unwrap();
