@@ -55,6 +55,16 @@ pub struct AugmentConfig {
     /// Probability of additive gaussian noise of `noise_std` × value range.
     pub noise_p: f32,
     pub noise_std: f32,
+    /// Probability of a gaussian blur of the image with a standard deviation
+    /// drawn from `blur_sigma` pixels (nnU-Net: p 0.2, 0.5–1 px): the
+    /// softness of another camera, of compression or of resampling.
+    pub blur_p: f32,
+    pub blur_sigma: (f32, f32),
+    /// Probability of a simulated lower resolution: the image shrunk by a
+    /// factor drawn from `lowres_range` (antialiased) and enlarged back
+    /// (nnU-Net: p 0.25, 0.5–1).
+    pub lowres_p: f32,
+    pub lowres_range: (f32, f32),
 }
 
 impl Default for AugmentConfig {
@@ -81,6 +91,10 @@ impl Default for AugmentConfig {
             contrast: 0.1,
             noise_p: 0.2,
             noise_std: 0.02,
+            blur_p: 0.0,
+            blur_sigma: (0.5, 1.0),
+            lowres_p: 0.0,
+            lowres_range: (0.5, 1.0),
         }
     }
 }
@@ -98,6 +112,8 @@ impl AugmentConfig {
             gamma_p: 0.0,
             brightness_contrast_p: 0.0,
             noise_p: 0.0,
+            blur_p: 0.0,
+            lowres_p: 0.0,
             ..Self::default()
         }
     }
@@ -343,6 +359,30 @@ pub fn augment(s: &mut Sample, cfg: &AugmentConfig, rng: &mut ChaCha8Rng) {
         }
         resample(s, &sy, &sx);
     }
+    // blur and lower resolution draw only when enabled, so configurations
+    // without them keep every random choice they had before they existed
+    if cfg.blur_p > 0.0 && rng.random::<f32>() < cfg.blur_p {
+        let (lo, hi) = cfg.blur_sigma;
+        let sigma = lo + rng.random::<f32>() * (hi - lo);
+        for c in 0..s.channels {
+            blur(&mut s.image[c * n..(c + 1) * n], h, w, sigma);
+        }
+    }
+    if cfg.lowres_p > 0.0 && rng.random::<f32>() < cfg.lowres_p {
+        let (lo, hi) = cfg.lowres_range;
+        let z = lo + rng.random::<f32>() * (hi - lo);
+        let (sh, sw) = (
+            ((h as f32 * z).round() as usize).max(1),
+            ((w as f32 * z).round() as usize).max(1),
+        );
+        if (sh, sw) != (h, w) {
+            for c in 0..s.channels {
+                let plane = &mut s.image[c * n..(c + 1) * n];
+                let small = crate::resample::resize_plane(plane, h, w, sh, sw);
+                plane.copy_from_slice(&crate::resample::resize_plane(&small, sh, sw, h, w));
+            }
+        }
+    }
     let range = value_range(&s.image);
     if rng.random::<f32>() < cfg.gamma_p {
         let g = cfg.gamma_range.0 + rng.random::<f32>() * (cfg.gamma_range.1 - cfg.gamma_range.0);
@@ -521,5 +561,68 @@ mod tests {
         augment(&mut s, &photo, &mut ChaCha8Rng::seed_from_u64(1));
         assert_eq!(s.label, base.label);
         assert_ne!(s.image, base.image);
+    }
+
+    /// Total variation of the first channel: how much neighbouring pixels differ.
+    fn variation(s: &Sample) -> f32 {
+        let (h, w) = (s.height, s.width);
+        let mut tv = 0.0;
+        for y in 0..h {
+            for x in 1..w {
+                tv += (s.image[y * w + x] - s.image[y * w + x - 1]).abs();
+            }
+        }
+        tv
+    }
+
+    #[test]
+    fn blur_and_lower_resolution_soften_the_image_only() {
+        let base = coded(24, 20);
+        for (name, cfg) in [
+            (
+                "blur",
+                AugmentConfig {
+                    blur_p: 1.0,
+                    blur_sigma: (1.0, 1.0),
+                    ..AugmentConfig::none()
+                },
+            ),
+            (
+                "lowres",
+                AugmentConfig {
+                    lowres_p: 1.0,
+                    lowres_range: (0.5, 0.5),
+                    ..AugmentConfig::none()
+                },
+            ),
+        ] {
+            let mut s = base.clone();
+            augment(&mut s, &cfg, &mut ChaCha8Rng::seed_from_u64(3));
+            assert_eq!(s.label, base.label, "{name}");
+            assert_eq!(s.fov, base.fov, "{name}");
+            assert_eq!((s.height, s.width), (base.height, base.width), "{name}");
+            let (before, after) = (variation(&base), variation(&s));
+            assert!(after < 0.8 * before, "{name}: variation {before} -> {after}");
+            // the mean brightness stays (both are averages of the image)
+            let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+            let (m0, m1) = (mean(&base.image), mean(&s.image));
+            assert!((m0 - m1).abs() < 0.05 * m0, "{name}: mean {m0} -> {m1}");
+        }
+        // off by default, and then no random draw is taken for them
+        let d = AugmentConfig::default();
+        assert_eq!((d.blur_p, d.lowres_p), (0.0, 0.0));
+        let mut a = ChaCha8Rng::seed_from_u64(9);
+        let mut s = base.clone();
+        augment(&mut s, &AugmentConfig::none(), &mut a);
+        let mut b = ChaCha8Rng::seed_from_u64(9);
+        let mut t = base.clone();
+        let off = AugmentConfig {
+            blur_sigma: (3.0, 4.0),
+            lowres_range: (0.1, 0.2),
+            ..AugmentConfig::none()
+        };
+        augment(&mut t, &off, &mut b);
+        assert_eq!(a.random::<u64>(), b.random::<u64>());
+        assert_eq!(s, t);
     }
 }

@@ -32,7 +32,8 @@ impl AugmentConfig {
     }
 
     /// The default geometry plus elastic deformation and grid distortion,
-    /// wider rotation and scaling, and stronger intensity changes.
+    /// wider rotation and scaling, stronger intensity changes, blur and
+    /// simulated lower resolution.
     pub fn heavy() -> Self {
         Self {
             rotate_p: 0.5,
@@ -48,6 +49,8 @@ impl AugmentConfig {
             contrast: 0.2,
             noise_p: 0.3,
             noise_std: 0.04,
+            blur_p: 0.2,
+            lowres_p: 0.2,
             ..Self::default()
         }
     }
