@@ -20,11 +20,10 @@
 //! driver's own library is loaded.
 //!
 //! Then, with CUDA_HOME, CUDA_PATH, NVCC, PATH and CUDA_COMPUTE_CAP set,
-//! `cargo build --release -p seg-cli --features cuda`, the parity test binary
-//! (`cargo test --release -p seg-models --features cuda --test parity
-//! --no-run`) and
-//! the xtask with `--features cuda` (for `bench --device cuda:N`) are built
-//! in their own target folder (`target/cuda-build`, so that the CPU build is
+//! seg-cli and the xtask (for `bench --device cuda:N`) with `--features
+//! cuda`, and the parity test binary (`cargo test --release -p seg-models
+//! --features cuda --test parity --no-run`) are built in their own target
+//! folder (`target/cuda-build`, so that the CPU build is
 //! untouched). `target/cuda-toolkit/env.sh` keeps the variables for later
 //! cargo commands. Nothing here runs on a GPU.
 
@@ -124,10 +123,29 @@ fn check(o: &CudaCheck) -> Result<String> {
         .clone()
         .unwrap_or_else(|| root.join("target/cuda-build"));
     let profile = if o.dev { "debug" } else { "release" };
-    let mut steps: Vec<(&str, Vec<&str>)> = vec![(
-        "seg-cli",
-        vec!["build", "-p", "seg-cli", "--features", "cuda"],
-    )];
+    // seg-cli and the xtask in one cargo call: one feature resolution, so
+    // candle-kernels (nvcc, the slowest part) is compiled once for both; the
+    // parity test's dev-dependencies resolve features differently and cost
+    // a second compilation of it
+    let mut steps: Vec<(&str, Vec<&str>)> = if o.no_tests {
+        vec![(
+            "seg-cli",
+            vec!["build", "-p", "seg-cli", "--features", "cuda"],
+        )]
+    } else {
+        vec![(
+            "seg-cli and the xtask",
+            vec![
+                "build",
+                "-p",
+                "seg-cli",
+                "-p",
+                "xtask",
+                "--features",
+                "seg-cli/cuda,xtask/cuda",
+            ],
+        )]
+    };
     if !o.no_tests {
         steps.push((
             "the parity test",
@@ -142,7 +160,6 @@ fn check(o: &CudaCheck) -> Result<String> {
                 "--no-run",
             ],
         ));
-        steps.push(("xtask", vec!["build", "-p", "xtask", "--features", "cuda"]));
     }
     for (what, args) in &steps {
         eprintln!("cuda-check: cargo {}", args.join(" "));
