@@ -174,22 +174,23 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Runs one configuration in this process and prints one JSON line (the
 /// `bench-one` task, which `bench` spawns).
-pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
-    use seg_core::{DType, Device, Tensor};
+pub fn run_one(case: &Case, reps: usize, warmup: usize, device: &str) -> Result<()> {
+    use seg_core::{DType, Tensor};
     use seg_models::{ModelConfig, Network};
     use seg_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
     let cfg = ModelConfig::from_name(&case.model)?
         .with_base(case.base)
         .with_in_channels(case.in_channels)
         .with_dims(case.dims);
-    let net = Network::new(&cfg, &Device::Cpu, 0)?;
+    let dev = seg_core::parse_device(device)?;
+    let net = Network::new(&cfg, &dev, 0)?;
     let params = net.params().num_trainable();
     let shape = case.shape();
-    let x = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu)?;
+    let x = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev)?;
     let mut step: Box<dyn FnMut() -> Result<()> + Send> = if case.mode == "train" {
         let mut y_shape = shape.clone();
         y_shape[1] = 1;
-        let y = Tensor::rand(0f32, 1.0, y_shape.as_slice(), &Device::Cpu)?
+        let y = Tensor::rand(0f32, 1.0, y_shape.as_slice(), &dev)?
             .ge(0.8)?
             .to_dtype(DType::F32)?;
         let mut opt = Optimizer::new(
@@ -223,8 +224,14 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
         })
     };
     // as seg-train runs its steps and forward passes: on a worker of the
-    // kernels' thread pool
-    let mut step = move || seg_core::on_worker(&mut step);
+    // kernels' thread pool; on a GPU each timed step ends when the device
+    // has finished its queued work
+    let sync = dev.clone();
+    let mut step = move || {
+        seg_core::on_worker(&mut step)?;
+        sync.synchronize()?;
+        Ok::<(), anyhow::Error>(())
+    };
     for _ in 0..warmup {
         step()?;
     }
@@ -240,7 +247,7 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize) -> Result<()> {
     println!(
         "{}",
         json!({
-            "impl": "seg", "threads": rayon::current_num_threads(), "model": case.model, "base": case.base,
+            "impl": "seg", "device": seg_core::device::device_name(&dev), "threads": rayon::current_num_threads(), "model": case.model, "base": case.base,
             "in_channels": case.in_channels, "params": params, "mode": case.mode, "shape": shape,
             "ms_median": (med * 1000.0).round() / 1000.0, "ms_min": times[0], "ms_max": times[times.len() - 1],
             "samples_per_s": shape[0] as f64 / med * 1e3, "megapixels_per_s": pixels as f64 / med / 1e3,
@@ -291,6 +298,8 @@ pub struct BenchOptions {
     pub rounds: usize,
     pub peer: Option<String>,
     pub peer_script: PathBuf,
+    /// Where seg runs (`cpu`, `cuda:N`, `metal:N`).
+    pub device: String,
 }
 
 /// Runs the benchmark; returns one JSON object per configuration.
@@ -314,6 +323,8 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                 &o.reps.to_string(),
                 "--warmup",
                 &o.warmup.to_string(),
+                "--device",
+                &o.device,
             ]);
             let s = run_json(c, "the seg side")?;
             let sm = s["ms_median"].as_f64().unwrap_or(f64::NAN);

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod convprof;
+pub mod cuda;
 pub mod fetch;
 pub mod layers;
 pub mod vendor;

@@ -2,9 +2,11 @@
 //! - `check-layers`: the crate layering and feature rules (also a `#[test]`);
 //! - `check-vendor`: vendor/ is the pristine crates.io sources plus our patches;
 //! - `fetch-drive`: install and verify DRIVE from a zip, folder or URL;
-//! - `bench`: train/infer timings side by side with the PyTorch peer.
+//! - `bench`: train/infer timings side by side with the PyTorch peer;
+//! - `cuda-check`: build the `cuda` feature against a CUDA toolkit (the
+//!   system's, or NVIDIA's wheels from the Python package index).
 
-use xtask::{bench, fetch, layers, vendor};
+use xtask::{bench, cuda, fetch, layers, vendor};
 
 /// The same allocator as seg-cli, so that `bench` measures what users run.
 #[global_allocator]
@@ -82,6 +84,10 @@ enum Task {
         /// --dims 3 xtask/peer/torch_peer3d.py].
         #[arg(long)]
         peer_script: Option<std::path::PathBuf>,
+        /// Where seg runs: cpu, cuda:N or metal:N (a GPU needs an xtask
+        /// built with --features cuda / metal; the peer runs on the CPU only).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Time each 3×3 convolution of a U-Net on its own (a profiling aid).
     #[command(hide = true)]
@@ -132,6 +138,34 @@ enum Task {
         reps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Build `seg-cli --features cuda` (and the parity test, and this xtask)
+    /// against a CUDA toolkit: NVIDIA's CUDA 13.0 wheels from the Python
+    /// package index, installed into target/cuda-toolkit, unless --toolkit
+    /// names one. Builds only; runs nothing on a GPU.
+    CudaCheck {
+        /// The GPU architecture to build the kernels for (CUDA_COMPUTE_CAP):
+        /// 90 for H100/H200, 80 for A100, 89 for L4/RTX 40xx.
+        #[arg(long, default_value_t = 90)]
+        compute_cap: u32,
+        /// An installed CUDA toolkit (its CUDA_HOME, with bin/nvcc) instead
+        /// of the wheels.
+        #[arg(long)]
+        toolkit: Option<std::path::PathBuf>,
+        /// Build the dev profile (default: --release).
+        #[arg(long)]
+        dev: bool,
+        /// Only seg-cli (not the parity test binary and the cuda xtask).
+        #[arg(long)]
+        no_tests: bool,
+        /// Target folder of the cuda build [default: target/cuda-build].
+        #[arg(long)]
+        target_dir: Option<std::path::PathBuf>,
+        /// The Python whose pip downloads the wheels.
+        #[arg(long, default_value = "python3")]
+        python: String,
     },
     /// Install and verify the DRIVE dataset from a zip, a folder or a URL.
     FetchDrive {
@@ -206,6 +240,7 @@ fn main() {
             rounds,
             peer,
             peer_script,
+            device,
         } => {
             let modes: Vec<String> = match mode {
                 Some(x) => vec![x],
@@ -246,6 +281,10 @@ fn main() {
                 );
                 std::process::exit(1);
             }
+            if peer.is_some() && device != "cpu" {
+                eprintln!("error: the PyTorch peer runs on the CPU: --peer needs --device cpu");
+                std::process::exit(1);
+            }
             bench::run(&bench::BenchOptions {
                 cases,
                 reps,
@@ -253,6 +292,7 @@ fn main() {
                 rounds,
                 peer,
                 peer_script,
+                device,
             })
             .map(|_| ())
         }
@@ -280,6 +320,7 @@ fn main() {
             dims,
             reps,
             warmup,
+            device,
         } => bench_one_case(
             bench::Case {
                 model,
@@ -292,7 +333,22 @@ fn main() {
             },
             [depth, height, width],
         )
-        .and_then(|case| bench::run_one(&case, reps, warmup)),
+        .and_then(|case| bench::run_one(&case, reps, warmup, &device)),
+        Task::CudaCheck {
+            compute_cap,
+            toolkit,
+            dev,
+            no_tests,
+            target_dir,
+            python,
+        } => cuda::run(&cuda::CudaCheck {
+            compute_cap,
+            toolkit,
+            dev,
+            no_tests,
+            target_dir,
+            python,
+        }),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -8,6 +8,9 @@
 //! train-mode output, the BCE-with-logits loss, every parameter's gradient and
 //! every BatchNorm running statistic after the train pass.
 //!
+//! `SEG_TEST_DEVICE` (default `cpu`; `cuda:0` in a `--features cuda` build)
+//! chooses the device the networks run on.
+//!
 //! Tolerances (../shared/README.md): outputs and loss within 1e-4 absolute +
 //! 1e-4 relative; gradients within 1e-3 of the largest magnitude of that
 //! gradient tensor (with an absolute floor for gradients that are exactly
@@ -33,6 +36,14 @@ fn bce_with_logits_mean(logits: &Tensor, target: &Tensor) -> seg_core::candle::R
     let softplus = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
     let per = ((logits.relu()? - (logits * target)?)? + softplus)?;
     per.mean_all()
+}
+
+/// The device the networks run on: `SEG_TEST_DEVICE` (`cpu`, `cuda:N`,
+/// `metal:N`; default `cpu`). A GPU needs a build with `--features cuda` /
+/// `metal`; the fixtures are read on the CPU and compared there.
+fn test_device() -> Device {
+    let spec = std::env::var("SEG_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    seg_core::parse_device(&spec).unwrap_or_else(|e| panic!("SEG_TEST_DEVICE={spec}: {e}"))
 }
 
 fn fixtures_dir() -> PathBuf {
@@ -171,7 +182,8 @@ fn check_fixture(path: &Path) -> Result<String, String> {
         t.get(k)
             .ok_or_else(|| format!("fixture lacks tensor {k:?}"))
     };
-    let net = Network::new(&cfg, &Device::Cpu, 0).map_err(|e| e.to_string())?;
+    let device = test_device();
+    let net = Network::new(&cfg, &device, 0).map_err(|e| e.to_string())?;
     let weights: HashMap<String, Tensor> = t
         .iter()
         .filter(|(k, _)| !k.starts_with("grad.") && !k.starts_with("after."))
@@ -194,8 +206,9 @@ fn check_fixture(path: &Path) -> Result<String, String> {
             "fixture tensors the model does not have: {unexpected:?}"
         ));
     }
-    let input = get("input")?;
-    let target = get("target")?;
+    let on_device = |k: &str| get(k)?.to_device(&device).map_err(|e| e.to_string());
+    let input = &on_device("input")?;
+    let target = &on_device("target")?;
     let train_pass = |flips: &[usize]| -> Result<(Tensor, Tensor, Vec<f32>), String> {
         let (out, found) = relu_probe(RELU_BAND, flips, || net.forward_t(input, true));
         let out = out.map_err(|e| e.to_string())?;
@@ -343,7 +356,13 @@ fn every_fixture_matches_pytorch() {
 /// `ConvTranspose3d` and trilinear / nearest 3D upsampling.
 #[test]
 fn every_3d_fixture_matches_pytorch() {
-    check_folder(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures3d"));
+    // `SEG_PARITY_FIXTURES_3D`: the same files elsewhere (a test binary run
+    // away from its source tree, e.g. on a GPU machine: docs/gpu.md)
+    let dir = match std::env::var_os("SEG_PARITY_FIXTURES_3D") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures3d"),
+    };
+    check_folder(&dir);
 }
 
 fn check_folder(dir: &Path) {
@@ -359,6 +378,8 @@ fn check_folder(dir: &Path) {
         "no network fixtures in {}",
         dir.display()
     );
+    let device = seg_core::device::device_name(&test_device());
+    eprintln!("parity on {device} (SEG_TEST_DEVICE): {}", dir.display());
     let mut failures = Vec::new();
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
