@@ -130,7 +130,7 @@ fn exported(cfg: &ModelConfig, dir: &Path, tag: &str, seed: u64) -> (Network, st
 /// Runs the ONNX model at `onnx` with tract on `data` of `shape`; returns
 /// the output's shape and values.
 fn run_tract(onnx: &Path, shape: &[usize], data: &[f32]) -> (Vec<usize>, Vec<f32>) {
-    let fact = tract_onnx::prelude::InferenceFact::dt_shape(f32::datum_type(), shape);
+    let fact = tract_onnx::prelude::InferenceFact::dt_shape(f32::datum_type(), shape.to_vec());
     let model = tract_onnx::onnx()
         .model_for_path(onnx)
         .unwrap()
@@ -295,7 +295,7 @@ fn dims_of(v: &onnx_protobuf::ValueInfoProto) -> Vec<String> {
         .map(|d| match &d.value {
             Some(D::DimValue(n)) => n.to_string(),
             Some(D::DimParam(s)) => s.clone(),
-            None => "?".into(),
+            _ => "?".into(),
         })
         .collect()
 }
@@ -439,3 +439,4 @@ fn pytorch_fixtures_match_through_onnx() {
     assert!(checked >= 8, "only {checked} fixtures");
     let _ = std::fs::remove_dir_all(&out_dir);
 }
+

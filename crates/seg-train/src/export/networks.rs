@@ -4,10 +4,12 @@
 //! - BatchNorm (eval: running statistics) is folded into the convolution
 //!   before it (every BatchNorm of the reference follows a convolution), in
 //!   f64: `w' = w·γ/√(var+ε)`, `b' = (b − mean)·γ/√(var+ε) + β`.
-//! - InstanceNorm (`affine=True`) is `InstanceNormalization`; GroupNorm is
-//!   `Reshape(N, G, −1)` → `InstanceNormalization` (unit scale) →
-//!   `Reshape` back → per-channel `Mul` + `Add` (opset 17 has no
-//!   per-channel `GroupNormalization`).
+//! - GroupNorm and InstanceNorm (`affine=True`; G = C) are
+//!   `Reshape(N, G, −1)` → mean and biased variance over the last axis
+//!   (`ReduceMean`, `Sub`, `Mul`, `Add` ε, `Sqrt`, `Div`) → `Reshape` back →
+//!   per-channel `Mul` + `Add`. Opset 17 has no per-channel
+//!   `GroupNormalization`, and tract 0.21's `InstanceNormalization` takes
+//!   its statistics over the batch as well, so neither is used.
 //! - `pad_to` (zero padding of an upsampled tensor to its skip's size,
 //!   `diff // 2` before and the rest after): in these networks the
 //!   upsampled size is `2·⌊s/2⌋` for a skip of size `s`, so the difference
@@ -172,31 +174,35 @@ impl Builder<'_> {
             NormKind::Instance => c,
             NormKind::Batch => unreachable!("batch norm is folded into the convolution"),
         };
-        if groups == c {
-            // one channel per group: InstanceNormalization with the affine weights
-            let s = self.g.f32_tensor(&format!("{n}.weight"), &[c], &gamma);
-            let b = self.g.f32_tensor(&format!("{n}.bias"), &[c], &beta);
-            return Ok(self.g.op(
-                "InstanceNormalization",
-                n,
-                &[x, &s, &b],
-                vec![("epsilon", Attr::Float(NORM_EPS))],
-            ));
-        }
+        // the statistics as ReduceMean nodes over each sample's group, not
+        // InstanceNormalization: tract 0.21 averages that one over the batch too
         let grouped_shape = self
             .g
             .i64_tensor(&format!("{n}.grouped_shape"), &[0, groups as i64, -1]);
         let grouped = self
             .g
             .op("Reshape", &format!("{n}.grouped"), &[x, &grouped_shape], vec![]);
-        let ones = self.g.f32_tensor(&format!("{n}.unit_scale"), &[groups], &vec![1.0; groups]);
-        let zeros = self.g.f32_tensor(&format!("{n}.zero_bias"), &[groups], &vec![0.0; groups]);
-        let normed = self.g.op(
-            "InstanceNormalization",
-            &format!("{n}.normalised"),
-            &[&grouped, &ones, &zeros],
-            vec![("epsilon", Attr::Float(NORM_EPS))],
-        );
+        let over_group = || vec![("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(1))];
+        let mean = self
+            .g
+            .op("ReduceMean", &format!("{n}.mean"), &[&grouped], over_group());
+        let centred = self
+            .g
+            .op("Sub", &format!("{n}.centred"), &[&grouped, &mean], vec![]);
+        let squared = self
+            .g
+            .op("Mul", &format!("{n}.squared"), &[&centred, &centred], vec![]);
+        let var = self
+            .g
+            .op("ReduceMean", &format!("{n}.variance"), &[&squared], over_group());
+        let eps = self.g.f32_tensor(&format!("{n}.epsilon"), &[1], &[NORM_EPS]);
+        let var = self
+            .g
+            .op("Add", &format!("{n}.variance_eps"), &[&var, &eps], vec![]);
+        let std = self.g.op("Sqrt", &format!("{n}.std"), &[&var], vec![]);
+        let normed = self
+            .g
+            .op("Div", &format!("{n}.normalised"), &[&centred, &std], vec![]);
         let shape = self.g.op("Shape", &format!("{n}.shape"), &[x], vec![]);
         let back = self
             .g
