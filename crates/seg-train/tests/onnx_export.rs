@@ -70,9 +70,7 @@ fn randomise(net: &Network, seed: u64) {
 fn info(cfg: &ModelConfig) -> BundleInfo {
     let (slices, threshold) = if cfg.out_channels() > 1 {
         let mut labels = seg_data::labelmap::LabelSet::new(
-            [0, 200, 500, 600]
-                .into_iter()
-                .take(cfg.out_channels()),
+            [0, 200, 500, 600].into_iter().take(cfg.out_channels()),
         )
         .unwrap();
         labels.names = ["background", "hippocampus", "tail", "other"]
@@ -169,6 +167,14 @@ fn compare(net: &Network, onnx: &Path, shape: &[usize], seed: u64) -> f32 {
     let want = net.forward_t(&x, false).unwrap();
     let want_shape = want.dims().to_vec();
     let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    // an output that does not vary would make the comparison weak
+    let (lo, hi) = want
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    assert!(
+        hi - lo > 1e-3 * hi.abs().max(lo.abs()),
+        "constant output {lo}..{hi}"
+    );
     let (got_shape, got) = run_tract(onnx, shape, &data);
     assert_eq!(got_shape, want_shape, "output shape");
     relative_difference(&got, &want)
@@ -180,9 +186,20 @@ use tract_onnx::prelude::Datum;
 fn check_all(model: &str, variants: &[(&str, ModelConfig)]) {
     let dir = common::tmp("onnx", model);
     for (k, (tag, cfg)) in variants.iter().enumerate() {
-        let (net, onnx) = exported(cfg, &dir, tag, 11 + k as u64);
         let c = cfg.in_channels();
-        let sizes: [Vec<usize>; 2] = if cfg.dims() == 3 {
+        // tiny random networks can have every last ReLU dead (a constant
+        // output, a weak comparison): draw again until the output varies
+        let (net, onnx) = (0..20u64)
+            .map(|t| exported(cfg, &dir, tag, 11 + k as u64 + 100 * t))
+            .find(|(net, _)| varies(net, c, cfg.dims()))
+            .expect("a network with a varying output in 20 draws");
+        let deep = matches!(cfg, ModelConfig::UNetPlusPlus(u) if u.deep_supervision);
+        let sizes: [Vec<usize>; 2] = if cfg.dims() == 3 && deep {
+            // tract 0.21.10 segfaults on the 3D UNet++ with deep supervision
+            // at 16x24x20 or 16x24x16 (onnxruntime runs that model and
+            // matches seg to 2e-7, xtask/peer/onnx_check.py); another odd size
+            [vec![1, c, 16, 16, 16], vec![2, c, 16, 16, 20]]
+        } else if cfg.dims() == 3 {
             [vec![1, c, 16, 16, 16], vec![2, c, 16, 24, 20]]
         } else {
             [vec![1, c, 32, 32], vec![2, c, 48, 40]]
@@ -197,6 +214,28 @@ fn check_all(model: &str, variants: &[(&str, ModelConfig)]) {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether seg's output on a random input is not constant.
+fn varies(net: &Network, c: usize, dims: usize) -> bool {
+    let shape = if dims == 3 {
+        vec![1, c, 16, 16, 16]
+    } else {
+        vec![1, c, 32, 32]
+    };
+    let n: usize = shape.iter().product();
+    let x = Tensor::from_vec(Draws(1).vec(n, -2.0, 2.0), shape, &Device::Cpu).unwrap();
+    let y = net
+        .forward_t(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let (lo, hi) = y
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    hi - lo > 1e-3 * hi.abs().max(lo.abs())
 }
 
 fn tiny(name: &str, in_channels: usize, out_channels: usize) -> ModelConfig {
@@ -270,7 +309,9 @@ fn unetpp_exports_match_seg() {
             ),
             (
                 "volume_binary_deep_supervision",
-                tiny("unetpp", 1, 1).with_dims(3).with_deep_supervision(true),
+                tiny("unetpp", 1, 1)
+                    .with_dims(3)
+                    .with_deep_supervision(true),
             ),
         ],
     );
@@ -327,14 +368,23 @@ fn metadata_carries_the_preprocessing_labels_and_class_names() {
     assert_eq!(bundle, want);
     assert_eq!(ModelConfig::from_json(&meta[KEY_CONFIG]).unwrap(), cfg);
     let input: InputSpec = serde_json::from_str(&meta[KEY_INPUT]).unwrap();
-    assert_eq!((input.layout.as_str(), input.channels, input.min_side), ("NCDHW", 1, 16));
+    assert_eq!(
+        (input.layout.as_str(), input.channels, input.min_side),
+        ("NCDHW", 1, 16)
+    );
 
     let g = m.graph.as_ref().unwrap();
     assert_eq!(g.input.len(), 1);
     assert_eq!(g.input[0].name, INPUT_NAME);
-    assert_eq!(dims_of(&g.input[0]), ["batch", "1", "depth", "height", "width"]);
+    assert_eq!(
+        dims_of(&g.input[0]),
+        ["batch", "1", "depth", "height", "width"]
+    );
     assert_eq!(g.output[0].name, OUTPUT_NAME);
-    assert_eq!(dims_of(&g.output[0]), ["batch", "3", "depth", "height", "width"]);
+    assert_eq!(
+        dims_of(&g.output[0]),
+        ["batch", "3", "depth", "height", "width"]
+    );
     // BatchNorm is folded: no BatchNormalization node, one Conv per conv layer
     assert!(g.node.iter().all(|n| n.op_type != "BatchNormalization"));
 
@@ -393,7 +443,8 @@ fn bad_bundles_give_errors_naming_the_file() {
 /// by tract gives PyTorch's eval output, odd sizes included.
 #[test]
 fn pytorch_fixtures_match_through_onnx() {
-    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../seg-models/tests/fixtures3d")];
+    let mut dirs =
+        vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../seg-models/tests/fixtures3d")];
     dirs.extend(common::shared("reference/fixtures"));
     let out_dir = common::tmp("onnx", "fixtures");
     let mut checked = 0;
@@ -431,12 +482,19 @@ fn pytorch_fixtures_match_through_onnx() {
             assert_eq!(shape, want.dims());
             let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let rel = relative_difference(&got, &want);
-            println!("{}: {:?} max |tract - PyTorch| / scale = {rel:.2e}", f.display(), input.dims());
-            assert!(rel < TOLERANCE, "{}: relative difference {rel:e}", f.display());
+            println!(
+                "{}: {:?} max |tract - PyTorch| / scale = {rel:.2e}",
+                f.display(),
+                input.dims()
+            );
+            assert!(
+                rel < TOLERANCE,
+                "{}: relative difference {rel:e}",
+                f.display()
+            );
             checked += 1;
         }
     }
     assert!(checked >= 8, "only {checked} fixtures");
     let _ = std::fs::remove_dir_all(&out_dir);
 }
-

@@ -70,10 +70,13 @@ impl Builder<'_> {
     }
 
     fn weight(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let t = self.weights.get(name).ok_or_else(|| Error::ExportUnsupported {
-            model: self.model,
-            reason: format!("the weight {name:?} is missing"),
-        })?;
+        let t = self
+            .weights
+            .get(name)
+            .ok_or_else(|| Error::ExportUnsupported {
+                model: self.model,
+                reason: format!("the weight {name:?} is missing"),
+            })?;
         let data = t
             .to_dtype(seg_core::DType::F32)?
             .flatten_all()?
@@ -113,7 +116,10 @@ impl Builder<'_> {
         if wdims.len() != 2 + self.dims {
             return Err(Error::ExportUnsupported {
                 model: self.model,
-                reason: format!("{conv}.weight has shape {wdims:?}, expected {} dimensions", 2 + self.dims),
+                reason: format!(
+                    "{conv}.weight has shape {wdims:?}, expected {} dimensions",
+                    2 + self.dims
+                ),
             });
         }
         let cout = wdims[0];
@@ -179,23 +185,37 @@ impl Builder<'_> {
         let grouped_shape = self
             .g
             .i64_tensor(&format!("{n}.grouped_shape"), &[0, groups as i64, -1]);
-        let grouped = self
-            .g
-            .op("Reshape", &format!("{n}.grouped"), &[x, &grouped_shape], vec![]);
+        let grouped = self.g.op(
+            "Reshape",
+            &format!("{n}.grouped"),
+            &[x, &grouped_shape],
+            vec![],
+        );
         let over_group = || vec![("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(1))];
-        let mean = self
-            .g
-            .op("ReduceMean", &format!("{n}.mean"), &[&grouped], over_group());
+        let mean = self.g.op(
+            "ReduceMean",
+            &format!("{n}.mean"),
+            &[&grouped],
+            over_group(),
+        );
         let centred = self
             .g
             .op("Sub", &format!("{n}.centred"), &[&grouped, &mean], vec![]);
-        let squared = self
+        let squared = self.g.op(
+            "Mul",
+            &format!("{n}.squared"),
+            &[&centred, &centred],
+            vec![],
+        );
+        let var = self.g.op(
+            "ReduceMean",
+            &format!("{n}.variance"),
+            &[&squared],
+            over_group(),
+        );
+        let eps = self
             .g
-            .op("Mul", &format!("{n}.squared"), &[&centred, &centred], vec![]);
-        let var = self
-            .g
-            .op("ReduceMean", &format!("{n}.variance"), &[&squared], over_group());
-        let eps = self.g.f32_tensor(&format!("{n}.epsilon"), &[1], &[NORM_EPS]);
+            .f32_tensor(&format!("{n}.epsilon"), &[1], &[NORM_EPS]);
         let var = self
             .g
             .op("Add", &format!("{n}.variance_eps"), &[&var, &eps], vec![]);
@@ -204,13 +224,18 @@ impl Builder<'_> {
             .g
             .op("Div", &format!("{n}.normalised"), &[&centred, &std], vec![]);
         let shape = self.g.op("Shape", &format!("{n}.shape"), &[x], vec![]);
-        let back = self
-            .g
-            .op("Reshape", &format!("{n}.ungrouped"), &[&normed, &shape], vec![]);
+        let back = self.g.op(
+            "Reshape",
+            &format!("{n}.ungrouped"),
+            &[&normed, &shape],
+            vec![],
+        );
         let cs = self.channel_shape(c);
         let s = self.g.f32_tensor(&format!("{n}.weight"), &cs, &gamma);
         let b = self.g.f32_tensor(&format!("{n}.bias"), &cs, &beta);
-        let scaled = self.g.op("Mul", &format!("{n}.scaled"), &[&back, &s], vec![]);
+        let scaled = self
+            .g
+            .op("Mul", &format!("{n}.scaled"), &[&back, &s], vec![]);
         Ok(self.g.op("Add", n, &[&scaled, &b], vec![]))
     }
 
@@ -236,7 +261,8 @@ impl Builder<'_> {
     }
 
     fn concat(&mut self, parts: &[&str], hint: &str) -> String {
-        self.g.op("Concat", hint, parts, vec![("axis", Attr::Int(1))])
+        self.g
+            .op("Concat", hint, parts, vec![("axis", Attr::Int(1))])
     }
 
     /// `MaxPool2d(2)` / `MaxPool3d(2)` (floor).
@@ -308,11 +334,18 @@ impl Builder<'_> {
         let mut pads = vec![0i64; rank + 2];
         pads.extend(std::iter::repeat_n(1, self.dims));
         let pads = self.g.i64_tensor(&format!("{x}.pads"), &pads);
-        let padded = self.g.op("Pad", &format!("{x}.padded"), &[x, &pads], vec![]);
-        let ends = self
+        let padded = self
             .g
-            .op("Shape", &format!("{skip}.spatial_shape"), &[skip], vec![("start", Attr::Int(2))]);
-        let starts = self.g.i64_tensor(&format!("{x}.starts"), &vec![0; self.dims]);
+            .op("Pad", &format!("{x}.padded"), &[x, &pads], vec![]);
+        let ends = self.g.op(
+            "Shape",
+            &format!("{skip}.spatial_shape"),
+            &[skip],
+            vec![("start", Attr::Int(2))],
+        );
+        let starts = self
+            .g
+            .i64_tensor(&format!("{x}.starts"), &vec![0; self.dims]);
         let axes: Vec<i64> = (2..rank as i64).collect();
         let axes = self.g.i64_tensor(&format!("{x}.axes"), &axes);
         self.g.op(
@@ -326,8 +359,16 @@ impl Builder<'_> {
     // ------------------------------------------------------------ networks
     /// `DoubleConv`: (conv → norm → ReLU) × 2 under `p.double_conv.{0,1,3,4}`.
     fn double_conv(&mut self, x: &str, p: &str) -> Result<String> {
-        let x = self.conv_relu(x, &format!("{p}.double_conv.0"), &format!("{p}.double_conv.1"))?;
-        self.conv_relu(&x, &format!("{p}.double_conv.3"), &format!("{p}.double_conv.4"))
+        let x = self.conv_relu(
+            x,
+            &format!("{p}.double_conv.0"),
+            &format!("{p}.double_conv.1"),
+        )?;
+        self.conv_relu(
+            &x,
+            &format!("{p}.double_conv.3"),
+            &format!("{p}.double_conv.4"),
+        )
     }
 
     fn unet(&mut self, input: &str, bilinear: bool) -> Result<String> {
@@ -357,7 +398,11 @@ impl Builder<'_> {
         let out = self.conv_relu(x, &format!("{p}.conv1"), &format!("{p}.bn1"))?;
         let out = self.conv(&out, &format!("{p}.conv2"), Some(&format!("{p}.bn2")))?;
         let short = if self.has(&format!("{p}.shortcut.0.weight")) {
-            self.conv(x, &format!("{p}.shortcut.0"), Some(&format!("{p}.shortcut.1")))?
+            self.conv(
+                x,
+                &format!("{p}.shortcut.0"),
+                Some(&format!("{p}.shortcut.1")),
+            )?
         } else {
             x.to_string()
         };
@@ -380,7 +425,9 @@ impl Builder<'_> {
             // SpatialAttention: sigmoid(conv7([mean_c, max_c]))
             let sam = format!("sam{lvl}");
             let axes = vec![("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(1))];
-            let avg = self.g.op("ReduceMean", &format!("{sam}.mean"), &[&cat], axes);
+            let avg = self
+                .g
+                .op("ReduceMean", &format!("{sam}.mean"), &[&cat], axes);
             let axes = vec![("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(1))];
             let mx = self.g.op("ReduceMax", &format!("{sam}.max"), &[&cat], axes);
             let pooled = self.concat(&[&avg, &mx], &format!("{sam}.pooled"));
@@ -463,7 +510,13 @@ impl Builder<'_> {
         for k in 1..5 {
             heads.push(self.conv(&xs[&(0, k)].clone(), &format!("final{k}"), None)?);
         }
-        let heads: Vec<&str> = heads.iter().map(String::as_str).collect();
-        Ok(self.g.op("Mean", "heads_mean", &heads, vec![]))
+        // ((h1 + h2) + h3) + h4, then × 1/4 (exact: a power of two); not
+        // the n-ary `Mean`, on which tract 0.21 crashed for some 3D shapes
+        let mut sum = heads[0].clone();
+        for h in &heads[1..] {
+            sum = self.add(&sum, h, "heads_sum");
+        }
+        let quarter = self.g.f32_tensor("quarter", &[1], &[0.25]);
+        Ok(self.mul(&sum, &quarter, "heads_mean"))
     }
 }
