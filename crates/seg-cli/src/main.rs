@@ -9,6 +9,7 @@
 
 mod check_data;
 mod eval;
+mod export;
 mod info;
 mod inspect;
 mod plot;
@@ -77,6 +78,11 @@ enum Command {
         after_help = "Examples:\n  seg-cli inspect scan.nii.gz\n  seg-cli inspect CT_small.dcm --json\n  seg-cli inspect dicom_series_folder/ --series 1.2.840.113619..."
     )]
     Inspect(inspect::InspectArgs),
+    /// Export a model bundle as an ONNX model (input `image`, output `logits`).
+    #[command(
+        after_help = "Examples:\n  seg-cli export --checkpoint runs/drive/best.safetensors --output drive.onnx"
+    )]
+    Export(export::ExportArgs),
 }
 
 /// Restores the default action of SIGPIPE (terminate), which the Rust
@@ -114,6 +120,7 @@ fn main() {
         Command::Predict(a) => predict::run(a),
         Command::Eval(a) => eval::run(a),
         Command::CheckData(a) => check_data::run(a),
+        Command::Export(a) => export::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

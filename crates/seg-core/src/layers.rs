@@ -9,4 +9,6 @@ mod norm;
 pub use conv::{
     conv2d, conv_nd, conv_norm_act, conv_transpose2x2, conv_transpose_nd, Conv2d, ConvTranspose2d,
 };
-pub use norm::{batch_norm2d, group_norm, norm2d, BatchNorm2d, GroupNorm, Norm2d, NormKind};
+pub use norm::{
+    batch_norm2d, group_count, group_norm, norm2d, BatchNorm2d, GroupNorm, Norm2d, NormKind,
+};

@@ -139,6 +139,12 @@ pub enum Error {
         pred_spacing: Vec<f64>,
         gt_spacing: Vec<f64>,
     },
+    /// A network the ONNX export cannot write: which, and why.
+    #[error("cannot export {model} to ONNX: {reason}")]
+    ExportUnsupported { model: &'static str, reason: String },
+    /// The ONNX protobuf (or its metadata) could not be encoded.
+    #[error("cannot encode {what} as ONNX: {reason}")]
+    OnnxEncode { what: &'static str, reason: String },
     /// From seg-data.
     #[error(transparent)]
     Data(#[from] seg_data::Error),

@@ -10,11 +10,13 @@
 //!   [`schedule`]: constant, step, cosine with warm-up, poly, reduce-on-plateau.
 //! - [`trainer`]: the training loop; [`checkpoint`]: self-contained model
 //!   bundles and resume state; [`infer`]: sliding-window inference;
-//!   [`segment`]: files and volumes segmented with a bundle, and written.
+//!   [`segment`]: files and volumes segmented with a bundle, and written;
+//!   [`export`]: a bundle as an ONNX model.
 
 pub mod checkpoint;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod infer;
 pub mod losses;
 pub mod metrics;
