@@ -602,7 +602,10 @@ mod tests {
             assert_eq!(s.fov, base.fov, "{name}");
             assert_eq!((s.height, s.width), (base.height, base.width), "{name}");
             let (before, after) = (variation(&base), variation(&s));
-            assert!(after < 0.8 * before, "{name}: variation {before} -> {after}");
+            assert!(
+                after < 0.8 * before,
+                "{name}: variation {before} -> {after}"
+            );
             // the mean brightness stays (both are averages of the image)
             let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
             let (m0, m1) = (mean(&base.image), mean(&s.image));
