@@ -11,7 +11,6 @@ use std::collections::HashSet;
 pub(crate) enum Attr {
     Int(i64),
     Ints(Vec<i64>),
-    Float(f32),
     Str(&'static str),
 }
 
@@ -116,10 +115,6 @@ fn attribute(name: &str, value: Attr) -> AttributeProto {
         Attr::Ints(v) => {
             a.type_ = AttributeType::INTS.into();
             a.ints = v;
-        }
-        Attr::Float(f) => {
-            a.type_ = AttributeType::FLOAT.into();
-            a.f = f;
         }
         Attr::Str(s) => {
             a.type_ = AttributeType::STRING.into();
