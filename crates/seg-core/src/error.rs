@@ -44,6 +44,12 @@ pub enum Error {
     /// A file is not a valid safetensors file.
     #[error("{}: not a valid safetensors file: {reason}", path.display())]
     Safetensors { path: PathBuf, reason: String },
+    /// A precision name that is not fp32, bf16 or auto.
+    #[error("unknown precision {0:?} (expected fp32, bf16 or auto)")]
+    UnknownPrecision(String),
+    /// bf16 asked for on a CPU without bf16 dot-product instructions.
+    #[error("precision bf16: this CPU has no bf16 dot-product instructions ({0}); use fp32 or auto")]
+    Bf16Unsupported(String),
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(candle_core::Error),

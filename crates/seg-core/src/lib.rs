@@ -10,7 +10,8 @@
 //! - [`layers`]: convolution, transposed convolution, batch and group norm;
 //! - [`params`]: the parameter store (seeded initialisation, loading and
 //!   saving safetensors files under PyTorch's names);
-//! - [`fsutil`]: atomic file writes (temporary file + rename).
+//! - [`fsutil`]: atomic file writes (temporary file + rename);
+//! - [`precision`]: fp32 or bf16 arithmetic in the CPU convolutions.
 
 pub mod device;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod fsutil;
 pub mod layers;
 pub mod ops;
 pub mod params;
+pub mod precision;
 
 pub use candle_core as candle;
 pub use candle_core::{DType, Device, IndexOp, Module, ModuleT, Shape, Tensor, Var, D};
@@ -26,6 +28,7 @@ pub use candle_nn::{Init, VarBuilder};
 pub use device::{parse_device, DeviceSpec};
 pub use error::{Error, Result};
 pub use params::ParamStore;
+pub use precision::{Precision, PrecisionChoice};
 
 /// The gradients of a backward pass, keyed by tensor.
 pub type GradStore = candle_core::backprop::GradStore;
@@ -40,6 +43,16 @@ pub type GradStore = candle_core::backprop::GradStore;
 /// (about 10 % of a small U-Net's step on 2 cores). Inside the pool, the
 /// calling thread takes part in the loops instead. Wrap a whole training step
 /// or forward pass, not single operations.
+///
+/// The caller's [`precision`] setting holds on the worker for the call.
 pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::join(f, || ()).0
+    let p = precision::current();
+    rayon::join(
+        move || {
+            let _restore = precision::scoped(p);
+            f()
+        },
+        || (),
+    )
+    .0
 }

@@ -10,6 +10,8 @@
 //!   geometry, the CPU and the `SEG_CONV_DIRECT` / `SEG_CONV_WINOGRAD`
 //!   switches; its doc comment states the rules;
 //! - [`winograd`]: Winograd F(2×2, 3×3), AVX-512;
+//! - [`bf16`]: the operand layouts of the bf16 kernels (AVX512-BF16), which
+//!   run when the op was built under [`crate::precision`] bf16;
 //! - [`direct`]: direct convolutions with no column matrix, AVX-512
 //!   (`direct/weight_grad.rs`: the 3×3 weight gradient; `direct/avx512.rs`:
 //!   the register tiles);
@@ -22,12 +24,15 @@
 //! sum over all N·H·W pixels. Every output element is computed by one
 //! thread in a fixed order, so results do not depend on thread scheduling.
 
+mod bf16;
 mod conv3d;
 mod direct;
 mod gemm;
 mod route;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bf16;
 mod transpose;
 mod winograd;
 
@@ -37,6 +42,7 @@ pub(crate) use conv3d::{conv3d_composed, conv3d_cpu};
 pub use transpose::{conv_transpose2x2, conv_transpose2x2_reference};
 
 use super::cpu_f32;
+use crate::precision::Precision;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -144,6 +150,9 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
 struct Conv2dOp {
     padding: usize,
     relu: bool,
+    /// The arithmetic of the forward and backward passes (this thread's
+    /// [`crate::precision`] when the op was built).
+    prec: Precision,
 }
 
 impl Conv2dOp {
@@ -165,7 +174,7 @@ impl Conv2dOp {
             }
             None => None,
         };
-        let y = route::forward(xs, ws, bs, self.relu, &g);
+        let y = route::forward(xs, ws, bs, self.relu, &g, self.prec);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
     }
 
@@ -185,6 +194,7 @@ impl Conv2dOp {
                 &InputGrad {
                     padding: self.padding,
                     x_dims: x.dims().to_vec(),
+                    prec: self.prec,
                 },
             )?)
         } else {
@@ -196,6 +206,7 @@ impl Conv2dOp {
                 padding: self.padding,
                 bias,
                 w_dims: w.dims().to_vec(),
+                prec: self.prec,
             },
         )?;
         let (o, numel) = (w.dim(0)?, w.elem_count());
@@ -270,6 +281,7 @@ impl CustomOp3 for Conv2dOp {
 struct InputGrad {
     padding: usize,
     x_dims: Vec<usize>,
+    prec: Precision,
 }
 
 impl CustomOp2 for InputGrad {
@@ -291,7 +303,8 @@ impl CustomOp2 for InputGrad {
                 l1.dims()
             )
         }
-        let dx = route::input_grad(slice(s1, l1, "gradient")?, slice(s2, l2, "weight")?, &g);
+        let (dy, w) = (slice(s1, l1, "gradient")?, slice(s2, l2, "weight")?);
+        let dx = route::input_grad(dy, w, &g, self.prec);
         Ok((CpuStorage::F32(dx), Shape::from(self.x_dims.clone())))
     }
 }
@@ -302,6 +315,7 @@ struct WeightGrad {
     /// Whether to append the bias gradient.
     bias: bool,
     w_dims: Vec<usize>,
+    prec: Precision,
 }
 
 impl CustomOp2 for WeightGrad {
@@ -324,7 +338,7 @@ impl CustomOp2 for WeightGrad {
             )
         }
         let dy = slice(s1, l1, "gradient")?;
-        let mut dw = route::weight_grad(slice(s2, l2, "input")?, dy, &g);
+        let mut dw = route::weight_grad(slice(s2, l2, "input")?, dy, &g, self.prec);
         if self.bias {
             let db = channel_sums(dy, g.n, g.o, g.out_pixels());
             dw.extend(db.iter().map(|&v| v as f32));
@@ -350,6 +364,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: usize) -> 
     let op = Conv2dOp {
         padding,
         relu: false,
+        prec: crate::precision::current(),
     };
     match bias {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
@@ -395,7 +410,11 @@ pub fn conv2d_relu_inference(
         return if relu { super::relu(&y) } else { Ok(y) };
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let op = Conv2dOp { padding, relu };
+    let op = Conv2dOp {
+        padding,
+        relu,
+        prec: crate::precision::current(),
+    };
     match bias {
         Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &op),
         None => x.apply_op2_no_bwd(&w, &op),

@@ -138,6 +138,8 @@ fn combine(
 /// The forward op on (x (N, D, C, H, W), wcat (k·O, C, k, k) [, bias (O)]).
 struct Conv3dOp {
     relu: bool,
+    /// The arithmetic of the 2D passes ([`crate::precision`] when built).
+    prec: crate::precision::Precision,
 }
 
 impl Conv3dOp {
@@ -163,7 +165,7 @@ impl Conv3dOp {
         let mut out = vec![0f32; g.n * g.d * plane_out];
         if g.n * g.d * plane_y * 4 <= slab_bytes() {
             // every plane of the batch in one 2D pass
-            let y = route::forward(xs, ws, None, false, &g.planes);
+            let y = route::forward(xs, ws, None, false, &g.planes, self.prec);
             for n in 0..g.n {
                 let dst = &mut out[n * g.d * plane_out..(n + 1) * g.d * plane_out];
                 let src = &y[n * g.d * plane_y..(n + 1) * g.d * plane_y];
@@ -184,7 +186,7 @@ impl Conv3dOp {
                         p,
                     )?;
                     let xin = &xs[(n * g.d + s0) * plane_in..(n * g.d + s1) * plane_in];
-                    let y = route::forward(xin, ws, None, false, &geom);
+                    let y = route::forward(xin, ws, None, false, &geom, self.prec);
                     let dst = &mut out[(n * g.d + d0) * plane_out..(n * g.d + d1) * plane_out];
                     combine(dst, &y, s0, d0, &g, bs, self.relu);
                 }
@@ -204,7 +206,11 @@ impl Conv3dOp {
         let grad = grad.contiguous()?;
         let want_dx = x.track_op();
         let flat =
-            grad.apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &Backward { g, want_dx })?;
+            grad.apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &Backward {
+                g,
+                want_dx,
+                prec: self.prec,
+            })?;
         let (nx, nw) = (if want_dx { x.elem_count() } else { 0 }, w.elem_count());
         let dx = if want_dx {
             Some(flat.narrow(0, 0, nx)?.reshape(x.dims())?)
@@ -307,6 +313,7 @@ fn expand(dout: &[f32], g: &Geom3, a: usize, b: usize) -> Vec<f32> {
 struct Backward {
     g: Geom3,
     want_dx: bool,
+    prec: crate::precision::Precision,
 }
 
 impl CustomOp3 for Backward {
@@ -370,10 +377,10 @@ impl CustomOp3 for Backward {
             )?;
             let x_slab = &xs[at * plane_in..(at + planes) * plane_in];
             if self.want_dx {
-                let d = route::input_grad(&dy, ws, &geom);
+                let d = route::input_grad(&dy, ws, &geom, self.prec);
                 dx[at * plane_in..(at + planes) * plane_in].copy_from_slice(&d);
             }
-            let d = route::weight_grad(x_slab, &dy, &geom);
+            let d = route::weight_grad(x_slab, &dy, &geom, self.prec);
             if first {
                 dw.copy_from_slice(&d);
                 first = false;
@@ -430,7 +437,10 @@ pub(crate) fn conv3d_cpu(
 ) -> Result<Tensor> {
     let wcat = stack_taps(w)?;
     let x = x.contiguous()?;
-    let op = Conv3dOp { relu };
+    let op = Conv3dOp {
+        relu,
+        prec: crate::precision::current(),
+    };
     let tracked = x.track_op() || w.track_op() || bias.is_some_and(|b| b.track_op());
     match (bias, relu || !tracked) {
         (Some(b), false) => x.apply_op3(&wcat, &b.contiguous()?, op),

@@ -25,6 +25,7 @@ pub(super) use weight_grad::{conv_weight_grad, suits_weight_grad};
 
 use super::route::cpu_has_avx512;
 use super::{Geom, SharedMut};
+use crate::precision::Precision;
 use rayon::prelude::*;
 
 /// Output channels per register tile (the weights are packed in blocks of it).
@@ -133,24 +134,37 @@ pub(super) fn pad_planes(
 
 /// Stride-1 convolution of NCHW `x` with the (O × C·k·k) weights `wt`, plus
 /// an optional bias, then an optional ReLU, on a CPU with AVX-512F (the
-/// caller, [`super::route`], checks it).
+/// caller, [`super::route`], checks it); in `prec` (bf16: the operands
+/// rounded to bf16 channel pairs, [`super::bf16`]).
 pub(super) fn conv_forward(
     x: &[f32],
     wt: &[f32],
     bias: Option<&[f32]>,
     relu: bool,
     g: &Geom,
+    prec: Precision,
 ) -> Vec<f32> {
     assert!(cpu_has_avx512(), "the direct convolution needs AVX-512");
-    let wpk = pack_weights(wt, g);
-    let (xp, hp, wp) = pad_input(x, g);
+    let (hp, wp) = (g.h + 2 * g.p, g.w + 2 * g.p);
+    let (xf, wf, xh, wh);
+    let (xp, wpk, planes) = if prec == Precision::Bf16 {
+        xh = super::bf16::pad_input_pairs(x, g);
+        wh = super::bf16::pack_weight_pairs(wt, g);
+        (Data::Bf16(&xh), Data::Bf16(&wh), g.c.div_ceil(2))
+    } else {
+        wf = pack_weights(wt, g);
+        xf = pad_input(x, g).0;
+        (Data::F32(&xf), Data::F32(&wf), g.c)
+    };
     let mut bias_p = vec![0f32; g.o.div_ceil(OB) * OB];
     if let Some(b) = bias {
         bias_p[..g.o].copy_from_slice(b);
     }
     let plane_out = g.ho * g.wo;
+    // elements of one image's input and of one block's weights
+    let (img_len, wsize) = (planes * hp * wp, planes * g.k * g.k * OB);
     if !rows_fill_lanes(g) {
-        return grid_forward(&xp, hp, wp, &wpk, &bias_p, relu, g);
+        return grid_forward(xp, img_len, hp, wp, wpk, wsize, &bias_p, relu, g);
     }
     let mut out: Vec<f32> = Vec::with_capacity(g.n * g.o * plane_out);
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -164,11 +178,11 @@ pub(super) fn conv_forward(
     (0..g.n * row_tasks).into_par_iter().for_each(|t| {
         let (img, r) = (t / row_tasks, t % row_tasks);
         let (y0, y1) = (r * rows_per, ((r + 1) * rows_per).min(g.ho));
-        let xi = &xp[img * g.c * hp * wp..(img + 1) * g.c * hp * wp];
+        let xi = xp.sub(img * img_len, img_len);
         for y in y0..y1 {
             for b in 0..g.o.div_ceil(OB) {
                 let ob_valid = (g.o - b * OB).min(OB);
-                let wb = &wpk[b * g.c * g.k * g.k * OB..(b + 1) * g.c * g.k * g.k * OB];
+                let wb = wpk.sub(b * wsize, wsize);
                 let bb = &bias_p[b * OB..(b + 1) * OB];
                 // first output element of this row, channel b·OB
                 let at = (img * g.o + b * OB) * plane_out + y * g.wo;
@@ -207,17 +221,18 @@ pub(super) fn conv_forward(
 /// then the valid columns copied out.
 #[allow(clippy::too_many_arguments)]
 fn grid_forward(
-    xp: &[f32],
+    xp: Data,
+    img_len: usize,
     hp: usize,
     wp: usize,
-    wpk: &[f32],
+    wpk: Data,
+    wsize: usize,
     bias_p: &[f32],
     relu: bool,
     g: &Geom,
 ) -> Vec<f32> {
     let len = grid_len(g);
     let blocks = g.o.div_ceil(OB);
-    let wsize = g.c * g.k * g.k * OB;
     let plane_out = g.ho * g.wo;
     let mut out: Vec<f32> = Vec::with_capacity(g.n * g.o * plane_out);
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -226,7 +241,7 @@ fn grid_forward(
         |grid, t| {
             let (img, b) = (t / blocks, t % blocks);
             let ob_valid = (g.o - b * OB).min(OB);
-            let xi = &xp[img * g.c * hp * wp..(img + 1) * g.c * hp * wp];
+            let xi = xp.sub(img * img_len, img_len);
             // SAFETY: the kernel writes `len` floats of ob_valid planes of
             // `grid` (OB·len floats) and reads the padded planes of `xi` in
             // bounds (asserted in `row`).
@@ -236,7 +251,7 @@ fn grid_forward(
                     hp,
                     wp,
                     (0, len),
-                    &wpk[b * wsize..(b + 1) * wsize],
+                    wpk.sub(b * wsize, wsize),
                     &bias_p[b * OB..(b + 1) * OB],
                     relu,
                     g,
@@ -275,11 +290,11 @@ fn grid_forward(
 /// planes `plane_out` apart.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn row(
-    xi: &[f32],
+    xi: Data,
     hp: usize,
     wp: usize,
     (start, len): (usize, usize),
-    wb: &[f32],
+    wb: Data,
     bias: &[f32],
     relu: bool,
     g: &Geom,
@@ -293,9 +308,13 @@ pub(super) unsafe fn row(
         // the last input read: start + len − 1 + (k − 1)·(wp + 1), inside
         // each channel plane (the last plane may end there)
         let reach = start + len + (g.k - 1) * (wp + 1);
+        // the channel planes: C of floats, or ⌈C/2⌉ of bf16 channel pairs
+        let bf16 = xi.is_bf16();
+        let c = if bf16 { g.c.div_ceil(2) } else { g.c };
+        assert!(bf16 == wb.is_bf16() && (!bf16 || super::bf16::available()));
         assert!(len > 0 && reach <= hp * wp && bias.len() == OB);
-        assert!(g.c > 0 && xi.len() >= (g.c - 1) * hp * wp + reach);
-        assert!(wb.len() == g.c * g.k * g.k * OB);
+        assert!(c > 0 && xi.len() >= (c - 1) * hp * wp + reach);
+        assert!(wb.len() == c * g.k * g.k * OB);
         // the vectors in blocks of at most 3, as even as possible (64
         // columns: 2 + 2 rather than 3 + 1)
         let nvec = len.div_ceil(16);
@@ -311,12 +330,12 @@ pub(super) unsafe fn row(
                 (1u16 << tail) - 1
             };
             let args = Tile {
-                x: xi.as_ptr().add(start + x0),
+                x: xi.ptr().add(start + x0),
                 plane: hp * wp,
                 wp,
-                c: g.c,
+                c,
                 k: g.k,
-                w: wb.as_ptr(),
+                w: wb.ptr(),
                 bias: bias.as_ptr(),
                 relu,
                 mask,
@@ -329,6 +348,23 @@ pub(super) unsafe fn row(
             // = start + len − 1 + (k − 1)·(wp + 1) < hp·wp of each channel
             // plane (asserted; masked lanes are not accessed); stores reach
             // outputs < len of ob_valid planes.
+            if bf16 {
+                // SAFETY: as above, in words of two bf16 values; the CPU
+                // has AVX512-BF16 (asserted)
+                match (nv, g.k) {
+                    (3, 3) => avx512::tile_bf16::<3, 3>(&args),
+                    (2, 3) => avx512::tile_bf16::<2, 3>(&args),
+                    (1, 3) => avx512::tile_bf16::<1, 3>(&args),
+                    (3, 1) => avx512::tile_bf16::<3, 1>(&args),
+                    (2, 1) => avx512::tile_bf16::<2, 1>(&args),
+                    (1, 1) => avx512::tile_bf16::<1, 1>(&args),
+                    (3, _) => avx512::tile_bf16::<3, 0>(&args),
+                    (2, _) => avx512::tile_bf16::<2, 0>(&args),
+                    _ => avx512::tile_bf16::<1, 0>(&args),
+                }
+                x0 += 16 * nv;
+                continue;
+            }
             match (nv, g.k) {
                 (3, 3) => avx512::tile::<3, 3>(&args),
                 (2, 3) => avx512::tile::<2, 3>(&args),
@@ -353,18 +389,60 @@ pub(super) unsafe fn row(
     }
 }
 
+/// The operands of a register tile: fp32 values, or words of two bf16
+/// values (channel pairs: low half the even channel; see [`super::bf16`]).
+#[derive(Clone, Copy)]
+pub(super) enum Data<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u32]),
+}
+
+impl Data<'_> {
+    fn is_bf16(&self) -> bool {
+        matches!(self, Data::Bf16(_))
+    }
+
+    /// Elements (floats or words).
+    fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::Bf16(v) => v.len(),
+        }
+    }
+
+    /// Elements `start .. start + len`.
+    pub(super) fn sub(&self, start: usize, len: usize) -> Self {
+        match self {
+            Data::F32(v) => Data::F32(&v[start..start + len]),
+            Data::Bf16(v) => Data::Bf16(&v[start..start + len]),
+        }
+    }
+
+    /// The first element, as the tiles take it (a word pointer cast: the
+    /// bf16 tiles load it as integers).
+    fn ptr(&self) -> *const f32 {
+        match self {
+            Data::F32(v) => v.as_ptr(),
+            Data::Bf16(v) => v.as_ptr().cast(),
+        }
+    }
+}
+
 /// The operands of one register tile.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the AVX-512 kernels
 struct Tile {
-    /// Input at (channel 0, row y, column x0) of the padded image.
+    /// Input at (channel 0, row y, column x0) of the padded image (in
+    /// bf16 tiles: channel pair 0, a word pointer).
     x: *const f32,
-    /// Floats between input channel planes.
+    /// Elements between input channel (pair) planes.
     plane: usize,
     /// Padded row length.
     wp: usize,
+    /// Input channels (bf16 tiles: channel pairs).
     c: usize,
     k: usize,
-    /// Packed weights of the channel block: [c][ky][kx][OB].
+    /// Packed weights of the channel block: [c][ky][kx][OB] (bf16 tiles:
+    /// [channel pair][ky][kx][OB] words).
     w: *const f32,
     /// OB biases.
     bias: *const f32,

@@ -1,8 +1,10 @@
 //! Kernel routing: [`choose`] is the one place that decides which kernel
-//! computes each pass of a stride-1 convolution, and [`forward`],
+//! computes each pass of a stride-1 convolution ([`choose_with`] adds the
+//! arithmetic, fp32 or bf16), and [`forward`],
 //! [`input_grad`] and [`weight_grad`] are the only callers of the kernels.
 
 use super::{direct, gemm, winograd, Geom};
+use crate::precision::Precision;
 use std::sync::OnceLock;
 
 /// A pass of the stride-1 convolution.
@@ -59,6 +61,31 @@ fn switched_on(var: &str) -> bool {
     std::env::var(var).map_or(true, |v| v != "0")
 }
 
+/// The kernel and the arithmetic for `pass` of the convolution with forward
+/// geometry `g` when `want` is asked for: [`choose`]'s route, in bf16 when
+/// `want` is bf16, the CPU has AVX512-BF16 and the route has a bf16 kernel
+/// (Winograd and direct forward/input gradient; the direct weight gradient
+/// with ≥ 16 input channels), otherwise fp32 (the GEMM path, the
+/// pixel-vector weight gradient).
+pub(super) fn choose_with(pass: Pass, g: &Geom, want: Precision) -> (Route, Precision) {
+    let route = choose(pass, g);
+    let bf16 = want == Precision::Bf16
+        && super::bf16::available()
+        && match (route, pass) {
+            (Route::Gemm, _) => false,
+            (Route::Direct, Pass::WeightGrad) => g.c >= 16,
+            _ => true,
+        };
+    (
+        route,
+        if bf16 {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        },
+    )
+}
+
 /// The kernel for `pass` of the convolution with forward geometry `g`.
 ///
 /// The rules, in order:
@@ -108,47 +135,53 @@ pub(super) fn choose(pass: Pass, g: &Geom) -> Route {
 }
 
 /// The forward pass: NCHW `x` convolved with the (O × C·k·k) weights `wt`,
-/// plus an optional bias, then an optional ReLU; returns NCHW (n, o, ho, wo).
+/// plus an optional bias, then an optional ReLU, in `prec` where the route
+/// has it ([`choose_with`]); returns NCHW (n, o, ho, wo).
 pub(super) fn forward(
     x: &[f32],
     wt: &[f32],
     bias: Option<&[f32]>,
     relu: bool,
     g: &Geom,
+    prec: Precision,
 ) -> Vec<f32> {
-    match choose(Pass::Forward, g) {
-        Route::Winograd => winograd::conv_forward(x, wt, winograd::Kernel::Plain, bias, relu, g),
-        Route::Direct => direct::conv_forward(x, wt, bias, relu, g),
-        Route::Gemm => gemm::conv_forward(x, wt, bias, relu, g),
+    match choose_with(Pass::Forward, g, prec) {
+        (Route::Winograd, p) => {
+            winograd::conv_forward(x, wt, winograd::Kernel::Plain, bias, relu, g, p)
+        }
+        (Route::Direct, p) => direct::conv_forward(x, wt, bias, relu, g, p),
+        (Route::Gemm, _) => gemm::conv_forward(x, wt, bias, relu, g),
     }
 }
 
 /// The input gradient dx (NCHW, the input's shape) of the convolution `g`
 /// from the output gradient `dy`: a forward convolution of `dy` with the
 /// flipped kernel (Winograd reads the forward weights flipped, no copy).
-pub(super) fn input_grad(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+pub(super) fn input_grad(dy: &[f32], wt: &[f32], g: &Geom, prec: Precision) -> Vec<f32> {
     let back = g.input_grad();
-    match choose(Pass::InputGrad, g) {
-        Route::Winograd => {
-            winograd::conv_forward(dy, wt, winograd::Kernel::Flipped, None, false, &back)
+    match choose_with(Pass::InputGrad, g, prec) {
+        (Route::Winograd, p) => {
+            winograd::conv_forward(dy, wt, winograd::Kernel::Flipped, None, false, &back, p)
         }
-        Route::Direct => direct::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back),
-        Route::Gemm => gemm::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back),
+        (Route::Direct, p) => {
+            direct::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back, p)
+        }
+        (Route::Gemm, _) => gemm::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back),
     }
 }
 
 /// The weight gradient dW (O × C·k·k) of the convolution `g`.
-pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
-    match choose(Pass::WeightGrad, g) {
-        Route::Direct => direct::conv_weight_grad(x, dy, g),
+pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom, prec: Precision) -> Vec<f32> {
+    match choose_with(Pass::WeightGrad, g, prec) {
+        (Route::Direct, p) => direct::conv_weight_grad(x, dy, g, p),
         // `choose` never picks Winograd for the weight gradient
-        Route::Gemm | Route::Winograd => gemm::conv_weight_grad(x, dy, g),
+        (Route::Gemm | Route::Winograd, _) => gemm::conv_weight_grad(x, dy, g),
     }
 }
 
 /// The kernel of the input gradient: flipped in space with the channel axes
 /// swapped, as a (C × O·k·k) matrix.
-fn flipped_kernel(wt: &[f32], g: &Geom) -> Vec<f32> {
+pub(super) fn flipped_kernel(wt: &[f32], g: &Geom) -> Vec<f32> {
     use rayon::prelude::*;
     let (o, c, k) = (g.o, g.c, g.k);
     let kk = k * k;

@@ -21,7 +21,9 @@
 //! units in the last place of the sums (tests compare them).
 
 use super::route::cpu_has_avx512;
+use super::direct::Data;
 use super::{direct, Geom, SharedMut};
+use crate::precision::Precision;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -175,13 +177,28 @@ pub(super) fn conv_forward(
     bias: Option<&[f32]>,
     relu: bool,
     g: &Geom,
+    prec: Precision,
 ) -> Vec<f32> {
     assert!(cpu_has_avx512(), "the Winograd convolution needs AVX-512");
+    let bf16 = prec == Precision::Bf16 && super::bf16::available();
     assert!(suits(g) && x.len() == g.n * g.c * g.h * g.w && wt.len() == g.o * g.c * 9);
     let t = Tiles::new(g);
     // zero-padded to hp × wp per (image, channel) plane, plus SLACK zeros
     let xp = direct::pad_planes(x, g.n * g.c, (g.h, g.w), 1, (t.hp, t.wp), SLACK);
     let u = transform_weights(wt, kernel, g);
+    // bf16: the transformed weights as channel pairs, [(b·16 + ξ)][pair][OB]
+    let c2 = g.c.div_ceil(2);
+    let u16: Vec<u32> = if bf16 {
+        let mut all = Vec::with_capacity(u.len().div_ceil(g.c) * c2);
+        let mut one = Vec::new();
+        for blk in u.chunks(g.c * OB) {
+            super::bf16::pair_channels(blk, g.c, OB, (1, OB), &mut one);
+            all.extend_from_slice(&one);
+        }
+        all
+    } else {
+        Vec::new()
+    };
     let total = g.n * t.th * t.tw;
     // tiles per block: the block's transformed inputs (16·C·per floats,
     // 256 KiB) and products stay in L2; at least 48 tiles (3 vectors)
@@ -203,9 +220,10 @@ pub(super) fn conv_forward(
             (
                 Vec::<MaybeUninit<f32>>::new(),
                 Vec::<MaybeUninit<f32>>::new(),
+                Vec::<u32>::new(),
             )
         },
-        |(vbuf, mbuf), task| {
+        |(vbuf, mbuf, vpairs), task| {
             let (blk, os) = (task / osplit, task % osplit);
             let (start, end) = (blk * per, ((blk + 1) * per).min(total));
             let len = end - start;
@@ -251,11 +269,23 @@ pub(super) fn conv_forward(
                 ho: 1,
                 wo: len,
             };
+            if bf16 {
+                // V as channel pairs: [pair][ξ][tile] words
+                super::bf16::pair_channels(v, g.c, 16 * len, (16, len), vpairs);
+            }
             for xi in 0..16 {
-                // channel planes of 16 rows of `len`, starting at row ξ
-                let vx = &v[xi * len..];
+                // channel (pair) planes of 16 rows of `len`, starting at row ξ
+                let vx = if bf16 {
+                    Data::Bf16(&vpairs[xi * len..])
+                } else {
+                    Data::F32(&v[xi * len..])
+                };
                 for b in b0..b1 {
-                    let wb = &u[(b * 16 + xi) * g.c * OB..][..g.c * OB];
+                    let wb = if bf16 {
+                        Data::Bf16(&u16[(b * 16 + xi) * c2 * OB..][..c2 * OB])
+                    } else {
+                        Data::F32(&u[(b * 16 + xi) * g.c * OB..][..g.c * OB])
+                    };
                     let ob_valid = (g.o - b * OB).min(OB);
                     // SAFETY: writes `len` floats of ob_valid rows of
                     // M[(b − b0)·OB + j][ξ], 16·len apart, inside `mbuf`.

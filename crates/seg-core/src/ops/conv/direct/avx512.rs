@@ -78,6 +78,50 @@ pub(super) unsafe fn wg_cl_tile<const W: usize>(
     }
 }
 
+/// [`wg_cl_tile`] on image pairs (`VDPBF16PS`): `x` and `d` point at
+/// words of two bf16 values, one per image of the pair
+/// ([`crate::ops::conv::bf16::pad_input_channels_last_pairs`],
+/// [`crate::ops::conv::bf16::image_pairs`]).
+///
+/// # Safety
+/// AVX-512F and AVX512-BF16 available; otherwise as [`wg_cl_tile`], in
+/// words.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn wg_cl_tile_bf16<const W: usize>(
+    segs: &[Seg],
+    wp: usize,
+    ho: usize,
+    wo: usize,
+    mem: *mut f32,
+) {
+    unsafe {
+        let mut acc = load_acc::<W>(mem);
+        let plane = ho * wo;
+        for seg in segs {
+            let (x, d) = (seg.x.cast::<i32>(), seg.d.cast::<i32>());
+            for y in seg.rows.0..seg.rows.1 {
+                let drow = d.add(y * wo);
+                for xx in 0..wo {
+                    let mut dv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); W];
+                    for (j, slot) in dv.iter_mut().enumerate() {
+                        *slot = std::mem::transmute(_mm512_set1_epi32(*drow.add(j * plane + xx)));
+                    }
+                    for ky in 0..3 {
+                        let xr = x.add(((y + ky) * wp + xx) * 16);
+                        for kx in 0..3 {
+                            let xv: __m512bh = std::mem::transmute(_mm512_loadu_epi32(xr.add(kx * 16)));
+                            for j in 0..W {
+                                acc[j][ky * 3 + kx] = _mm512_dpbf16_ps(acc[j][ky * 3 + kx], xv, dv[j]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        store_acc(&acc, mem);
+    }
+}
+
 /// A padded input channel plane, the first of the block's output
 /// gradient planes, and the output rows to take.
 pub(super) struct Seg {
@@ -191,6 +235,62 @@ unsafe fn tile_body<const V: usize, const K: usize>(t: &Tile) {
                 }
             }
         }
+        store_tile(&acc, t);
+    }
+}
+
+/// `V` vectors × OB channels of one output row from bf16 channel pairs
+/// (`VDPBF16PS`): [`tile`] with each step taking two input channels.
+///
+/// # Safety
+/// AVX-512F and AVX512-BF16 available; the pointers valid as described on
+/// [`Tile`] (in words) for the columns and rows the tile covers.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn tile_bf16<const V: usize, const K: usize>(t: &Tile) {
+    // SAFETY: the caller's contract
+    unsafe { tile_bf16_body::<V, K>(t) }
+}
+
+#[inline(always)]
+unsafe fn tile_bf16_body<const V: usize, const K: usize>(t: &Tile) {
+    unsafe {
+        let k = if K == 0 { t.k } else { K };
+        let (x, w) = (t.x.cast::<i32>(), t.w.cast::<i32>());
+        let mut acc = [[_mm512_setzero_ps(); OB]; V];
+        for ci in 0..t.c {
+            let xc = x.add(ci * t.plane);
+            let wc = w.add(ci * k * k * OB);
+            for ky in 0..k {
+                let xr = xc.add(ky * t.wp);
+                let wr = wc.add(ky * k * OB);
+                for kx in 0..k {
+                    let xs = xr.add(kx);
+                    let mut xv = [_mm512_setzero_si512(); V];
+                    for (v, slot) in xv.iter_mut().enumerate() {
+                        *slot = if v + 1 == V {
+                            _mm512_maskz_loadu_epi32(t.mask, xs.add(16 * v))
+                        } else {
+                            _mm512_loadu_epi32(xs.add(16 * v))
+                        };
+                    }
+                    let wk = wr.add(kx * OB);
+                    for j in 0..OB {
+                        let wj: __m512bh = std::mem::transmute(_mm512_set1_epi32(*wk.add(j)));
+                        for (a, &xvv) in acc.iter_mut().zip(&xv) {
+                            a[j] = _mm512_dpbf16_ps(a[j], std::mem::transmute::<__m512i, __m512bh>(xvv), wj);
+                        }
+                    }
+                }
+            }
+        }
+        store_tile(&acc, t);
+    }
+}
+
+/// Adds the bias, applies the ReLU and stores the tile's accumulators.
+#[inline(always)]
+unsafe fn store_tile<const V: usize>(acc: &[[__m512; OB]; V], t: &Tile) {
+    unsafe {
         let zero = _mm512_setzero_ps();
         for j in 0..t.ob_valid {
             let b = _mm512_set1_ps(*t.bias.add(j));

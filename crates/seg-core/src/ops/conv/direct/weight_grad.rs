@@ -11,7 +11,8 @@
 use super::avx512;
 use super::pad_input;
 use crate::ops::conv::route::cpu_has_avx512;
-use crate::ops::conv::Geom;
+use crate::ops::conv::{bf16, Geom};
+use crate::precision::Precision;
 use rayon::prelude::*;
 
 /// The input zero-padded by `p` in a blocked channels-last layout: per image
@@ -59,9 +60,23 @@ fn pad_input_channels_last(x: &[f32], g: &Geom) -> (Vec<f32>, usize, usize, usiz
 /// of 16 channels feeds [`OW`] fused multiply-adds (one per output
 /// channel of the block); the 27 accumulators hold dW itself (no sums across
 /// lanes). Tasks, bands and summation order: [`wg_accumulate`].
-fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
-    let (xp, hp, wp, cblocks) = pad_input_channels_last(x, g);
-    let acc = wg_accumulate(&xp, WgLayout::ChannelBlocks, cblocks, hp, wp, dy, g);
+fn weight_grad_channels_last(x: &[f32], dy: &[f32], g: &Geom, prec: Precision) -> Vec<f32> {
+    let acc = if prec == Precision::Bf16 {
+        // image pairs: the sums over pixels take two images per step, so
+        // the kernel sees ⌈N/2⌉ "images" of words
+        let (xp, hp, wp, cblocks) = bf16::pad_input_channels_last_pairs(x, g);
+        let dyp = bf16::image_pairs(dy, g.n, g.o * g.ho * g.wo);
+        let g2 = Geom {
+            n: g.n.div_ceil(2),
+            ..*g
+        };
+        let (xv, dv) = (bf16::as_f32(&xp), bf16::as_f32(&dyp));
+        wg_accumulate(xv, WgLayout::ChannelBlocksBf16, cblocks, hp, wp, dv, &g2)
+    } else {
+        let (xp, hp, wp, cblocks) = pad_input_channels_last(x, g);
+        wg_accumulate(&xp, WgLayout::ChannelBlocks, cblocks, hp, wp, dy, g)
+    };
+    let cblocks = g.c.div_ceil(16);
     let kk = g.c * 9;
     let mut dw = vec![0f32; g.o * kk];
     for (t, a) in acc.chunks(WG_ACC).enumerate() {
@@ -104,13 +119,23 @@ pub(in crate::ops::conv) fn suits_weight_grad(g: &Geom) -> bool {
 /// [`crate::ops::conv::route`], checks both). With 16 input channels or
 /// more, [`weight_grad_channels_last`]; otherwise vectors over 16 pixels of
 /// the padded input planes, the lanes summed at the end in a fixed order.
-pub(in crate::ops::conv) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
+///
+/// In bf16 (16 input channels or more only; fewer run in fp32) the input
+/// and output gradient are rounded to bf16 image pairs.
+pub(in crate::ops::conv) fn conv_weight_grad(
+    x: &[f32],
+    dy: &[f32],
+    g: &Geom,
+    prec: Precision,
+) -> Vec<f32> {
     assert!(
         g.k == 3 && cpu_has_avx512(),
         "the direct weight gradient needs a 3x3 kernel and AVX-512"
     );
     if g.c >= 16 {
-        return weight_grad_channels_last(x, dy, g);
+        let bf = prec == Precision::Bf16 && bf16::available();
+        let prec = if bf { prec } else { Precision::Fp32 };
+        return weight_grad_channels_last(x, dy, g, prec);
     }
     let (xp, hp, wp) = pad_input(x, g);
     let acc = wg_accumulate(&xp, WgLayout::Planes, g.c, hp, wp, dy, g);
@@ -155,6 +180,7 @@ fn wg_accumulate(
 ) -> Vec<f32> {
     let plane_out = g.ho * g.wo;
     let unit = hp * wp * if layout == WgLayout::Planes { 1 } else { 16 };
+    // (image pairs in bf16: `g.n` is the number of pairs)
     let oblocks = g.o.div_ceil(OW);
     let pairs = oblocks * units;
     let mut acc = vec![0f32; pairs * WG_ACC];
@@ -222,6 +248,9 @@ enum WgLayout {
     /// One padded image's block of 16 channels (hp × wp pixels of 16
     /// floats): the channels-last kernel.
     ChannelBlocks,
+    /// [`WgLayout::ChannelBlocks`] of an image pair, in words of two bf16
+    /// values: the bf16 channels-last kernel.
+    ChannelBlocksBf16,
 }
 
 /// Adds the products of the band's segments, for one input channel (or
@@ -267,6 +296,16 @@ unsafe fn wg_band(
                 (WgLayout::ChannelBlocks, 3) => avx512::wg_cl_tile::<3>(&raw, wp, ho, wo, a),
                 (WgLayout::ChannelBlocks, 2) => avx512::wg_cl_tile::<2>(&raw, wp, ho, wo, a),
                 (WgLayout::ChannelBlocks, _) => avx512::wg_cl_tile::<1>(&raw, wp, ho, wo, a),
+                // the caller checked AVX512-BF16 (`bf16::available`)
+                (WgLayout::ChannelBlocksBf16, 3) => {
+                    avx512::wg_cl_tile_bf16::<3>(&raw, wp, ho, wo, a)
+                }
+                (WgLayout::ChannelBlocksBf16, 2) => {
+                    avx512::wg_cl_tile_bf16::<2>(&raw, wp, ho, wo, a)
+                }
+                (WgLayout::ChannelBlocksBf16, _) => {
+                    avx512::wg_cl_tile_bf16::<1>(&raw, wp, ho, wo, a)
+                }
             }
         }
     }

@@ -1,0 +1,260 @@
+//! The bf16 operand layouts of the convolution kernels.
+//!
+//! `VDPBF16PS` multiplies pairs of bf16 values held in one 32-bit lane and
+//! adds both products to the lane's fp32 accumulator, so every bf16 kernel
+//! takes its operands as *words* of two bf16 values (low half first) paired
+//! along the sum it computes:
+//! - forward and input gradient (a sum over input channels and taps):
+//!   channel pairs — the padded input as ⌈C/2⌉ planes of words (channels
+//!   2i, 2i + 1) and the weights as [o-block][channel pair][ky][kx][OB];
+//! - Winograd products (a sum over input channels): the same pairs of the
+//!   transformed inputs and weights;
+//! - 3×3 weight gradient (a sum over pixels of every image): image pairs —
+//!   the input in blocked channels-last layout and the output gradient in
+//!   planes, each word holding images 2i and 2i + 1 at the same position.
+//!
+//! An odd count is completed with zeros. Values are rounded to nearest even
+//! ([`to_bf16`]), as `VCVTNE2PS2BF16` does.
+
+use super::Geom;
+use std::mem::MaybeUninit;
+
+/// True when the bf16 kernels can run: AVX-512F and AVX512-BF16.
+pub(super) fn available() -> bool {
+    crate::precision::bf16_kernels().is_some()
+}
+
+/// `v` rounded to the nearest bfloat16 (ties to even), as its 16 bits; NaN
+/// stays NaN (quieted).
+#[inline]
+pub(crate) fn to_bf16(v: f32) -> u32 {
+    let b = v.to_bits();
+    if v.is_nan() {
+        return (b >> 16) | 0x40;
+    }
+    (b + 0x7fff + ((b >> 16) & 1)) >> 16
+}
+
+/// The word of two bf16 values: `lo` in the low half.
+#[inline]
+pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) | to_bf16(hi) << 16
+}
+
+/// The f32 value of a bf16 held in the low 16 bits.
+#[cfg(test)]
+pub(crate) fn from_bf16(h: u32) -> f32 {
+    f32::from_bits(h << 16)
+}
+
+/// NCHW `x` zero-padded by `g.p` on every side, as channel-pair planes: per
+/// image, ⌈C/2⌉ planes of hp × wp words (channels 2i, 2i + 1; the second
+/// channel of an odd last pair zero).
+pub(super) fn pad_input_pairs(x: &[f32], g: &Geom) -> Vec<u32> {
+    let (hp, wp, c2) = (g.h + 2 * g.p, g.w + 2 * g.p, g.c.div_ceil(2));
+    assert!(x.len() == g.n * g.c * g.h * g.w);
+    let zero = MaybeUninit::new(0u32);
+    // SAFETY: each padded row (chunk of wp words) is written whole: border
+    // rows zeroed, other rows' border columns zeroed and inner words set.
+    unsafe {
+        crate::ops::par_uninit(g.n * c2 * hp * wp, wp, |r, dst| {
+            let (plane, y) = (r / hp, r % hp);
+            let (img, cp) = (plane / c2, plane % c2);
+            if y < g.p || y >= g.p + g.h {
+                dst.fill(zero);
+                return;
+            }
+            dst[..g.p].fill(zero);
+            dst[g.p + g.w..].fill(zero);
+            let iy = y - g.p;
+            let row = |c: usize| &x[((img * g.c + c) * g.h + iy) * g.w..][..g.w];
+            let lo = row(2 * cp);
+            let d = &mut dst[g.p..g.p + g.w];
+            if 2 * cp + 1 < g.c {
+                let hi = row(2 * cp + 1);
+                for ((o, &a), &b) in d.iter_mut().zip(lo).zip(hi) {
+                    o.write(pair(a, b));
+                }
+            } else {
+                for (o, &a) in d.iter_mut().zip(lo) {
+                    o.write(to_bf16(a));
+                }
+            }
+        })
+    }
+}
+
+/// Weights (O × C × k × k) as [o-block][channel pair][ky][kx][OB] words
+/// (zero past O and past C).
+pub(super) fn pack_weight_pairs(wt: &[f32], g: &Geom) -> Vec<u32> {
+    use rayon::prelude::*;
+    const OB: usize = super::direct::OB;
+    let (kk, c2) = (g.k * g.k, g.c.div_ceil(2));
+    assert!(wt.len() == g.o * g.c * kk);
+    let mut p = vec![0u32; g.o.div_ceil(OB) * c2 * kk * OB];
+    p.par_chunks_mut(c2 * kk * OB)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            for j in 0..OB.min(g.o - b * OB) {
+                let o = b * OB + j;
+                for cp in 0..c2 {
+                    for t in 0..kk {
+                        let w = |c: usize| {
+                            if c < g.c {
+                                wt[(o * g.c + c) * kk + t]
+                            } else {
+                                0.0
+                            }
+                        };
+                        dst[(cp * kk + t) * OB + j] = pair(w(2 * cp), w(2 * cp + 1));
+                    }
+                }
+            }
+        });
+    p
+}
+
+/// Channel pairs of `c` channels held `stride` elements apart, `blocks`
+/// runs of `len` values each (run i of channel ch at ch·stride + i·len), as
+/// words: run i of pair cp at (cp·blocks + i)·len of `dst`. For the Winograd
+/// products (V[c][ξ][tile] → [pair][ξ][tile]; U[c][OB] with one run).
+pub(super) fn pair_channels(
+    src: &[f32],
+    c: usize,
+    stride: usize,
+    (blocks, len): (usize, usize),
+    dst: &mut Vec<u32>,
+) {
+    let c2 = c.div_ceil(2);
+    dst.clear();
+    dst.reserve(c2 * blocks * len);
+    for cp in 0..c2 {
+        for i in 0..blocks {
+            let lo = &src[2 * cp * stride + i * len..][..len];
+            if 2 * cp + 1 < c {
+                let hi = &src[(2 * cp + 1) * stride + i * len..][..len];
+                dst.extend(lo.iter().zip(hi).map(|(&a, &b)| pair(a, b)));
+            } else {
+                dst.extend(lo.iter().map(|&a| to_bf16(a)));
+            }
+        }
+    }
+}
+
+/// The input zero-padded by `p`, in blocked channels-last layout with image
+/// pairs: per image pair and block of 16 channels, hp × wp pixels of 16
+/// words (images 2i, 2i + 1 of one channel); channels past C and the image
+/// past N zero. Returns (data, hp, wp, blocks).
+pub(super) fn pad_input_channels_last_pairs(
+    x: &[f32],
+    g: &Geom,
+) -> (Vec<u32>, usize, usize, usize) {
+    let (hp, wp, blocks, n2) = (
+        g.h + 2 * g.p,
+        g.w + 2 * g.p,
+        g.c.div_ceil(16),
+        g.n.div_ceil(2),
+    );
+    assert!(x.len() == g.n * g.c * g.h * g.w);
+    let zero = MaybeUninit::new(0u32);
+    // SAFETY: each padded row of a block is written whole: zero when it is a
+    // border row; otherwise its border pixels zeroed and every inner pixel's
+    // 16 words set (zero past C).
+    let xp = unsafe {
+        crate::ops::par_uninit(n2 * blocks * hp * wp * 16, wp * 16, |r, dst| {
+            let (pb, y) = (r / hp, r % hp);
+            let (ip, cb) = (pb / blocks, pb % blocks);
+            if y < g.p || y >= g.p + g.h {
+                dst.fill(zero);
+                return;
+            }
+            dst[..g.p * 16].fill(zero);
+            dst[(g.p + g.w) * 16..].fill(zero);
+            let iy = y - g.p;
+            let value = |img: usize, c: usize, xx: usize| {
+                if img < g.n && c < g.c {
+                    x[((img * g.c + c) * g.h + iy) * g.w + xx]
+                } else {
+                    0.0
+                }
+            };
+            for xx in 0..g.w {
+                let d = &mut dst[(xx + g.p) * 16..][..16];
+                for (l, o) in d.iter_mut().enumerate() {
+                    let c = cb * 16 + l;
+                    o.write(pair(value(2 * ip, c, xx), value(2 * ip + 1, c, xx)));
+                }
+            }
+        })
+    };
+    (xp, hp, wp, blocks)
+}
+
+/// The output gradient (N, O, ho, wo) as image pairs: (⌈N/2⌉, O, ho, wo)
+/// words (images 2i, 2i + 1; the image past N zero).
+pub(super) fn image_pairs(dy: &[f32], n: usize, per_image: usize) -> Vec<u32> {
+    use rayon::prelude::*;
+    assert!(dy.len() == n * per_image);
+    let mut out = vec![0u32; n.div_ceil(2) * per_image];
+    out.par_chunks_mut(per_image.max(1))
+        .enumerate()
+        .for_each(|(ip, d)| {
+            let a = &dy[2 * ip * per_image..][..per_image];
+            if 2 * ip + 1 < n {
+                let b = &dy[(2 * ip + 1) * per_image..][..per_image];
+                for ((o, &u), &v) in d.iter_mut().zip(a).zip(b) {
+                    *o = pair(u, v);
+                }
+            } else {
+                for (o, &u) in d.iter_mut().zip(a) {
+                    *o = to_bf16(u);
+                }
+            }
+        });
+    out
+}
+
+/// A word buffer seen as floats, for code that passes operands on as
+/// `&[f32]` to kernels that load them as integers (every bit pattern is a
+/// valid f32, and the two types have the same size and alignment).
+pub(super) fn as_f32(words: &[u32]) -> &[f32] {
+    // SAFETY: see above; the length and lifetime are the input's.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<f32>(), words.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1)
+        assert_eq!(from_bf16(to_bf16(1.0 + 2f32.powi(-8))), 1.0);
+        // 1 + 3·2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: to 1 + 2^-6
+        assert_eq!(
+            from_bf16(to_bf16(1.0 + 3.0 * 2f32.powi(-8))),
+            1.0 + 2f32.powi(-6)
+        );
+        // just above halfway rounds up
+        assert_eq!(
+            from_bf16(to_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20))),
+            1.0 + 2f32.powi(-7)
+        );
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        // relative error at most 2^-8 over a range of values
+        for i in 0..10_000 {
+            let v = (i as f32 * 0.7919).sin() * 10f32.powi(i % 7 - 3);
+            let r = from_bf16(to_bf16(v));
+            assert!((r - v).abs() <= v.abs() * 2f32.powi(-8), "{v} -> {r}");
+        }
+    }
+
+    #[test]
+    fn pairs_put_the_even_element_low() {
+        let w = pair(1.0, -2.0);
+        assert_eq!(from_bf16(w & 0xffff), 1.0);
+        assert_eq!(from_bf16(w >> 16), -2.0);
+    }
+}
