@@ -174,8 +174,19 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Runs one configuration in this process and prints one JSON line (the
 /// `bench-one` task, which `bench` spawns).
-pub fn run_one(case: &Case, reps: usize, warmup: usize, device: &str) -> Result<()> {
+pub fn run_one(
+    case: &Case,
+    reps: usize,
+    warmup: usize,
+    device: &str,
+    precision: &str,
+) -> Result<()> {
     use seg_core::{DType, Tensor};
+    let prec = precision
+        .parse::<seg_core::PrecisionChoice>()?
+        .resolve()?;
+    // this thread's setting; `on_worker` carries it to the step's thread
+    seg_core::precision::set(prec);
     use seg_models::{ModelConfig, Network};
     use seg_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
     let cfg = ModelConfig::from_name(&case.model)?
@@ -247,7 +258,7 @@ pub fn run_one(case: &Case, reps: usize, warmup: usize, device: &str) -> Result<
     println!(
         "{}",
         json!({
-            "impl": "seg", "device": seg_core::device::device_name(&dev), "threads": rayon::current_num_threads(), "model": case.model, "base": case.base,
+            "impl": "seg", "precision": prec.to_string(), "cpu_bf16": seg_core::precision::describe_cpu(), "device": seg_core::device::device_name(&dev), "threads": rayon::current_num_threads(), "model": case.model, "base": case.base,
             "in_channels": case.in_channels, "params": params, "mode": case.mode, "shape": shape,
             "ms_median": (med * 1000.0).round() / 1000.0, "ms_min": times[0], "ms_max": times[times.len() - 1],
             "samples_per_s": shape[0] as f64 / med * 1e3, "megapixels_per_s": pixels as f64 / med / 1e3,
@@ -300,6 +311,10 @@ pub struct BenchOptions {
     pub peer_script: PathBuf,
     /// Where seg runs (`cpu`, `cuda:N`, `metal:N`).
     pub device: String,
+    /// seg's arithmetic (`fp32`, `bf16`, `auto`).
+    pub precision: String,
+    /// The peer's `--variant` (none: the script's default, fp32).
+    pub peer_variant: Option<String>,
 }
 
 /// Runs the benchmark; returns one JSON object per configuration.
@@ -316,6 +331,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
     for case in &o.cases {
         let (mut seg_ms, mut peer_ms, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut seg_rss, mut peer_rss) = (0f64, 0f64);
+        let (mut seg_prec, mut peer_impl, mut peer_tried) = (String::new(), String::new(), Value::Null);
         for _ in 0..o.rounds.max(1) {
             let mut c = Command::new(&exe);
             c.arg("bench-one").args(case.args()).args([
@@ -325,8 +341,11 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                 &o.warmup.to_string(),
                 "--device",
                 &o.device,
+                "--precision",
+                &o.precision,
             ]);
             let s = run_json(c, "the seg side")?;
+            seg_prec = s["precision"].as_str().unwrap_or("").to_string();
             let sm = s["ms_median"].as_f64().unwrap_or(f64::NAN);
             seg_ms.push(sm);
             seg_rss = seg_rss.max(s["peak_rss_mib"].as_f64().unwrap_or(0.0));
@@ -338,7 +357,14 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                     "--warmup",
                     &o.warmup.to_string(),
                 ]);
+                if let Some(v) = &o.peer_variant {
+                    c.args(["--variant", v]);
+                }
                 let p = run_json(c, "the PyTorch peer")?;
+                peer_impl = p["impl"].as_str().unwrap_or("").to_string();
+                if let Some(tried) = p.get("tried") {
+                    peer_tried = tried.clone();
+                }
                 let pm = p["ms_median"].as_f64().unwrap_or(f64::NAN);
                 peer_ms.push(pm);
                 peer_rss = peer_rss.max(p["peak_rss_mib"].as_f64().unwrap_or(0.0));
@@ -347,6 +373,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
         }
         let row = json!({
             "model": case.model, "base": case.base, "mode": case.mode, "shape": case.shape(),
+            "precision": seg_prec, "peer_impl": peer_impl, "peer_tried": peer_tried,
             "seg_ms_median": median(seg_ms),
             "peer_ms_median": (!peer_ms.is_empty()).then(|| median(peer_ms.clone())),
             "ratio": (!ratios.is_empty()).then(|| median(ratios.clone())),
@@ -356,7 +383,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
         println!("{row}");
         rows.push(row);
     }
-    eprintln!("\n| model | base | mode | shape | seg ms | pytorch ms | ratio | seg RSS MiB | pytorch RSS MiB |\n|---|---|---|---|---|---|---|---|---|");
+    eprintln!("\n| model | base | mode | shape | seg precision | seg ms | peer | peer ms | ratio | seg RSS MiB | peer RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let f = |v: &Value| {
             v.as_f64()
@@ -368,12 +395,14 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
             .map(|x| format!("{x:.2}"))
             .unwrap_or_else(|| "-".into());
         eprintln!(
-            "| {} | {} | {} | {} | {} | {} | {ratio} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {ratio} | {} | {} |",
             r["model"].as_str().unwrap_or(""),
             r["base"],
             r["mode"].as_str().unwrap_or(""),
             r["shape"],
+            r["precision"].as_str().unwrap_or(""),
             f(&r["seg_ms_median"]),
+            r["peer_impl"].as_str().unwrap_or("-"),
             f(&r["peer_ms_median"]),
             f(&r["seg_peak_rss_mib"]),
             f(&r["peer_peak_rss_mib"])

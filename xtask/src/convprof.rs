@@ -31,6 +31,17 @@ pub fn run(
     repeat: Option<usize>,
     forward_only: bool,
 ) {
+    // SEG_PRECISION=bf16 times the bf16 kernels
+    if let Ok(p) = std::env::var("SEG_PRECISION") {
+        let p = p.parse::<seg_core::PrecisionChoice>().and_then(|c| c.resolve());
+        match p {
+            Ok(p) => seg_core::precision::set(p),
+            Err(e) => {
+                eprintln!("error: SEG_PRECISION: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let mut layers = vec![];
     let mut c = 3;
     let mut hw = s;

@@ -88,6 +88,14 @@ enum Task {
         /// built with --features cuda / metal; the peer runs on the CPU only).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// seg's arithmetic: fp32, bf16 or auto (bf16 where the CPU has
+        /// AVX512-BF16).
+        #[arg(long, default_value = "fp32")]
+        precision: String,
+        /// The peer's variant (passed on as --variant): fp32, fp32-cl, bf16,
+        /// onnxruntime, openvino, openvino-fp32 or best (the fastest).
+        #[arg(long)]
+        peer_variant: Option<String>,
     },
     /// Time each 3×3 convolution of a U-Net on its own (a profiling aid).
     #[command(hide = true)]
@@ -140,6 +148,8 @@ enum Task {
         warmup: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
+        #[arg(long, default_value = "fp32")]
+        precision: String,
     },
     /// Build `seg-cli --features cuda` (and the parity test, and this xtask)
     /// against a CUDA toolkit: NVIDIA's CUDA 13.0 wheels from the Python
@@ -241,6 +251,8 @@ fn main() {
             peer,
             peer_script,
             device,
+            precision,
+            peer_variant,
         } => {
             let modes: Vec<String> = match mode {
                 Some(x) => vec![x],
@@ -293,6 +305,8 @@ fn main() {
                 peer,
                 peer_script,
                 device,
+                precision,
+                peer_variant,
             })
             .map(|_| ())
         }
@@ -321,6 +335,7 @@ fn main() {
             reps,
             warmup,
             device,
+            precision,
         } => bench_one_case(
             bench::Case {
                 model,
@@ -333,7 +348,7 @@ fn main() {
             },
             [depth, height, width],
         )
-        .and_then(|case| bench::run_one(&case, reps, warmup, &device)),
+        .and_then(|case| bench::run_one(&case, reps, warmup, &device, &precision)),
         Task::CudaCheck {
             compute_cap,
             toolkit,

@@ -51,11 +51,20 @@ pub struct PredictArgs {
     overlay: bool,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Convolution arithmetic on the CPU: fp32, bf16 (needs AVX512-BF16) or auto (bf16 where the CPU has it).
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16", "auto"])]
+    precision: String,
 }
 
 pub fn run(a: PredictArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let mut seg = Segmenter::open(&a.checkpoint, &device)?;
+    seg.set_precision(a.precision.parse().expect("value checked by clap"))?;
+    tracing::info!(
+        "precision {} ({})",
+        seg.precision(),
+        seg_core::precision::describe_cpu()
+    );
     if let Some(t) = a.threshold {
         if !(0.0..=1.0).contains(&t) {
             bail!("--threshold must be in [0, 1]");

@@ -117,6 +117,10 @@ pub struct TrainArgs {
     /// cpu, cuda:N, metal:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Convolution arithmetic on the CPU: fp32, bf16 (bf16 operands, fp32 accumulation; needs AVX512-BF16) or auto
+    /// (bf16 where the CPU has it). Weights, optimiser state and the loss stay fp32. Recorded in the bundle.
+    #[arg(long, value_parser = ["fp32", "bf16", "auto"])]
+    precision: Option<String>,
     /// Run folder for checkpoints, metrics and curves.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -363,6 +367,9 @@ pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
     }
     if let Some(p) = a.patience {
         cfg.early_stop_patience = (p > 0).then_some(p);
+    }
+    if let Some(p) = &a.precision {
+        cfg.precision = p.parse().expect("value checked by clap");
     }
     if let Some(d) = a.weight_average {
         cfg.weight_average = (d != 0.0).then_some(d);

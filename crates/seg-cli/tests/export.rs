@@ -36,6 +36,7 @@ fn export_writes_the_library_model_and_names_bad_bundles() {
         slices: None,
         plan: None,
         fov_diameter: None,
+        precision: None,
     };
     let bundle = dir.join("best.safetensors");
     save_bundle(&net, &info, &bundle).unwrap();

@@ -41,6 +41,7 @@ fn tiny_bundle(dir: &Path) -> PathBuf {
         slices: None,
         plan: None,
         fov_diameter: None,
+        precision: None,
     };
     let path = dir.join("bundle.safetensors");
     save_bundle(&net, &info, &path).unwrap();

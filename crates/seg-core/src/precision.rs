@@ -83,6 +83,12 @@ pub enum Bf16Isa {
 
 /// The CPU's bf16 features as (AMX-BF16, AVX512-BF16), read once.
 pub fn cpu_bf16_features() -> (bool, bool) {
+    // CPUID traps to the hypervisor in a VM (microseconds): ask once
+    static FEATURES: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
+    *FEATURES.get_or_init(read_cpu_bf16_features)
+}
+
+fn read_cpu_bf16_features() -> (bool, bool) {
     #[cfg(target_arch = "x86_64")]
     {
         let avx512 = std::is_x86_feature_detected!("avx512f")

@@ -60,6 +60,11 @@ pub struct BundleInfo {
     /// then finds a missing FOV itself and brings inputs to this scale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fov_diameter: Option<f64>,
+    /// The convolutions' arithmetic in training (fp32 or bf16); absent in
+    /// bundles written before it was recorded (fp32). Predict chooses its
+    /// own (`Segmenter::set_precision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<seg_core::Precision>,
 }
 
 /// Writes the bundle atomically.

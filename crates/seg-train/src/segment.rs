@@ -124,6 +124,8 @@ pub struct Segmenter {
     /// Bundles that recorded their training FOV diameter: bring inputs to
     /// that scale.
     rescale: bool,
+    /// The convolutions' arithmetic (fp32 unless set).
+    precision: seg_core::Precision,
     device: Device,
 }
 
@@ -145,9 +147,22 @@ impl Segmenter {
             class_probabilities: false,
             auto_fov: true,
             rescale: true,
+            precision: seg_core::Precision::Fp32,
             info,
             device: device.clone(),
         })
+    }
+
+    /// The convolutions' arithmetic: fp32 (the default), bf16 or auto (bf16
+    /// where the CPU has AVX512-BF16); an error for bf16 on a CPU without.
+    pub fn set_precision(&mut self, choice: seg_core::PrecisionChoice) -> Result<&mut Self> {
+        self.precision = choice.resolve()?;
+        Ok(self)
+    }
+
+    /// The arithmetic the segmentation runs in.
+    pub fn precision(&self) -> seg_core::Precision {
+        self.precision
     }
 
     /// Averages over horizontal and vertical flips (4 passes) or not.
@@ -277,6 +292,7 @@ impl Segmenter {
     /// within a field of view of its size (nonzero = inside; outside, the
     /// probability is 0).
     pub fn segment_image(&self, vol: &Volume, fov: Option<&Mask>) -> Result<Segmentation> {
+        let _precision = seg_core::precision::scoped(self.precision);
         if vol.format != Format::Image || vol.shape.len() != 3 {
             return Err(Error::UnsupportedVolume {
                 reason: "not a 2D image",

@@ -109,6 +109,7 @@ fn info(cfg: &ModelConfig) -> BundleInfo {
         slices,
         plan: None,
         fov_diameter: None,
+        precision: None,
     }
 }
 

@@ -12,6 +12,7 @@ impl Segmenter {
     /// a series, as read by seg-data) slice by slice. The probabilities and
     /// labels are in NIfTI order (x fastest) over [`Geometry::Volume`]'s dims.
     pub fn segment_volume(&self, vol: &Volume) -> Result<Segmentation> {
+        let _precision = seg_core::precision::scoped(self.precision);
         let (axis, dims, affine) = match vol.format {
             Format::Nifti => {
                 if vol.shape.len() != 3 {

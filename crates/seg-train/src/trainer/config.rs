@@ -93,6 +93,11 @@ pub struct TrainConfig {
     /// `trainer/average.rs`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_average: Option<f64>,
+    /// Arithmetic of the convolutions: fp32, bf16 (bf16 operands, fp32
+    /// accumulation; needs AVX512-BF16) or auto (bf16 where the CPU has
+    /// it). Weights, optimiser state, norm statistics and the loss stay
+    /// fp32. See `seg_core::precision`.
+    pub precision: seg_core::PrecisionChoice,
 }
 
 impl TrainConfig {
@@ -122,6 +127,8 @@ impl TrainConfig {
                 return bad(name, &format!("between 1 and {MAX}"), v);
             }
         }
+        // bf16 on a CPU without bf16 kernels: refused before any work
+        self.precision.resolve()?;
         if let Some(d) = self.weight_average {
             if !(d > 0.0 && d < 1.0) {
                 return bad("weight_average", "a decay in (0, 1), e.g. 0.999", d);
@@ -258,6 +265,7 @@ impl Default for TrainConfig {
             out_dir: PathBuf::from("runs/latest"),
             volumetric: None,
             weight_average: None,
+            precision: seg_core::PrecisionChoice::Fp32,
         }
     }
 }

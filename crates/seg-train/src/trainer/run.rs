@@ -348,6 +348,7 @@ impl Trainer {
             slices: self.labelled.as_ref().map(|d| d.plan.clone()),
             plan: self.cfg.plan.clone(),
             fov_diameter: self.fov_diameter,
+            precision: self.cfg.precision.resolve().ok(),
         }
     }
 
@@ -384,6 +385,14 @@ impl Trainer {
     /// Runs (or continues) training until the last epoch, early stopping, or `stop`.
     pub fn run(&mut self, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
         let (n_train, n_val) = self.split_sizes();
+        // the convolutions' arithmetic, for every step and validation pass
+        // of the run (`on_worker` carries it to the kernels' threads)
+        let precision = self.cfg.precision.resolve()?;
+        let _precision = seg_core::precision::scoped(precision);
+        tracing::info!(
+            "precision {precision} ({})",
+            seg_core::precision::describe_cpu()
+        );
         obs.on_start(&self.cfg, &self.state, n_train, n_val);
         let multiclass = self.cfg.loss.is_multiclass();
         let mut budget = self

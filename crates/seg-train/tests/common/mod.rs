@@ -88,6 +88,7 @@ pub fn tiny_fundus_bundle(
         slices: None,
         plan: None,
         fov_diameter,
+        precision: None,
     };
     save_bundle(&net, &info, path).unwrap();
     path.to_path_buf()
