@@ -182,9 +182,7 @@ pub fn run_one(
     precision: &str,
 ) -> Result<()> {
     use seg_core::{DType, Tensor};
-    let prec = precision
-        .parse::<seg_core::PrecisionChoice>()?
-        .resolve()?;
+    let prec = precision.parse::<seg_core::PrecisionChoice>()?.resolve()?;
     // this thread's setting; `on_worker` carries it to the step's thread
     seg_core::precision::set(prec);
     use seg_models::{ModelConfig, Network};
@@ -331,7 +329,8 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
     for case in &o.cases {
         let (mut seg_ms, mut peer_ms, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut seg_rss, mut peer_rss) = (0f64, 0f64);
-        let (mut seg_prec, mut peer_impl, mut peer_tried) = (String::new(), String::new(), Value::Null);
+        let (mut seg_prec, mut peer_impl, mut peer_tried) =
+            (String::new(), String::new(), Value::Null);
         for _ in 0..o.rounds.max(1) {
             let mut c = Command::new(&exe);
             c.arg("bench-one").args(case.args()).args([

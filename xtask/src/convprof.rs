@@ -33,7 +33,9 @@ pub fn run(
 ) {
     // SEG_PRECISION=bf16 times the bf16 kernels
     if let Ok(p) = std::env::var("SEG_PRECISION") {
-        let p = p.parse::<seg_core::PrecisionChoice>().and_then(|c| c.resolve());
+        let p = p
+            .parse::<seg_core::PrecisionChoice>()
+            .and_then(|c| c.resolve());
         match p {
             Ok(p) => seg_core::precision::set(p),
             Err(e) => {

@@ -48,7 +48,9 @@ pub enum Error {
     #[error("unknown precision {0:?} (expected fp32, bf16 or auto)")]
     UnknownPrecision(String),
     /// bf16 asked for on a CPU without bf16 dot-product instructions.
-    #[error("precision bf16: this CPU has no bf16 dot-product instructions ({0}); use fp32 or auto")]
+    #[error(
+        "precision bf16: this CPU has no bf16 dot-product instructions ({0}); use fp32 or auto"
+    )]
     Bf16Unsupported(String),
     /// An error from the tensor library.
     #[error(transparent)]

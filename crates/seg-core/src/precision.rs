@@ -91,8 +91,8 @@ pub fn cpu_bf16_features() -> (bool, bool) {
 fn read_cpu_bf16_features() -> (bool, bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        let avx512 = std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bf16");
+        let avx512 =
+            std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16");
         // CPUID leaf 7 sub-leaf 0, EDX bit 22: AMX-BF16 (the OS must also
         // grant the tile state; seg runs no AMX code, so it only reports it)
         let amx = std::arch::x86_64::__cpuid_count(7, 0).edx >> 22 & 1 == 1;

@@ -72,7 +72,8 @@ unsafe fn pair_avx512(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) -> usize 
     while i < n {
         // SAFETY: i + 16 <= len of each slice
         unsafe {
-            let a: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(i))));
+            let a: __m256i =
+                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(i))));
             let mut w = _mm512_cvtepu16_epi32(a);
             if let Some(h) = hi {
                 let b: __m256i =
@@ -288,7 +289,15 @@ mod tests {
     #[test]
     fn vector_pairs_match_the_scalar_rounding() {
         let mut v: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
-        v.extend([f32::NAN, f32::INFINITY, -0.0, 1e-40, -1e-40, 1.0 + 2f32.powi(-8), 3.4e38]);
+        v.extend([
+            f32::NAN,
+            f32::INFINITY,
+            -0.0,
+            1e-40,
+            -1e-40,
+            1.0 + 2f32.powi(-8),
+            3.4e38,
+        ]);
         v.extend((0..37).map(|i| i as f32 * 1e-3));
         let hi: Vec<f32> = v.iter().rev().copied().collect();
         for h in [None, Some(hi.as_slice())] {
@@ -301,7 +310,11 @@ mod tests {
                 };
                 // NaN payloads may differ; both must be NaN
                 let (a, b) = (from_bf16(d[i] & 0xffff), from_bf16(want & 0xffff));
-                assert!(d[i] == want || a.is_nan() && b.is_nan(), "{i}: {:#x} vs {want:#x}", d[i]);
+                assert!(
+                    d[i] == want || a.is_nan() && b.is_nan(),
+                    "{i}: {:#x} vs {want:#x}",
+                    d[i]
+                );
             }
         }
         if !available() {

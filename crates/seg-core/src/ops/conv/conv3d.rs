@@ -205,12 +205,15 @@ impl Conv3dOp {
         let g = Geom3::new(x.dims(), w.dims())?;
         let grad = grad.contiguous()?;
         let want_dx = x.track_op();
-        let flat =
-            grad.apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &Backward {
+        let flat = grad.apply_op3_no_bwd(
+            &x.contiguous()?,
+            &w.contiguous()?,
+            &Backward {
                 g,
                 want_dx,
                 prec: self.prec,
-            })?;
+            },
+        )?;
         let (nx, nw) = (if want_dx { x.elem_count() } else { 0 }, w.elem_count());
         let dx = if want_dx {
             Some(flat.narrow(0, 0, nx)?.reshape(x.dims())?)

@@ -114,13 +114,25 @@ fn direct_bf16_kernels_match_fp32_within_bf16_bounds() {
         assert_eq!(fwd, (Route::Direct, Precision::Bf16), "{g:?}");
         let (yb, dxb, dwb) = passes(&x, &wt, &dy, &g, Precision::Bf16);
         let (yf, dxf, dwf) = passes(&x, &wt, &dy, &g, Precision::Fp32);
-        let (yr, dxr, dwr) = passes(&rounded(&x), &rounded(&wt), &rounded(&dy), &g, Precision::Fp32);
+        let (yr, dxr, dwr) = passes(
+            &rounded(&x),
+            &rounded(&wt),
+            &rounded(&dy),
+            &g,
+            Precision::Fp32,
+        );
         // Σ|x·w| of every output: the passes on absolute values
         let (ya, dxa, dwa) = passes(&abs(&x), &abs(&wt), &abs(&dy), &g, Precision::Fp32);
         let terms = |n: usize| n as f32 / 8_388_608.0;
         let (nf, nb, nw) = (c * k * k, o * k * k, n * ho * wo);
         within(&yb, &yf, &ya, U + terms(nf), &format!("forward {g:?}"));
-        within(&yb, &yr, &ya, terms(nf), &format!("forward, rounded inputs {g:?}"));
+        within(
+            &yb,
+            &yr,
+            &ya,
+            terms(nf),
+            &format!("forward, rounded inputs {g:?}"),
+        );
         let back = choose_with(Pass::InputGrad, &g, Precision::Bf16);
         if back.0 == Route::Winograd {
             // the transformed operands are rounded: the Winograd bound, on
@@ -133,18 +145,48 @@ fn direct_bf16_kernels_match_fp32_within_bf16_bounds() {
                 .zip(&dxa)
                 .map(|(&b, &a)| U * b + terms(nb * 4) * a.max(b))
                 .collect();
-            within(&dxb, &dxf, &bound, 1.0, &format!("input grad (winograd) {g:?}"));
+            within(
+                &dxb,
+                &dxf,
+                &bound,
+                1.0,
+                &format!("input grad (winograd) {g:?}"),
+            );
         } else if back.1 == Precision::Bf16 {
-            within(&dxb, &dxf, &dxa, U + terms(nb), &format!("input grad {g:?}"));
-            within(&dxb, &dxr, &dxa, terms(nb), &format!("input grad, rounded {g:?}"));
+            within(
+                &dxb,
+                &dxf,
+                &dxa,
+                U + terms(nb),
+                &format!("input grad {g:?}"),
+            );
+            within(
+                &dxb,
+                &dxr,
+                &dxa,
+                terms(nb),
+                &format!("input grad, rounded {g:?}"),
+            );
         } else {
             assert_eq!(dxb, dxf, "fp32 route: bitwise fp32 {g:?}");
         }
         let wg = choose_with(Pass::WeightGrad, &g, Precision::Bf16);
         assert_eq!(wg.1 == Precision::Bf16, k == 3 && c >= 16, "{g:?}");
         if wg.1 == Precision::Bf16 {
-            within(&dwb, &dwf, &dwa, U + terms(nw), &format!("weight grad {g:?}"));
-            within(&dwb, &dwr, &dwa, terms(nw), &format!("weight grad, rounded {g:?}"));
+            within(
+                &dwb,
+                &dwf,
+                &dwa,
+                U + terms(nw),
+                &format!("weight grad {g:?}"),
+            );
+            within(
+                &dwb,
+                &dwr,
+                &dwa,
+                terms(nw),
+                &format!("weight grad, rounded {g:?}"),
+            );
         } else {
             assert_eq!(dwb, dwf, "fp32 route: bitwise fp32 {g:?}");
         }
@@ -162,7 +204,12 @@ fn winograd_bound(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
         [0., -1., 1., 0.],
         [0., 1., 0., -1.],
     ];
-    const GM: [[f32; 3]; 4] = [[1., 0., 0.], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0., 0., 1.]];
+    const GM: [[f32; 3]; 4] = [
+        [1., 0., 0.],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0., 0., 1.],
+    ];
     const AT: [[f32; 4]; 2] = [[1., 1., 1., 0.], [0., 1., -1., -1.]];
     let (h, w) = (g.h, g.w);
     let mut out = vec![0f32; g.n * g.o * h * w];
@@ -184,7 +231,12 @@ fn winograd_bound(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
                             for (j, vij) in vi.iter_mut().enumerate() {
                                 for a in 0..4 {
                                     for b in 0..4 {
-                                        let d = at(img, c, (2 * ty + a) as isize - 1, (2 * tx + b) as isize - 1);
+                                        let d = at(
+                                            img,
+                                            c,
+                                            (2 * ty + a) as isize - 1,
+                                            (2 * tx + b) as isize - 1,
+                                        );
                                         *vij += BT[i][a].abs() * d * BT[j][b].abs();
                                     }
                                 }
@@ -283,9 +335,18 @@ fn bf16_results_do_not_depend_on_the_thread_count() {
         let one = run(1);
         for threads in [2, 3] {
             let t = run(threads);
-            assert!(t.0 == one.0, "forward: {threads} threads differ from 1: {g:?}");
-            assert!(t.1 == one.1, "input grad: {threads} threads differ from 1: {g:?}");
-            assert!(t.2 == one.2, "weight grad: {threads} threads differ from 1: {g:?}");
+            assert!(
+                t.0 == one.0,
+                "forward: {threads} threads differ from 1: {g:?}"
+            );
+            assert!(
+                t.1 == one.1,
+                "input grad: {threads} threads differ from 1: {g:?}"
+            );
+            assert!(
+                t.2 == one.2,
+                "weight grad: {threads} threads differ from 1: {g:?}"
+            );
         }
     }
 }
@@ -303,7 +364,9 @@ fn precision_setting_routes_the_op_and_follows_the_cpu() {
     assert_eq!(PrecisionChoice::Bf16.resolve().is_ok(), avx512bf16);
     assert_eq!(PrecisionChoice::Fp32.resolve().unwrap(), Precision::Fp32);
     if amx {
-        eprintln!("SKIP: AMX tiles: this CPU has AMX-BF16 but seg has no AMX kernel; AVX512-BF16 runs");
+        eprintln!(
+            "SKIP: AMX tiles: this CPU has AMX-BF16 but seg has no AMX kernel; AVX512-BF16 runs"
+        );
     }
     let x = rand_tensor(&[2, 16, 12, 20], 1);
     let w = rand_tensor(&[8, 16, 3, 3], 2);
@@ -314,7 +377,11 @@ fn precision_setting_routes_the_op_and_follows_the_cpu() {
         let y = super::conv2d(xv.as_tensor(), wv.as_tensor(), None, 1).unwrap();
         let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let v = |t: &candle_core::Tensor| crate::ops::f32_data(t).unwrap();
-        (v(&y), v(g.get(xv.as_tensor()).unwrap()), v(g.get(wv.as_tensor()).unwrap()))
+        (
+            v(&y),
+            v(g.get(xv.as_tensor()).unwrap()),
+            v(g.get(wv.as_tensor()).unwrap()),
+        )
     };
     let f = run(Precision::Fp32);
     let b = run(Precision::Bf16);

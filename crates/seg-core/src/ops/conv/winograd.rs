@@ -20,8 +20,8 @@
 //! the result equals the direct convolution; in f32 the two differ by a few
 //! units in the last place of the sums (tests compare them).
 
-use super::route::cpu_has_avx512;
 use super::direct::Data;
+use super::route::cpu_has_avx512;
 use super::{direct, Geom, SharedMut};
 use crate::precision::Precision;
 use rayon::prelude::*;

@@ -102,16 +102,19 @@ pub(super) unsafe fn wg_cl_tile_bf16<const W: usize>(
             for y in seg.rows.0..seg.rows.1 {
                 let drow = d.add(y * wo);
                 for xx in 0..wo {
-                    let mut dv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); W];
+                    let mut dv =
+                        [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); W];
                     for (j, slot) in dv.iter_mut().enumerate() {
                         *slot = std::mem::transmute(_mm512_set1_epi32(*drow.add(j * plane + xx)));
                     }
                     for ky in 0..3 {
                         let xr = x.add(((y + ky) * wp + xx) * 16);
                         for kx in 0..3 {
-                            let xv: __m512bh = std::mem::transmute(_mm512_loadu_epi32(xr.add(kx * 16)));
+                            let xv: __m512bh =
+                                std::mem::transmute(_mm512_loadu_epi32(xr.add(kx * 16)));
                             for j in 0..W {
-                                acc[j][ky * 3 + kx] = _mm512_dpbf16_ps(acc[j][ky * 3 + kx], xv, dv[j]);
+                                acc[j][ky * 3 + kx] =
+                                    _mm512_dpbf16_ps(acc[j][ky * 3 + kx], xv, dv[j]);
                             }
                         }
                     }
@@ -277,7 +280,11 @@ unsafe fn tile_bf16_body<const V: usize, const K: usize>(t: &Tile) {
                     for j in 0..OB {
                         let wj: __m512bh = std::mem::transmute(_mm512_set1_epi32(*wk.add(j)));
                         for (a, &xvv) in acc.iter_mut().zip(&xv) {
-                            a[j] = _mm512_dpbf16_ps(a[j], std::mem::transmute::<__m512i, __m512bh>(xvv), wj);
+                            a[j] = _mm512_dpbf16_ps(
+                                a[j],
+                                std::mem::transmute::<__m512i, __m512bh>(xvv),
+                                wj,
+                            );
                         }
                     }
                 }
