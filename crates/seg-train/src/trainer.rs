@@ -9,6 +9,7 @@
 //! - `trainer/config.rs`: [`TrainConfig`], [`DataSource`];
 //! - `trainer/data.rs`: [`load_data`], [`load_labelled`];
 //! - `trainer/run.rs`: [`Trainer`], its records and state, [`Observer`];
+//! - `trainer/save.rs`: [`RunPaths`], the metrics files and the bundles;
 //! - `trainer/validate.rs`: [`validate`];
 //! - `trainer/budget.rs`: [`TimeBudget`], the wall-clock budget (`max_seconds`);
 //! - `trainer/average.rs`: [`WeightAverage`], the moving average of the
@@ -20,11 +21,13 @@ mod budget;
 mod config;
 mod data;
 mod run;
+mod save;
 mod validate;
 
 pub use average::WeightAverage;
 pub use budget::{horizon, TimeBudget};
 pub use config::{DataSource, TrainConfig, Volumetric};
 pub use data::{load_data, load_labelled, LabelledData};
-pub use run::{EpochRecord, Observer, Outcome, RunPaths, Silent, TrainState, Trainer};
+pub use run::{EpochRecord, Observer, Outcome, Silent, TrainState, Trainer};
+pub use save::RunPaths;
 pub use validate::validate;

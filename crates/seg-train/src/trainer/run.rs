@@ -8,8 +8,9 @@ use super::average::WeightAverage;
 use super::budget::TimeBudget;
 use super::config::TrainConfig;
 use super::data::{load, LabelledData};
+use super::save::{write_metrics, RunPaths};
 use super::validate::{validate, validate_stacks, validation_stride};
-use crate::checkpoint::{self, BundleInfo};
+use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
 use crate::schedule::Scheduler;
@@ -19,7 +20,6 @@ use seg_data::sampling::{random_batch, random_batch_balanced};
 use seg_data::Sample;
 use seg_models::Network;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -94,74 +94,27 @@ pub trait Observer {
 pub struct Silent;
 impl Observer for Silent {}
 
-/// Paths of a run's outputs.
-pub struct RunPaths {
-    pub best: PathBuf,
-    pub last: PathBuf,
-    pub state: PathBuf,
-    pub csv: PathBuf,
-    pub json: PathBuf,
-    pub config: PathBuf,
-}
-
-impl RunPaths {
-    pub fn new(dir: &Path) -> Self {
-        let last = dir.join("last.safetensors");
-        Self {
-            best: dir.join("best.safetensors"),
-            state: checkpoint::state_path(&last),
-            last,
-            csv: dir.join("metrics.csv"),
-            json: dir.join("metrics.json"),
-            config: dir.join("config.json"),
-        }
-    }
-}
-
-fn write_metrics(paths: &RunPaths, history: &[EpochRecord]) -> Result<()> {
-    let mut csv =
-        String::from("epoch,lr,train_loss,val_dice,val_dice_best,threshold,val_auc,seconds\n");
-    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
-    for r in history {
-        csv.push_str(&format!(
-            "{},{:.6e},{:.6},{},{},{:.3},{},{:.2}\n",
-            r.epoch,
-            r.lr,
-            r.train_loss,
-            opt(r.val_dice),
-            opt(r.val_dice_best),
-            r.threshold,
-            opt(r.val_auc),
-            r.seconds
-        ));
-    }
-    seg_data::io::atomic_write(&paths.csv, csv.as_bytes())?;
-    let json = serde_json::to_vec_pretty(history).expect("records serialise");
-    seg_data::io::atomic_write(&paths.json, &json)?;
-    Ok(())
-}
-
 /// A training run.
 pub struct Trainer {
     pub cfg: TrainConfig,
     pub net: Network,
     pub device: Device,
-    opt: Optimizer,
+    pub(super) opt: Optimizer,
     pub state: TrainState,
-    train: Vec<Sample>,
-    val: Vec<Sample>,
+    pub(super) train: Vec<Sample>,
+    pub(super) val: Vec<Sample>,
     pub paths: RunPaths,
-    threshold: f32,
+    pub(super) threshold: f32,
     /// When [`Trainer::new`] began: the start of the time budget.
-    created: Instant,
+    pub(super) created: Instant,
     /// Multi-class runs: validation cases and the class index.
-    labelled: Option<LabelledData>,
+    pub(super) labelled: Option<LabelledData>,
     /// Multi-class runs: every `val_stride`-th plane is validated.
-    val_stride: usize,
+    pub(super) val_stride: usize,
     /// Binary runs on images with FOV masks: their median FOV diameter.
-    fov_diameter: Option<f64>,
+    pub(super) fov_diameter: Option<f64>,
     /// The moving average of the weights, if the run keeps one.
-    average: Option<WeightAverage>,
+    pub(super) average: Option<WeightAverage>,
 }
 
 impl Trainer {
@@ -333,52 +286,6 @@ impl Trainer {
             }) => (stacks.len(), val.len()),
             Some(d) => (self.train.len(), d.val.len()),
             None => (self.train.len(), self.val.len()),
-        }
-    }
-
-    fn bundle_info(&self, epoch: usize, val_dice: Option<f64>) -> BundleInfo {
-        BundleInfo {
-            format_version: 1,
-            preprocess: self.cfg.preprocess.clone(),
-            patch: self.cfg.sampler.size,
-            sliding_window: self.cfg.sliding_window.clone(),
-            threshold: self.threshold,
-            epoch,
-            val_dice,
-            slices: self.labelled.as_ref().map(|d| d.plan.clone()),
-            plan: self.cfg.plan.clone(),
-            fov_diameter: self.fov_diameter,
-            precision: self.cfg.precision.resolve().ok(),
-        }
-    }
-
-    /// Writes `last` (bundle: the averaged weights when the run keeps an
-    /// average) and its resume state (the live weights, and the average).
-    fn save_last(&self) -> Result<()> {
-        checkpoint::save_resume(
-            &self.paths.state,
-            &self.net,
-            &self.opt,
-            &self.state,
-            self.average.as_ref(),
-        )?;
-        let val = self.state.history.last().and_then(|r| r.val_dice_best);
-        self.with_shipped_weights(|| {
-            checkpoint::save_bundle(
-                &self.net,
-                &self.bundle_info(self.state.epoch, val),
-                &self.paths.last,
-            )
-        })
-    }
-
-    /// Runs `f` with the weights that are validated and shipped in the
-    /// network: the moving average when the run keeps one, else the live
-    /// weights.
-    fn with_shipped_weights<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        match &self.average {
-            Some(a) => a.with_average(self.net.params(), f),
-            None => f(),
         }
     }
 
