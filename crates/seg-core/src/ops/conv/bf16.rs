@@ -76,8 +76,9 @@ unsafe fn pair_avx512(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) -> usize 
                 std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(i))));
             let mut w = _mm512_cvtepu16_epi32(a);
             if let Some(h) = hi {
-                let b: __m256i =
-                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(h.as_ptr().add(i))));
+                let b = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(
+                    _mm512_loadu_ps(h.as_ptr().add(i)),
+                ));
                 w = _mm512_or_si512(w, _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(b)));
             }
             _mm512_storeu_epi32(dst.as_mut_ptr().add(i).cast(), w);

@@ -1,8 +1,8 @@
 //! Tests of the bf16 convolution kernels (AVX512-BF16).
 //!
 //! Error bounds checked, per output element summing `n` products:
-//! - against fp32 on the same inputs: `|y_bf16 − y_fp32| <= (2^-7 + 2^-16
-//!   + n·2^-23) · Σ|x_i·w_i|` (each bf16 operand within 2^-8 relative of its
+//! - against fp32 on the same inputs: `|y_bf16 − y_fp32| <= (2^-7 + 2^-16 +
+//!   n·2^-23) · Σ|x_i·w_i|` (each bf16 operand within 2^-8 relative of its
 //!   fp32 value; fp32 sums in either path within n·2^-24 · Σ|x_i·w_i|);
 //! - against fp32 on inputs first rounded to bf16 (the products are then
 //!   exact in both paths): `<= n·2^-23 · Σ|x_i·w_i|` — this checks that the
@@ -197,6 +197,7 @@ fn direct_bf16_kernels_match_fp32_within_bf16_bounds() {
 
 /// Σ_c |Aᵀ| (|G||g||Gᵀ| ⊙ |Bᵀ||d||B|) |A| for every output of the 3×3,
 /// padding-1 convolution: the bound of the Winograd products' rounding.
+#[allow(clippy::needless_range_loop)] // the transforms' index notation
 fn winograd_bound(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     const BT: [[f32; 4]; 4] = [
         [1., 0., -1., 0.],

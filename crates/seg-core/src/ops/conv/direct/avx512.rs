@@ -105,7 +105,9 @@ pub(super) unsafe fn wg_cl_tile_bf16<const W: usize>(
                     let mut dv =
                         [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); W];
                     for (j, slot) in dv.iter_mut().enumerate() {
-                        *slot = std::mem::transmute(_mm512_set1_epi32(*drow.add(j * plane + xx)));
+                        *slot = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                            *drow.add(j * plane + xx),
+                        ));
                     }
                     for ky in 0..3 {
                         let xr = x.add(((y + ky) * wp + xx) * 16);
@@ -278,7 +280,8 @@ unsafe fn tile_bf16_body<const V: usize, const K: usize>(t: &Tile) {
                     }
                     let wk = wr.add(kx * OB);
                     for j in 0..OB {
-                        let wj: __m512bh = std::mem::transmute(_mm512_set1_epi32(*wk.add(j)));
+                        let wj =
+                            std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*wk.add(j)));
                         for (a, &xvv) in acc.iter_mut().zip(&xv) {
                             a[j] = _mm512_dpbf16_ps(
                                 a[j],
