@@ -212,18 +212,20 @@ pub(super) fn pad_input_channels_last_pairs(
             dst[..g.p * 16].fill(zero);
             dst[(g.p + g.w) * 16..].fill(zero);
             let iy = y - g.p;
-            let value = |img: usize, c: usize, xx: usize| {
-                if img < g.n && c < g.c {
-                    x[((img * g.c + c) * g.h + iy) * g.w + xx]
+            let row = |img: usize, c: usize| &x[((img * g.c + c) * g.h + iy) * g.w..][..g.w];
+            // one channel's row of word pairs at a time (vector
+            // conversion), then spread over the pixels' 16-word groups
+            let mut words = vec![0u32; g.w];
+            for l in 0..16 {
+                let c = cb * 16 + l;
+                if c < g.c {
+                    let hi = (2 * ip + 1 < g.n).then(|| row(2 * ip + 1, c));
+                    pair_into(row(2 * ip, c), hi, &mut words);
                 } else {
-                    0.0
+                    words.fill(0);
                 }
-            };
-            for xx in 0..g.w {
-                let d = &mut dst[(xx + g.p) * 16..][..16];
-                for (l, o) in d.iter_mut().enumerate() {
-                    let c = cb * 16 + l;
-                    o.write(pair(value(2 * ip, c, xx), value(2 * ip + 1, c, xx)));
+                for (xx, &v) in words.iter().enumerate() {
+                    dst[(xx + g.p) * 16 + l].write(v);
                 }
             }
         })
