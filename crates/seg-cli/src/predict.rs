@@ -52,7 +52,7 @@ pub struct PredictArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Convolution arithmetic on the CPU: fp32, bf16 (needs AVX512-BF16) or auto (bf16 where the CPU has it).
-    #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16", "auto"])]
+    #[arg(long, default_value = "auto", value_parser = ["fp32", "bf16", "auto"])]
     precision: String,
 }
 

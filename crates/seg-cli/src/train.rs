@@ -118,7 +118,8 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Convolution arithmetic on the CPU: fp32, bf16 (bf16 operands, fp32 accumulation; needs AVX512-BF16) or auto
-    /// (bf16 where the CPU has it). Weights, optimiser state and the loss stay fp32. Recorded in the bundle.
+    /// (bf16 where the CPU has it, else fp32) [default: auto]. Weights, optimiser state and the loss stay fp32.
+    /// Recorded in the bundle.
     #[arg(long, value_parser = ["fp32", "bf16", "auto"])]
     precision: Option<String>,
     /// Run folder for checkpoints, metrics and curves.

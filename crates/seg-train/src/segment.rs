@@ -124,7 +124,8 @@ pub struct Segmenter {
     /// Bundles that recorded their training FOV diameter: bring inputs to
     /// that scale.
     rescale: bool,
-    /// The convolutions' arithmetic (fp32 unless set).
+    /// The convolutions' arithmetic (`auto` unless set: bf16 where the CPU
+    /// has AVX512-BF16).
     precision: seg_core::Precision,
     device: Device,
 }
@@ -147,14 +148,15 @@ impl Segmenter {
             class_probabilities: false,
             auto_fov: true,
             rescale: true,
-            precision: seg_core::Precision::Fp32,
+            precision: seg_core::PrecisionChoice::Auto.resolve()?,
             info,
             device: device.clone(),
         })
     }
 
-    /// The convolutions' arithmetic: fp32 (the default), bf16 or auto (bf16
-    /// where the CPU has AVX512-BF16); an error for bf16 on a CPU without.
+    /// The convolutions' arithmetic: fp32, bf16 or auto (the default: bf16
+    /// where the CPU has AVX512-BF16, else fp32); an error for bf16 on a CPU
+    /// without.
     pub fn set_precision(&mut self, choice: seg_core::PrecisionChoice) -> Result<&mut Self> {
         self.precision = choice.resolve()?;
         Ok(self)

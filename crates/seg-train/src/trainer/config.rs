@@ -94,9 +94,10 @@ pub struct TrainConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_average: Option<f64>,
     /// Arithmetic of the convolutions: fp32, bf16 (bf16 operands, fp32
-    /// accumulation; needs AVX512-BF16) or auto (bf16 where the CPU has
-    /// it). Weights, optimiser state, norm statistics and the loss stay
-    /// fp32. See `seg_core::precision`.
+    /// accumulation; needs AVX512-BF16) or auto (the default: bf16 where
+    /// the CPU has it, else fp32; bf16 matched fp32's accuracy on DRIVE and
+    /// Hippocampus, docs/results.md). Weights, optimiser state, norm
+    /// statistics and the loss stay fp32. See `seg_core::precision`.
     pub precision: seg_core::PrecisionChoice,
 }
 
@@ -265,7 +266,7 @@ impl Default for TrainConfig {
             out_dir: PathBuf::from("runs/latest"),
             volumetric: None,
             weight_average: None,
-            precision: seg_core::PrecisionChoice::Fp32,
+            precision: seg_core::PrecisionChoice::Auto,
         }
     }
 }
