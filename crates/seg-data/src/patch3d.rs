@@ -353,6 +353,34 @@ pub fn random_batch_3d(
     seed: u64,
     batch_index: u64,
 ) -> Result<Batch3> {
+    let items: Vec<usize> = (0..batch_size).collect();
+    random_batch_3d_items(
+        stacks,
+        index,
+        size,
+        foreground_ratio,
+        aug,
+        &items,
+        seed,
+        batch_index,
+    )
+}
+
+/// The patches `items` (indices into the batch) of [`random_batch_3d`]'s
+/// batch: each patch depends only on (seed, batch index, its index), so a
+/// data-parallel rank draws its share alone.
+#[allow(clippy::too_many_arguments)]
+pub fn random_batch_3d_items(
+    stacks: &[Stack],
+    index: &VoxelIndex,
+    size: [usize; 3],
+    foreground_ratio: f32,
+    aug: &Augment3,
+    items: &[usize],
+    seed: u64,
+    batch_index: u64,
+) -> Result<Batch3> {
+    let batch_size = items.len();
     if stacks.is_empty() {
         return Err(Error::Empty {
             what: "cases to sample 3D patches from",
@@ -370,9 +398,9 @@ pub fn random_batch_3d(
         .filter(|&k| !index.by_class[k].is_empty())
         .collect();
     let square = size[1] == size[2];
-    let patches: Vec<(Vec<f32>, Vec<u8>)> = (0..batch_size)
-        .into_par_iter()
-        .map(|k| {
+    let patches: Vec<(Vec<f32>, Vec<u8>)> = items
+        .par_iter()
+        .map(|&k| {
             let mut rng = patch_rng(seed, batch_index, k as u64);
             let want_fg = rng.random::<f32>() < foreground_ratio;
             let (stack, centre) = if want_fg && !present.is_empty() {

@@ -178,6 +178,22 @@ pub fn random_batch_balanced(
     seed: u64,
     batch_index: u64,
 ) -> Result<Batch> {
+    let items: Vec<usize> = (0..batch_size).collect();
+    random_batch_balanced_items(images, index, sampler, aug, &items, seed, batch_index)
+}
+
+/// The patches `items` (indices into the batch) of
+/// [`random_batch_balanced`]'s batch: each patch depends only on (seed,
+/// batch index, its index), so a data-parallel rank draws its share alone.
+pub fn random_batch_balanced_items(
+    images: &[Sample],
+    index: &ClassIndex,
+    sampler: &PatchSampler,
+    aug: &AugmentConfig,
+    items: &[usize],
+    seed: u64,
+    batch_index: u64,
+) -> Result<Batch> {
     if images.is_empty() {
         return Err(Error::Empty {
             what: "images to sample patches from",
@@ -186,9 +202,9 @@ pub fn random_batch_balanced(
     let present: Vec<usize> = (0..index.by_class.len())
         .filter(|&k| !index.by_class[k].is_empty())
         .collect();
-    let patches: Vec<Sample> = (0..batch_size)
-        .into_par_iter()
-        .map(|k| {
+    let patches: Vec<Sample> = items
+        .par_iter()
+        .map(|&k| {
             let mut rng = patch_rng(seed, batch_index, k as u64);
             let want_fg = rng.random::<f32>() < sampler.foreground_ratio;
             let mut p = if want_fg && !present.is_empty() {
@@ -280,14 +296,29 @@ pub fn random_batch(
     seed: u64,
     batch_index: u64,
 ) -> Result<Batch> {
+    let items: Vec<usize> = (0..batch_size).collect();
+    random_batch_items(images, sampler, aug, &items, seed, batch_index)
+}
+
+/// The patches `items` (indices into the batch) of [`random_batch`]'s
+/// batch: each patch depends only on (seed, batch index, its index), so a
+/// data-parallel rank draws its share alone.
+pub fn random_batch_items(
+    images: &[Sample],
+    sampler: &PatchSampler,
+    aug: &AugmentConfig,
+    items: &[usize],
+    seed: u64,
+    batch_index: u64,
+) -> Result<Batch> {
     if images.is_empty() {
         return Err(Error::Empty {
             what: "images to sample patches from",
         });
     }
-    let patches: Vec<Sample> = (0..batch_size)
-        .into_par_iter()
-        .map(|k| {
+    let patches: Vec<Sample> = items
+        .par_iter()
+        .map(|&k| {
             let mut rng = patch_rng(seed, batch_index, k as u64);
             let img = &images[rng.random_range(0..images.len())];
             let mut p = sampler.sample(img, &mut rng);

@@ -9,6 +9,9 @@
 //! - `trainer/config.rs`: [`TrainConfig`], [`DataSource`];
 //! - `trainer/data.rs`: [`load_data`], [`load_labelled`];
 //! - `trainer/run.rs`: [`Trainer`], its records and state, [`Observer`];
+//! - `trainer/parallel.rs`: data-parallel steps over [`crate::comm::Comm`]
+//!   ([`Trainer::with_comm`]);
+//! - `trainer/save.rs`: [`RunPaths`], the metrics files and the bundles;
 //! - `trainer/validate.rs`: [`validate`];
 //! - `trainer/budget.rs`: [`TimeBudget`], the wall-clock budget (`max_seconds`);
 //! - `trainer/average.rs`: [`WeightAverage`], the moving average of the
@@ -19,12 +22,15 @@ mod average;
 mod budget;
 mod config;
 mod data;
+mod parallel;
 mod run;
+mod save;
 mod validate;
 
 pub use average::WeightAverage;
 pub use budget::{horizon, TimeBudget};
 pub use config::{DataSource, TrainConfig, Volumetric};
 pub use data::{load_data, load_labelled, LabelledData};
-pub use run::{EpochRecord, Observer, Outcome, RunPaths, Silent, TrainState, Trainer};
+pub use run::{EpochRecord, Observer, Outcome, Silent, TrainState, Trainer};
+pub use save::RunPaths;
 pub use validate::validate;
