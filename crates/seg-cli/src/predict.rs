@@ -90,7 +90,11 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let files = list_inputs(&a.input)?;
     // under `mpirun -np N` (the `mpi` feature) rank r takes cases r, r + N, ...
     let comm = crate::ranks::comm();
-    let files: Vec<PathBuf> = comm.share(files.len()).into_iter().map(|i| files[i].clone()).collect();
+    let files: Vec<PathBuf> = comm
+        .share(files.len())
+        .into_iter()
+        .map(|i| files[i].clone())
+        .collect();
     let bar = match comm.size() {
         1 => ProgressBar::new(files.len() as u64),
         _ => ProgressBar::hidden(),

@@ -90,22 +90,46 @@ fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     a
 }
 
-/// The largest difference of any tensor of two weight files relative to
-/// that tensor's largest magnitude.
-fn max_rel_diff(a: &Path, b: &Path) -> f64 {
+/// How far two weight files are apart, over every tensor: the largest
+/// element difference relative to that tensor's largest magnitude, and the
+/// largest relative L2 distance `|a - b| / |a|`.
+fn rel_diffs(a: &Path, b: &Path) -> (f64, f64) {
     let a = safetensors::load(a, &Device::Cpu).unwrap();
     let b = safetensors::load(b, &Device::Cpu).unwrap();
     assert_eq!(a.len(), b.len());
-    let mut worst = 0f64;
+    let values = |t: &seg_core::Tensor| -> Vec<f64> {
+        let t = t
+            .flatten_all()
+            .unwrap()
+            .to_dtype(seg_core::DType::F64)
+            .unwrap();
+        t.to_vec1().unwrap()
+    };
+    let (mut max_rel, mut l2_rel) = (0f64, 0f64);
+    let mut rows = Vec::new();
     for (name, ta) in &a {
-        let tb = &b[name];
-        let va: Vec<f32> = ta.flatten_all().unwrap().to_dtype(seg_core::DType::F32).unwrap().to_vec1().unwrap();
-        let vb: Vec<f32> = tb.flatten_all().unwrap().to_dtype(seg_core::DType::F32).unwrap().to_vec1().unwrap();
-        let scale = va.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) as f64;
-        let d = va.iter().zip(&vb).fold(0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
-        worst = worst.max(d / scale);
+        let (va, vb) = (values(ta), values(&b[name]));
+        let scale = va.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+        let d = va
+            .iter()
+            .zip(&vb)
+            .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        let norm = va.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+        let dist = va
+            .iter()
+            .zip(&vb)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f64>()
+            .sqrt();
+        max_rel = max_rel.max(d / scale);
+        l2_rel = l2_rel.max(dist / norm);
+        rows.push((d / scale, dist / norm, name.clone()));
     }
-    worst
+    rows.sort_by(|x, y| y.0.total_cmp(&x.0));
+    for r in rows.iter().take(3) {
+        eprintln!("  max element {:.2e}, L2 {:.2e}: {}", r.0, r.1, r.2);
+    }
+    (max_rel, l2_rel)
 }
 
 fn train_losses(run: &Path) -> Vec<f64> {
@@ -118,23 +142,30 @@ fn train_losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// With the same kernels on both sides: Winograd convolutions are chosen
+/// by the tiles over the batch, so a rank's half batch can run a layer on
+/// the direct kernel where one process uses Winograd, whose rounding
+/// (~1e-4) then shows in near-cancelling gradients (max relative
+/// difference ~1e-2 with SGD); `SEG_CONV_WINOGRAD=0` keeps the route the
+/// same (docs/scaling.md).
 #[test]
 fn two_ranks_train_the_one_process_model() {
     let root = temp("train");
     let data = root.join("data");
     synthetic_folder(&data, 6, 48);
     for (opt, extra) in [
-        ("adam", &[][..]),
         // SGD: unlike Adam's, its update scales with the gradient, so a
         // wrongly scaled sum of the ranks' gradients would show
         ("sgd", &["--optimizer", "sgd", "--lr", "0.05"][..]),
+        ("adam", &[][..]),
     ] {
         let one = root.join(format!("one-{opt}"));
         let two = root.join(format!("two-{opt}"));
         let out = run(
             {
                 let mut c = bin();
-                c.args(train_args(&data, &one, extra));
+                c.env("SEG_CONV_WINOGRAD", "0")
+                    .args(train_args(&data, &one, extra));
                 c
             },
             Duration::from_secs(300),
@@ -143,20 +174,32 @@ fn two_ranks_train_the_one_process_model() {
         let out = run(
             {
                 let mut c = mpirun();
-                c.args(["-np", "2", env!("CARGO_BIN_EXE_seg-cli")])
+                c.args(["-x", "SEG_CONV_WINOGRAD=0", "-np", "2"])
+                    .arg(env!("CARGO_BIN_EXE_seg-cli"))
                     .args(train_args(&data, &two, extra));
                 c
             },
             Duration::from_secs(300),
         );
         ok(&out);
-        let d = max_rel_diff(&one.join("last.safetensors"), &two.join("last.safetensors"));
-        eprintln!("{opt}: 2 ranks vs 1 process: weights' max relative difference {d:.2e}");
-        assert!(d < 1e-3, "{opt}: max relative difference {d}");
+        let (d, l2) = rel_diffs(&one.join("last.safetensors"), &two.join("last.safetensors"));
+        eprintln!("{opt}: 2 ranks vs 1 process: max relative difference {d:.2e}, L2 {l2:.2e}");
+        // Adam's first steps move every weight by about ±lr whatever its
+        // gradient's size, so the rounding of a near-zero gradient (any
+        // other order of summation) flips single weights by ~lr: its
+        // element-wise difference is not small, its L2 difference is
+        let limit = if opt == "sgd" { d } else { l2 };
+        assert!(
+            limit < 1e-3,
+            "{opt}: relative difference {d} (max), {l2} (L2)"
+        );
         let (l1, l2) = (train_losses(&one), train_losses(&two));
         assert_eq!(l1.len(), 2);
         for (a, b) in l1.iter().zip(&l2) {
-            assert!((a - b).abs() <= 1e-4 * a.abs(), "{opt}: losses {l1:?} vs {l2:?}");
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs(),
+                "{opt}: losses {l1:?} vs {l2:?}"
+            );
         }
         assert!(two.join("best.safetensors").is_file());
         if opt == "sgd" {
@@ -171,15 +214,21 @@ fn two_ranks_train_the_one_process_model() {
             let out = run(
                 {
                     let mut c = bin();
-                    c.args(a);
+                    c.env("SEG_CONV_WINOGRAD", "0").args(a);
                     c
                 },
                 Duration::from_secs(300),
             );
             ok(&out);
-            let d = max_rel_diff(&one.join("last.safetensors"), &half.join("last.safetensors"));
-            eprintln!("sgd: batch 4 vs batch 8: max relative difference {d:.2e}");
-            assert!(d > 1e-2, "half batch differs by only {d}");
+            let (d, l2) = rel_diffs(
+                &one.join("last.safetensors"),
+                &half.join("last.safetensors"),
+            );
+            eprintln!("sgd: batch 4 vs batch 8: max relative difference {d:.2e}, L2 {l2:.2e}");
+            assert!(
+                d > 1e-2 && l2 > 1e-3,
+                "half batch differs by only {d}, {l2}"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&root);
@@ -192,8 +241,14 @@ fn an_error_on_one_rank_stops_both() {
     synthetic_folder(&data, 4, 40);
     let started = Instant::now();
     let mut c = mpirun();
-    c.args(["-x", "SEG_FAULT_AT=1:3", "-np", "2", env!("CARGO_BIN_EXE_seg-cli")])
-        .args(train_args(&data, &root.join("run"), &[]));
+    c.args([
+        "-x",
+        "SEG_FAULT_AT=1:3",
+        "-np",
+        "2",
+        env!("CARGO_BIN_EXE_seg-cli"),
+    ])
+    .args(train_args(&data, &root.join("run"), &[]));
     let out = run(c, Duration::from_secs(180));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
@@ -260,7 +315,12 @@ fn predict_splits_the_cases_across_ranks() {
             let p = e.unwrap().path();
             if p.is_file() {
                 let q = two.join(sub).join(p.file_name().unwrap());
-                assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&q).unwrap(), "{}", q.display());
+                assert_eq!(
+                    std::fs::read(&p).unwrap(),
+                    std::fs::read(&q).unwrap(),
+                    "{}",
+                    q.display()
+                );
                 files += 1;
             }
         }

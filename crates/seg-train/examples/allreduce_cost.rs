@@ -9,8 +9,9 @@ use std::time::Instant;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = MpiRuntime::init()?;
     let comm = runtime.world();
-    let sizes: Vec<usize> = match std::env::args().skip(1).map(|a| a.parse()).collect() {
-        Ok(v) if !Vec::<usize>::is_empty(&v) => v,
+    let args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let sizes = match args.collect::<Result<Vec<_>, _>>() {
+        Ok(v) if !v.is_empty() => v,
         _ => vec![1_941_105, 7_763_041, 31_037_633],
     };
     for n in sizes {

@@ -124,7 +124,10 @@ impl Loss {
             )?,
             Self::CrossEntropy => ce_stats(logits, target)?,
             Self::CeDice => Tensor::cat(
-                &[ce_stats(logits, target)?, multiclass_dice_stats(logits, target)?],
+                &[
+                    ce_stats(logits, target)?,
+                    multiclass_dice_stats(logits, target)?,
+                ],
                 0,
             )?,
         };
@@ -174,13 +177,17 @@ impl Loss {
             Self::BceDice {
                 bce_weight,
                 dice_weight,
-            } => (mean_from(&s.narrow(0, 0, 2)?)? * bce_weight)?
-                + (dice_from(&s.narrow(0, 2, 3)?, 1.0)? * dice_weight)?,
+            } => {
+                (mean_from(&s.narrow(0, 0, 2)?)? * bce_weight)?
+                    + (dice_from(&s.narrow(0, 2, 3)?, 1.0)? * dice_weight)?
+            }
             Self::DiceFocal {
                 dice_weight,
                 focal_weight,
-            } => (dice_from(&s.narrow(0, 0, 3)?, 1.0)? * dice_weight)?
-                + (mean_from(&s.narrow(0, 3, 2)?)? * focal_weight)?,
+            } => {
+                (dice_from(&s.narrow(0, 0, 3)?, 1.0)? * dice_weight)?
+                    + (mean_from(&s.narrow(0, 3, 2)?)? * focal_weight)?
+            }
             Self::CrossEntropy => mean_from(s)?.neg(),
             Self::CeDice => {
                 let ce = mean_from(&s.narrow(0, 0, 2)?)?.neg()?;
@@ -240,7 +247,12 @@ mod tests {
         let (x, t) = inputs(shape, classes, 7);
         let xv = Var::from_tensor(&x).unwrap();
         let whole = loss.compute(xv.as_tensor(), &t).unwrap();
-        let g_whole = whole.backward().unwrap().get(xv.as_tensor()).unwrap().clone();
+        let g_whole = whole
+            .backward()
+            .unwrap()
+            .get(xv.as_tensor())
+            .unwrap()
+            .clone();
         let axis = if shape.len() == 5 { 1 } else { 0 };
         let shares: Vec<Vec<u32>> = vec![vec![0, 2, 4], vec![1, 3]];
         let parts: Vec<(Var, Tensor, Tensor)> = shares
@@ -260,7 +272,14 @@ mod tests {
         let mut g_parts = Vec::new();
         for (xs, _, s) in &parts {
             let surrogate = (s * &c).unwrap().sum_all().unwrap();
-            g_parts.push(surrogate.backward().unwrap().get(xs.as_tensor()).unwrap().clone());
+            g_parts.push(
+                surrogate
+                    .backward()
+                    .unwrap()
+                    .get(xs.as_tensor())
+                    .unwrap()
+                    .clone(),
+            );
         }
         // put the shares' gradients back in batch order
         let g_split = Tensor::cat(&g_parts, axis).unwrap();
@@ -276,14 +295,7 @@ mod tests {
 
     #[test]
     fn split_statistics_give_the_whole_batch_loss_and_gradient() {
-        let binary = [
-            "bce",
-            "dice",
-            "focal",
-            "tversky",
-            "bce_dice",
-            "dice_focal",
-        ];
+        let binary = ["bce", "dice", "focal", "tversky", "bce_dice", "dice_focal"];
         let mut cases: Vec<(Loss, Vec<usize>, bool)> = binary
             .iter()
             .map(|n| (Loss::from_name(n).unwrap(), vec![5, 1, 6, 7], false))
@@ -300,7 +312,11 @@ mod tests {
             cases.push((Loss::from_name(n).unwrap(), vec![5, 3, 4, 6], true));
         }
         // deep supervision: 2 heads stacked ahead of the batch axis
-        cases.push((Loss::from_name("bce_dice").unwrap(), vec![2, 5, 1, 6, 7], false));
+        cases.push((
+            Loss::from_name("bce_dice").unwrap(),
+            vec![2, 5, 1, 6, 7],
+            false,
+        ));
         for (loss, shape, classes) in cases {
             let shape_t: Vec<usize> = if shape.len() == 5 {
                 shape[1..].to_vec()
@@ -320,7 +336,10 @@ mod tests {
             let scale = gw.abs().unwrap().max_all().unwrap();
             let (diff, scale): (f32, f32) = (diff.to_scalar().unwrap(), scale.to_scalar().unwrap());
             assert!(scale > 0.0, "{loss:?}: zero gradient");
-            assert!(diff <= 1e-5 * scale, "{loss:?}: gradient differs by {diff} (scale {scale})");
+            assert!(
+                diff <= 1e-5 * scale,
+                "{loss:?}: gradient differs by {diff} (scale {scale})"
+            );
         }
     }
 
@@ -330,7 +349,12 @@ mod tests {
         let (_, t) = inputs(target_shape, false, 9);
         let xv = Var::from_tensor(&x).unwrap();
         let whole = loss.compute(xv.as_tensor(), &t).unwrap();
-        let g_whole = whole.backward().unwrap().get(xv.as_tensor()).unwrap().clone();
+        let g_whole = whole
+            .backward()
+            .unwrap()
+            .get(xv.as_tensor())
+            .unwrap()
+            .clone();
         let shares: Vec<Vec<u32>> = vec![vec![0, 2, 4], vec![1, 3]];
         let mut parts = Vec::new();
         for ix in &shares {
@@ -347,7 +371,14 @@ mod tests {
         let mut g = Vec::new();
         for (xs, s) in &parts {
             let surrogate = (s * &c).unwrap().sum_all().unwrap();
-            g.push(surrogate.backward().unwrap().get(xs.as_tensor()).unwrap().clone());
+            g.push(
+                surrogate
+                    .backward()
+                    .unwrap()
+                    .get(xs.as_tensor())
+                    .unwrap()
+                    .clone(),
+            );
         }
         let g_split = Tensor::cat(&g, 1).unwrap();
         let order = Tensor::new(&[0u32, 3, 1, 4, 2], &Device::Cpu).unwrap();

@@ -54,7 +54,8 @@ fn injected_fault(rank: usize, step: u64) -> Result<()> {
     let Ok(v) = std::env::var("SEG_FAULT_AT") else {
         return Ok(());
     };
-    if v.split_once(':').and_then(|(r, s)| Some((r.parse::<usize>().ok()?, s.parse::<u64>().ok()?)))
+    if v.split_once(':')
+        .and_then(|(r, s)| Some((r.parse::<usize>().ok()?, s.parse::<u64>().ok()?)))
         == Some((rank, step))
     {
         return Err(Error::Collective {
@@ -104,7 +105,10 @@ impl Trainer {
             let (x, y) = batch(cfg, train, labelled, device, step, &items)?;
             let logits = net.forward_t(&x, true)?;
             let stats = cfg.loss.stats(&logits, &y)?;
-            let values = stats.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let values = stats
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             Ok((stats, values))
         });
         let (stats, values) = self.agree(local)?;
@@ -167,7 +171,10 @@ impl Trainer {
 
     /// Rank 0's validation (`Some` on rank 0) given to every rank; an error
     /// there stops all.
-    pub(super) fn share_validation(&self, validated: Option<Result<Validated>>) -> Result<Validated> {
+    pub(super) fn share_validation(
+        &self,
+        validated: Option<Result<Validated>>,
+    ) -> Result<Validated> {
         if self.comm.size() == 1 {
             return validated.unwrap_or_else(|| unreachable!("one process is rank 0"));
         }

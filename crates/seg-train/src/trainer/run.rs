@@ -273,10 +273,10 @@ impl Trainer {
         });
         if root {
             seg_data::io::atomic_write(
-            &cfg.out_dir.join("split.json"),
-            serde_json::to_string_pretty(&split)
-                .expect("json")
-                .as_bytes(),
+                &cfg.out_dir.join("split.json"),
+                serde_json::to_string_pretty(&split)
+                    .expect("json")
+                    .as_bytes(),
             )?;
         }
         let val_stride = match &labelled {
