@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = std::env::args().skip(1).map(|a| a.parse::<usize>());
     let sizes = match args.collect::<Result<Vec<_>, _>>() {
         Ok(v) if !v.is_empty() => v,
-        _ => vec![1_941_105, 7_763_041, 31_037_633],
+        _ => vec![1_942_577, 7_763_041, 31_037_633],
     };
     for n in sizes {
         let mut buf = vec![1.0f32; n];
