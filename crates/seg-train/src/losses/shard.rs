@@ -3,7 +3,7 @@
 //! statistics: BCE's summed terms and element count, Dice's intersection
 //! and sums, ...). Each rank computes the statistics of its own items
 //! ([`Loss::stats`]); summed over the ranks they are the whole batch's, and
-//! [`Loss::from_stats`] gives the loss one process computes on the whole
+//! [`Loss::loss_of_stats`] gives the loss one process computes on the whole
 //! batch. The chain rule through the summed statistics gives each rank's
 //! exact share of the batch gradient (`trainer/parallel.rs`).
 
@@ -136,11 +136,11 @@ impl Loss {
 
     /// The loss from a whole batch's statistics ([`Loss::stats`], summed
     /// over the shares): what [`Loss::compute`] gives on the whole batch.
-    pub fn from_stats(&self, stats: &Tensor) -> Result<Tensor> {
+    pub fn loss_of_stats(&self, stats: &Tensor) -> Result<Tensor> {
         let heads = stats.dim(0)?;
         let mut total: Option<Tensor> = None;
         for k in 0..heads {
-            let l = self.from_stats_1(&stats.get(k)?)?;
+            let l = self.loss_of_head(&stats.get(k)?)?;
             total = Some(match total {
                 Some(t) => (t + l)?,
                 None => l,
@@ -154,7 +154,7 @@ impl Loss {
         }
     }
 
-    fn from_stats_1(&self, s: &Tensor) -> Result<Tensor> {
+    fn loss_of_head(&self, s: &Tensor) -> Result<Tensor> {
         match *self {
             Self::Bce { .. } | Self::Focal { .. } => mean_from(s),
             Self::Dice { smooth, per_image } => {
@@ -267,7 +267,7 @@ mod tests {
             .collect();
         let total = (parts[0].2.detach() + parts[1].2.detach()).unwrap();
         let sv = Var::from_tensor(&total).unwrap();
-        let l = loss.from_stats(sv.as_tensor()).unwrap();
+        let l = loss.loss_of_stats(sv.as_tensor()).unwrap();
         let c = l.backward().unwrap().get(sv.as_tensor()).unwrap().clone();
         let mut g_parts = Vec::new();
         for (xs, _, s) in &parts {
@@ -366,7 +366,7 @@ mod tests {
         }
         let total = (parts[0].1.detach() + parts[1].1.detach()).unwrap();
         let sv = Var::from_tensor(&total).unwrap();
-        let l = loss.from_stats(sv.as_tensor()).unwrap();
+        let l = loss.loss_of_stats(sv.as_tensor()).unwrap();
         let c = l.backward().unwrap().get(sv.as_tensor()).unwrap().clone();
         let mut g = Vec::new();
         for (xs, s) in &parts {

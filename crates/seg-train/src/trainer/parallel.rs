@@ -6,7 +6,7 @@
 //! batch (each patch keyed by (seed, step, item)), runs the network on
 //! them and reduces the loss's statistics ([`crate::losses::Loss::stats`]:
 //! sums over its items); (2) the statistics are summed over the ranks, the
-//! whole batch's loss follows ([`crate::losses::Loss::from_stats`]) with its
+//! whole batch's loss follows ([`crate::losses::Loss::loss_of_stats`]) with its
 //! derivative `c` by each statistic, and `sum(c · local statistics)`
 //! backpropagated gives this rank's exact share of the batch gradient
 //! (uneven shares included); (3) the gradients are summed over the ranks
@@ -70,6 +70,10 @@ fn injected_fault(rank: usize, step: u64) -> Result<()> {
 /// the per-class Dice of multi-class runs.
 pub(super) type Validated = (f64, f64, f32, Option<f64>, Option<Vec<f64>>);
 
+/// A rank's loss and, when it is finite, its share of the gradients (and
+/// them flattened for the allreduce).
+type Share = (f32, Option<(GradStore, Vec<f32>)>);
+
 impl Trainer {
     /// Sums `failed` over the ranks: `Ok` when no rank failed, else this
     /// rank's error or [`Error::PeerFailed`].
@@ -116,12 +120,12 @@ impl Trainer {
         self.comm.allreduce_sum_f64(&mut total)?;
         // (2) the batch's loss and this rank's share of its gradient
         let (cfg, net) = (&self.cfg, &self.net);
-        let local = seg_core::on_worker(|| -> Result<(f32, Option<(GradStore, Vec<f32>)>)> {
+        let local = seg_core::on_worker(|| -> Result<Share> {
             let total: Vec<f32> = total.iter().map(|&v| v as f32).collect();
             let summed = Var::from_tensor(
                 &Tensor::from_vec(total, stats.shape(), stats.device())?.to_dtype(stats.dtype())?,
             )?;
-            let loss = cfg.loss.from_stats(summed.as_tensor())?;
+            let loss = cfg.loss.loss_of_stats(summed.as_tensor())?;
             let lv = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !lv.is_finite() {
                 return Ok((lv, None));
