@@ -371,6 +371,43 @@ mod tests {
     use crate::synthetic::{generate, SyntheticConfig};
 
     #[test]
+    fn the_shares_of_a_batch_make_up_the_batch() {
+        // a data-parallel rank draws items r, r + N, ... alone
+        let imgs: Vec<Sample> = (0..3)
+            .map(|i| {
+                generate(
+                    &SyntheticConfig {
+                        size: 48,
+                        ..Default::default()
+                    },
+                    i,
+                )
+            })
+            .collect();
+        let sampler = PatchSampler {
+            size: 16,
+            foreground_ratio: 0.5,
+            inside_fov: false,
+        };
+        let aug = AugmentConfig::default();
+        let whole = random_batch(&imgs, &sampler, &aug, 5, 3, 7).unwrap();
+        let a = random_batch_items(&imgs, &sampler, &aug, &[0, 2, 4], 3, 7).unwrap();
+        let b = random_batch_items(&imgs, &sampler, &aug, &[1, 3], 3, 7).unwrap();
+        let n = whole.images.len() / 5;
+        for (k, (p, j)) in [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let src = if p == 0 { &a } else { &b };
+            assert_eq!(
+                whole.images[k * n..(k + 1) * n],
+                src.images[j * n..(j + 1) * n]
+            );
+        }
+        assert_ne!(a.images[..n], a.images[n..2 * n]);
+    }
+
+    #[test]
     fn foreground_oversampling_and_fov() {
         let img = generate(
             &SyntheticConfig {
