@@ -1,6 +1,6 @@
 //! Collective communication for data-parallel training and prediction: the
 //! [`Comm`] trait (rank, size, sum-allreduce, broadcast), the one-process
-//! [`Single`], and [`Mpi`] over MPI (the `mpi` feature, `mpirun -np N`).
+//! [`Single`], and `Mpi` over MPI (the `mpi` feature, `mpirun -np N`).
 //!
 //! The training loop ([`crate::trainer::Trainer::with_comm`]) gives rank `r`
 //! of `N` the items `r, r + N, ...` of every global batch, sums the loss's
