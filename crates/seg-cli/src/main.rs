@@ -14,6 +14,7 @@ mod info;
 mod inspect;
 mod plot;
 mod predict;
+mod ranks;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -113,6 +114,13 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let ranks = match ranks::init() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Inspect(a) => inspect::run(a),
@@ -124,6 +132,7 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
+        ranks.abort_others(1);
         std::process::exit(1);
     }
 }

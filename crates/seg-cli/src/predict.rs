@@ -97,7 +97,17 @@ pub fn run(a: PredictArgs) -> Result<()> {
     };
     // a folder of DICOM files is one series
     let files = list_inputs(&a.input)?;
-    let bar = ProgressBar::new(files.len() as u64);
+    // under `mpirun -np N` (the `mpi` feature) rank r takes cases r, r + N, ...
+    let comm = crate::ranks::comm();
+    let files: Vec<PathBuf> = comm
+        .share(files.len())
+        .into_iter()
+        .map(|i| files[i].clone())
+        .collect();
+    let bar = match comm.size() {
+        1 => ProgressBar::new(files.len() as u64),
+        _ => ProgressBar::hidden(),
+    };
     bar.set_style(
         ProgressStyle::with_template("predict [{bar:30}] {pos}/{len} {msg} ({elapsed})")
             .expect("valid template")
@@ -117,8 +127,12 @@ pub fn run(a: PredictArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let rank = match comm.size() {
+        1 => String::new(),
+        n => format!("rank {} of {n}: ", comm.rank()),
+    };
     eprintln!(
-        "wrote {} prediction(s) to {} (threshold {:.3})",
+        "{rank}wrote {} prediction(s) to {} (threshold {:.3})",
         files.len(),
         a.output.display(),
         seg.threshold()

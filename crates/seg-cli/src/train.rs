@@ -431,7 +431,10 @@ pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let (cfg, auto) = plan(&a)?;
-    if let Some((p, fp)) = &auto {
+    // under `mpirun -np N` (the `mpi` feature): rank 0 prints and writes
+    let comm = crate::ranks::comm();
+    let root = comm.is_root();
+    if let (Some((p, fp)), true) = (&auto, root) {
         eprintln!(
             "plan from {} cases ({} classes: values {:?}):",
             fp.cases.len(),
@@ -463,7 +466,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let out = cfg.out_dir.clone();
     let epochs = cfg.epochs;
     let steps = cfg.steps_per_epoch;
-    let mut trainer = Trainer::new(cfg, &device, a.resume).context("preparing the run")?;
+    let mut trainer =
+        Trainer::with_comm(cfg, &device, a.resume, comm).context("preparing the run")?;
+    if a.dry_run && !root {
+        return Ok(());
+    }
     if a.dry_run {
         let (t, v) = trainer.split_sizes();
         let what = if auto.is_some() {
@@ -487,8 +494,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         loss_sum: 0.0,
         loss_n: 0,
     };
-    let outcome = trainer.run(&mut progress, &stop)?;
+    let outcome = match root {
+        true => trainer.run(&mut progress, &stop)?,
+        false => trainer.run(&mut seg_train::trainer::Silent, &stop)?,
+    };
     let best = trainer.state.best_dice;
+    if !root {
+        if let Outcome::Interrupted { .. } = outcome {
+            std::process::exit(130);
+        }
+        return Ok(());
+    }
     match outcome {
         Outcome::Finished => eprintln!(
             "done: best validation Dice {:.4}; model bundle {}",

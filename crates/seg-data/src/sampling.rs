@@ -178,6 +178,22 @@ pub fn random_batch_balanced(
     seed: u64,
     batch_index: u64,
 ) -> Result<Batch> {
+    let items: Vec<usize> = (0..batch_size).collect();
+    random_batch_balanced_items(images, index, sampler, aug, &items, seed, batch_index)
+}
+
+/// The patches `items` (indices into the batch) of
+/// [`random_batch_balanced`]'s batch: each patch depends only on (seed,
+/// batch index, its index), so a data-parallel rank draws its share alone.
+pub fn random_batch_balanced_items(
+    images: &[Sample],
+    index: &ClassIndex,
+    sampler: &PatchSampler,
+    aug: &AugmentConfig,
+    items: &[usize],
+    seed: u64,
+    batch_index: u64,
+) -> Result<Batch> {
     if images.is_empty() {
         return Err(Error::Empty {
             what: "images to sample patches from",
@@ -186,9 +202,9 @@ pub fn random_batch_balanced(
     let present: Vec<usize> = (0..index.by_class.len())
         .filter(|&k| !index.by_class[k].is_empty())
         .collect();
-    let patches: Vec<Sample> = (0..batch_size)
-        .into_par_iter()
-        .map(|k| {
+    let patches: Vec<Sample> = items
+        .par_iter()
+        .map(|&k| {
             let mut rng = patch_rng(seed, batch_index, k as u64);
             let want_fg = rng.random::<f32>() < sampler.foreground_ratio;
             let mut p = if want_fg && !present.is_empty() {
@@ -280,14 +296,29 @@ pub fn random_batch(
     seed: u64,
     batch_index: u64,
 ) -> Result<Batch> {
+    let items: Vec<usize> = (0..batch_size).collect();
+    random_batch_items(images, sampler, aug, &items, seed, batch_index)
+}
+
+/// The patches `items` (indices into the batch) of [`random_batch`]'s
+/// batch: each patch depends only on (seed, batch index, its index), so a
+/// data-parallel rank draws its share alone.
+pub fn random_batch_items(
+    images: &[Sample],
+    sampler: &PatchSampler,
+    aug: &AugmentConfig,
+    items: &[usize],
+    seed: u64,
+    batch_index: u64,
+) -> Result<Batch> {
     if images.is_empty() {
         return Err(Error::Empty {
             what: "images to sample patches from",
         });
     }
-    let patches: Vec<Sample> = (0..batch_size)
-        .into_par_iter()
-        .map(|k| {
+    let patches: Vec<Sample> = items
+        .par_iter()
+        .map(|&k| {
             let mut rng = patch_rng(seed, batch_index, k as u64);
             let img = &images[rng.random_range(0..images.len())];
             let mut p = sampler.sample(img, &mut rng);
@@ -338,6 +369,43 @@ pub fn stack(patches: &[Sample]) -> Result<Batch> {
 mod tests {
     use super::*;
     use crate::synthetic::{generate, SyntheticConfig};
+
+    #[test]
+    fn the_shares_of_a_batch_make_up_the_batch() {
+        // a data-parallel rank draws items r, r + N, ... alone
+        let imgs: Vec<Sample> = (0..3)
+            .map(|i| {
+                generate(
+                    &SyntheticConfig {
+                        size: 48,
+                        ..Default::default()
+                    },
+                    i,
+                )
+            })
+            .collect();
+        let sampler = PatchSampler {
+            size: 16,
+            foreground_ratio: 0.5,
+            inside_fov: false,
+        };
+        let aug = AugmentConfig::default();
+        let whole = random_batch(&imgs, &sampler, &aug, 5, 3, 7).unwrap();
+        let a = random_batch_items(&imgs, &sampler, &aug, &[0, 2, 4], 3, 7).unwrap();
+        let b = random_batch_items(&imgs, &sampler, &aug, &[1, 3], 3, 7).unwrap();
+        let n = whole.images.len() / 5;
+        for (k, (p, j)) in [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let src = if p == 0 { &a } else { &b };
+            assert_eq!(
+                whole.images[k * n..(k + 1) * n],
+                src.images[j * n..(j + 1) * n]
+            );
+        }
+        assert_ne!(a.images[..n], a.images[n..2 * n]);
+    }
 
     #[test]
     fn foreground_oversampling_and_fov() {

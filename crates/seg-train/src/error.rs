@@ -6,6 +6,15 @@ use std::path::PathBuf;
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A collective operation of data-parallel training failed.
+    #[error("{op}: {reason}")]
+    Collective { op: &'static str, reason: String },
+    /// Another rank of a data-parallel run failed (its own error is printed
+    /// by that rank); this one stopped at the same step.
+    #[error(
+        "data-parallel training stopped at global step {step}: another rank failed (see its error)"
+    )]
+    PeerFailed { step: u64 },
     /// Training diverged.
     #[error("training stopped at epoch {epoch}, step {step}: the loss is {value} (not finite); the last good checkpoint is kept at {}", checkpoint.display())]
     NonFiniteLoss {

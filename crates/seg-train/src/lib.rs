@@ -11,9 +11,11 @@
 //! - [`trainer`]: the training loop; [`checkpoint`]: self-contained model
 //!   bundles and resume state; [`infer`]: sliding-window inference;
 //!   [`segment`]: files and volumes segmented with a bundle, and written;
-//!   [`export`]: a bundle as an ONNX model.
+//!   [`export`]: a bundle as an ONNX model; [`comm`]: collectives for
+//!   data-parallel training (MPI under the `mpi` feature).
 
 pub mod checkpoint;
+pub mod comm;
 pub mod error;
 pub mod eval;
 pub mod export;

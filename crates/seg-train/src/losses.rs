@@ -6,6 +6,8 @@ use seg_core::ops::sigmoid;
 use seg_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+mod shard;
+
 fn softplus_neg_abs(x: &Tensor) -> Result<Tensor> {
     // log(1 + exp(-|x|)), stable
     (x.abs()?.neg()?.exp()? + 1.0)?.log()

@@ -9,6 +9,8 @@
 //! - `trainer/config.rs`: [`TrainConfig`], [`DataSource`];
 //! - `trainer/data.rs`: [`load_data`], [`load_labelled`];
 //! - `trainer/run.rs`: [`Trainer`], its records and state, [`Observer`];
+//! - `trainer/parallel.rs`: data-parallel steps over [`crate::comm::Comm`]
+//!   ([`Trainer::with_comm`]);
 //! - `trainer/save.rs`: [`RunPaths`], the metrics files and the bundles;
 //! - `trainer/validate.rs`: [`validate`];
 //! - `trainer/budget.rs`: [`TimeBudget`], the wall-clock budget (`max_seconds`);
@@ -20,6 +22,7 @@ mod average;
 mod budget;
 mod config;
 mod data;
+mod parallel;
 mod run;
 mod save;
 mod validate;

@@ -11,12 +11,13 @@ use super::data::{load, LabelledData};
 use super::save::{write_metrics, RunPaths};
 use super::validate::{validate, validate_stacks, validation_stride};
 use crate::checkpoint;
+use crate::comm::{Comm, Single};
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
 use crate::schedule::Scheduler;
 use seg_core::{Device, Tensor};
-use seg_data::patch3d::random_batch_3d;
-use seg_data::sampling::{random_batch, random_batch_balanced};
+use seg_data::patch3d::random_batch_3d_items;
+use seg_data::sampling::{random_batch_balanced_items, random_batch_items};
 use seg_data::Sample;
 use seg_models::Network;
 use serde::{Deserialize, Serialize};
@@ -115,14 +116,37 @@ pub struct Trainer {
     pub(super) fov_diameter: Option<f64>,
     /// The moving average of the weights, if the run keeps one.
     pub(super) average: Option<WeightAverage>,
+    /// The ranks of a data-parallel run ([`Single`] for one process).
+    pub(super) comm: Box<dyn Comm>,
 }
 
 impl Trainer {
     /// Prepares a run: loads the data, builds the network (fresh, or from the
     /// run folder's last state when `resume`), and the optimiser.
     pub fn new(cfg: TrainConfig, device: &Device, resume: bool) -> Result<Self> {
+        Self::with_comm(cfg, device, resume, Box::new(Single))
+    }
+
+    /// [`Trainer::new`] for one rank of a data-parallel run over `comm`:
+    /// every rank holds the same weights and reads the same data; each
+    /// computes its share of every global batch, rank 0 alone validates and
+    /// writes (`trainer/parallel.rs`).
+    pub fn with_comm(
+        cfg: TrainConfig,
+        device: &Device,
+        resume: bool,
+        comm: Box<dyn Comm>,
+    ) -> Result<Self> {
         let created = Instant::now();
         cfg.validate()?;
+        if cfg.batch < comm.size() {
+            return Err(Error::Setting {
+                setting: "batch".into(),
+                expected: format!("at least the number of ranks ({})", comm.size()),
+                got: cfg.batch.to_string(),
+            });
+        }
+        let root = comm.is_root();
         let (train, val, labelled) = load(&cfg)?;
         if let Some(d) = &labelled {
             if cfg.model.out_channels() != d.plan.labels.classes() {
@@ -161,7 +185,10 @@ impl Trainer {
             });
         }
         std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
-        let stale = seg_core::fsutil::remove_stale_temp_files(&cfg.out_dir);
+        let stale = match root {
+            true => seg_core::fsutil::remove_stale_temp_files(&cfg.out_dir),
+            false => 0,
+        };
         if stale > 0 {
             tracing::warn!(
                 "removed {stale} unfinished temporary file(s) a killed run left in {}",
@@ -223,7 +250,10 @@ impl Trainer {
             tracing::info!("resuming at epoch {}, step {}", state.epoch + 1, state.step);
         }
         let cfg_json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
-        seg_data::io::atomic_write(&paths.config, &cfg_json)?;
+        super::parallel::check_same_config(comm.as_ref(), &cfg_json)?;
+        if root {
+            seg_data::io::atomic_write(&paths.config, &cfg_json)?;
+        }
         let val_ids: Vec<String> = match &labelled {
             Some(d) => d.val.iter().map(|s| s.id.clone()).collect(),
             None => val.iter().map(|s| s.id.clone()).collect(),
@@ -241,12 +271,14 @@ impl Trainer {
             "train": train_ids,
             "val": val_ids,
         });
-        seg_data::io::atomic_write(
-            &cfg.out_dir.join("split.json"),
-            serde_json::to_string_pretty(&split)
-                .expect("json")
-                .as_bytes(),
-        )?;
+        if root {
+            seg_data::io::atomic_write(
+                &cfg.out_dir.join("split.json"),
+                serde_json::to_string_pretty(&split)
+                    .expect("json")
+                    .as_bytes(),
+            )?;
+        }
         let val_stride = match &labelled {
             Some(d) => validation_stride(&d.val, cfg.steps_per_epoch, cfg.batch, cfg.sampler.size),
             None => 1,
@@ -272,6 +304,7 @@ impl Trainer {
             labelled,
             val_stride,
             average,
+            comm,
         })
     }
 
@@ -301,7 +334,6 @@ impl Trainer {
             seg_core::precision::describe_cpu()
         );
         obs.on_start(&self.cfg, &self.state, n_train, n_val);
-        let multiclass = self.cfg.loss.is_multiclass();
         let mut budget = self
             .cfg
             .max_seconds
@@ -312,73 +344,53 @@ impl Trainer {
             let lr = self.state.scheduler.lr(epoch);
             let mut cut = false;
             while self.state.step < self.cfg.steps_per_epoch {
-                if stop.load(Ordering::SeqCst) {
-                    self.save_last()?;
+                // every rank leaves at the same step: a stop or time-up on any
+                // rank stops all (one process: the flags as they are)
+                let mut flags = [
+                    stop.load(Ordering::SeqCst) as u8 as f64,
+                    budget.as_ref().is_some_and(|b| b.step_would_overrun()) as u8 as f64,
+                ];
+                self.comm.allreduce_sum_f64(&mut flags)?;
+                if flags[0] > 0.0 {
+                    if self.comm.is_root() {
+                        self.save_last()?;
+                    }
                     return Ok(Outcome::Interrupted {
                         epoch,
                         step: self.state.step,
                     });
                 }
-                if budget.as_ref().is_some_and(|b| b.step_would_overrun()) {
+                if flags[1] > 0.0 {
                     cut = true;
                     break;
                 }
                 let step_started = Instant::now();
-                let volumes = self.labelled.as_ref().and_then(|d| d.volumes.as_ref());
-                let (x, mut y) =
-                    if let (Some(v), Some((stacks, voxels))) = (&self.cfg.volumetric, volumes) {
-                        random_batch_3d(
-                            stacks,
-                            voxels,
-                            v.patch,
-                            self.cfg.sampler.foreground_ratio,
-                            &v.augment,
-                            self.cfg.batch,
-                            self.cfg.seed,
-                            self.state.global_step,
-                        )?
-                        .to_tensors(&self.device)?
-                    } else {
-                        let batch = match &self.labelled {
-                            Some(d) => random_batch_balanced(
-                                &self.train,
-                                &d.index,
-                                &self.cfg.sampler,
-                                &self.cfg.augment,
-                                self.cfg.batch,
-                                self.cfg.seed,
-                                self.state.global_step,
-                            )?,
-                            None => random_batch(
-                                &self.train,
-                                &self.cfg.sampler,
-                                &self.cfg.augment,
-                                self.cfg.batch,
-                                self.cfg.seed,
-                                self.state.global_step,
-                            )?,
-                        };
-                        let (x, y, _fov) = batch.to_tensors(&self.device)?;
-                        (x, y)
-                    };
-                if self.labelled.is_some() {
-                    y = one_hot(&y, self.cfg.model.out_channels())?;
-                } else if multiclass {
-                    y = Tensor::cat(&[&y.affine(-1.0, 1.0)?, &y], 1)?;
-                }
-                // the step runs on a worker of the kernels' thread pool
-                // (see `seg_core::on_worker`)
-                let (net, loss_kind, opt) = (&self.net, &self.cfg.loss, &mut self.opt);
-                let lv = seg_core::on_worker(|| -> Result<f32> {
-                    let logits = net.forward_t(&x, true)?;
-                    let loss = loss_kind.compute(&logits, &y)?;
-                    let lv = loss.to_scalar::<f32>()?;
-                    if lv.is_finite() {
-                        let grads = loss.backward()?;
-                        opt.step(&grads, lr)?;
-                    }
-                    Ok(lv)
-                })?;
+                let lv = if self.comm.size() > 1 {
+                    self.parallel_step(lr)?
+                } else {
+                    let items: Vec<usize> = (0..self.cfg.batch).collect();
+                    let (x, y) = batch(
+                        &self.cfg,
+                        &self.train,
+                        self.labelled.as_ref(),
+                        &self.device,
+                        self.state.global_step,
+                        &items,
+                    )?;
+                    // the step runs on a worker of the kernels' thread pool
+                    // (see `seg_core::on_worker`)
+                    let (net, loss_kind, opt) = (&self.net, &self.cfg.loss, &mut self.opt);
+                    seg_core::on_worker(|| -> Result<f32> {
+                        let logits = net.forward_t(&x, true)?;
+                        let loss = loss_kind.compute(&logits, &y)?;
+                        let lv = loss.to_scalar::<f32>()?;
+                        if lv.is_finite() {
+                            let grads = loss.backward()?;
+                            opt.step(&grads, lr)?;
+                        }
+                        Ok(lv)
+                    })?
+                };
                 if let (Some(a), true) = (&mut self.average, lv.is_finite()) {
                     a.update(self.net.params())?;
                     self.state.average_updates = a.updates();
@@ -420,8 +432,10 @@ impl Trainer {
                 );
             }
             // validation on full images
+            // (rank 0 alone; the others receive its results)
             let val_started = Instant::now();
-            let (dice05, dice_best, thr, auc, class_dice) =
+            let root = self.comm.is_root();
+            let validated = root.then(|| {
                 self.with_shipped_weights(|| match &self.labelled {
                     Some(d) => {
                         let (mean, per_class) = validate_stacks(
@@ -439,8 +453,10 @@ impl Trainer {
                             validate(&self.net, &self.val, &self.cfg.sliding_window)?;
                         Ok((a, b, c, d, None))
                     }
-                })?;
-            if let Some(b) = &mut budget {
+                })
+            });
+            let (dice05, dice_best, thr, auc, class_dice) = self.share_validation(validated)?;
+            if let (Some(b), true) = (&mut budget, root) {
                 b.record_validation(val_started.elapsed().as_secs_f64());
             }
             let record = EpochRecord {
@@ -465,18 +481,22 @@ impl Trainer {
                 self.state.best_dice = Some(dice_best);
                 self.state.epochs_since_best = 0;
                 self.threshold = thr;
-                self.with_shipped_weights(|| {
-                    checkpoint::save_bundle(
-                        &self.net,
-                        &self.bundle_info(epoch + 1, Some(dice_best)),
-                        &self.paths.best,
-                    )
-                })?;
+                if root {
+                    self.with_shipped_weights(|| {
+                        checkpoint::save_bundle(
+                            &self.net,
+                            &self.bundle_info(epoch + 1, Some(dice_best)),
+                            &self.paths.best,
+                        )
+                    })?;
+                }
             } else {
                 self.state.epochs_since_best += 1;
             }
-            self.save_last()?;
-            write_metrics(&self.paths, &self.state.history)?;
+            if root {
+                self.save_last()?;
+                write_metrics(&self.paths, &self.state.history)?;
+            }
             obs.on_epoch(&record, improved);
             if let Some(p) = self.cfg.early_stop_patience {
                 if self.state.epochs_since_best >= p {
@@ -485,7 +505,10 @@ impl Trainer {
             }
             if let Some(b) = &mut budget {
                 b.record_epoch(started.elapsed().as_secs_f64());
-                let horizon = b.horizon(self.state.epoch, self.cfg.epochs);
+                // rank 0's estimate (it also validates) for every rank
+                let mut h = [b.horizon(self.state.epoch, self.cfg.epochs) as f64];
+                self.comm.broadcast_f64(&mut h, 0)?;
+                let horizon = h[0] as usize;
                 if cut || horizon <= self.state.epoch {
                     return Ok(Outcome::TimeUp {
                         epoch: self.state.epoch,
@@ -516,6 +539,54 @@ fn median_fov_diameter(train: &[Sample]) -> Option<f64> {
     }
     d.sort_by(f64::total_cmp);
     Some(d[d.len() / 2])
+}
+
+/// The items `items` of global batch `step` (a data-parallel rank's share,
+/// or all of them) as inputs and targets: each patch depends only on (seed,
+/// step, its index), so the shares of the ranks make up the one-process batch.
+pub(super) fn batch(
+    cfg: &TrainConfig,
+    train: &[Sample],
+    labelled: Option<&LabelledData>,
+    device: &Device,
+    step: u64,
+    items: &[usize],
+) -> Result<(Tensor, Tensor)> {
+    let volumes = labelled.and_then(|d| d.volumes.as_ref());
+    let (x, mut y) = if let (Some(v), Some((stacks, voxels))) = (&cfg.volumetric, volumes) {
+        random_batch_3d_items(
+            stacks,
+            voxels,
+            v.patch,
+            cfg.sampler.foreground_ratio,
+            &v.augment,
+            items,
+            cfg.seed,
+            step,
+        )?
+        .to_tensors(device)?
+    } else {
+        let batch = match labelled {
+            Some(d) => random_batch_balanced_items(
+                train,
+                &d.index,
+                &cfg.sampler,
+                &cfg.augment,
+                items,
+                cfg.seed,
+                step,
+            )?,
+            None => random_batch_items(train, &cfg.sampler, &cfg.augment, items, cfg.seed, step)?,
+        };
+        let (x, y, _fov) = batch.to_tensors(device)?;
+        (x, y)
+    };
+    if labelled.is_some() {
+        y = one_hot(&y, cfg.model.out_channels())?;
+    } else if cfg.loss.is_multiclass() {
+        y = Tensor::cat(&[&y.affine(-1.0, 1.0)?, &y], 1)?;
+    }
+    Ok((x, y))
 }
 
 /// Class indices `(N, 1, H, W)` as one-hot `(N, K, H, W)` f32.

@@ -94,7 +94,7 @@ pub(super) fn choose_with(pass: Pass, g: &Geom, want: Precision) -> (Route, Prec
 /// 2. Forward and input gradient (the input gradient judged on its own
 ///    geometry, [`Geom::input_grad`]): [`Route::Winograd`] when
 ///    [`winograd::suits`] (3×3, padding 1, ≥ 16 input and ≥ 8 output
-///    channels, ≥ 64 2×2 tiles over the batch) and `SEG_CONV_WINOGRAD=0`
+///    channels, ≥ 24 2×2 tiles per image, whatever the batch) and `SEG_CONV_WINOGRAD=0`
 ///    does not switch it off; otherwise [`Route::Direct`] when
 ///    [`direct::suits`] (≥ 8 output channels, rows or whole images that fill
 ///    the 16-float vectors); otherwise [`Route::Gemm`].

@@ -101,7 +101,7 @@ fn direct_bf16_kernels_match_fp32_within_bf16_bounds() {
         (1, 11, 6, 61, 9, 3, 2),  // 4 vectors, padding 2
         (2, 10, 3, 45, 8, 5, 2),  // 5×5 kernel
         (2, 7, 2, 31, 13, 1, 0),  // 1×1 kernel
-        (2, 16, 5, 16, 8, 3, 1),  // channels-last weight gradient
+        (2, 16, 3, 16, 8, 3, 1),  // channels-last weight gradient
         (3, 33, 3, 47, 11, 3, 0), // partial channel blocks, odd batch
         (2, 12, 7, 7, 16, 3, 1),  // grid mode (small image)
     ] {

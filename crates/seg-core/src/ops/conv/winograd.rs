@@ -40,14 +40,19 @@ pub(super) fn suits(g: &Geom) -> bool {
         && g.wo == g.w
         && g.c >= 16
         && g.o >= OB
-        && g.n * g.h.div_ceil(2) * g.w.div_ceil(2) >= MIN_TILES
+        && g.h.div_ceil(2) * g.w.div_ceil(2) >= MIN_TILES_PER_IMAGE
 }
 
-/// Fewest tiles (2×2 output blocks, all images) for Winograd: with fewer,
+/// Fewest tiles (2×2 output blocks) per image for Winograd: with fewer,
 /// each transformed weight (16/9 of the weights, written and read back
 /// once per call) feeds too few products (4×4 images at batch 8 ran slower
-/// than the direct path in `cargo xtask conv-layers`).
-const MIN_TILES: usize = 64;
+/// than the direct path in `cargo xtask conv-layers`). Judged per image,
+/// not over the batch, so that the kernel (and its rounding) of an image
+/// does not depend on the batch it comes in: a data-parallel rank's share
+/// of a batch is computed as in the whole batch. 24 tiles: 8×12 images and
+/// larger (the old rule, 64 tiles over the batch, took 8×8 images at batch
+/// 8; they now take the direct kernel's grid mode).
+const MIN_TILES_PER_IMAGE: usize = 24;
 
 /// Tile geometry: `th × tw` tiles per image, inputs zero-padded to `hp × wp`
 /// (one row and column before the image, the rest after).
