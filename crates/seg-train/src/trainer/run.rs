@@ -322,12 +322,32 @@ impl Trainer {
         }
     }
 
+    /// The convolutions' arithmetic of this run: the configuration's, with
+    /// `auto` taken as fp32 in a data-parallel run (several ranks). bf16
+    /// rounding is discontinuous: the last-bit differences of the ranks'
+    /// summation order flip roundings, and after a few steps the weights
+    /// are no longer the one-process weights to float tolerance; fp32 keeps
+    /// them there. An explicit bf16 is honoured (with a warning).
+    pub fn precision(&self) -> Result<seg_core::Precision> {
+        let p = self.cfg.precision;
+        if self.comm.size() > 1 {
+            match p {
+                seg_core::PrecisionChoice::Auto => return Ok(seg_core::Precision::Fp32),
+                seg_core::PrecisionChoice::Bf16 if self.comm.is_root() => tracing::warn!(
+                    "bf16 in a data-parallel run: the weights follow a one-process run only to bf16's rounding, not to float tolerance"
+                ),
+                _ => {}
+            }
+        }
+        Ok(p.resolve()?)
+    }
+
     /// Runs (or continues) training until the last epoch, early stopping, or `stop`.
     pub fn run(&mut self, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
         let (n_train, n_val) = self.split_sizes();
         // the convolutions' arithmetic, for every step and validation pass
         // of the run (`on_worker` carries it to the kernels' threads)
-        let precision = self.cfg.precision.resolve()?;
+        let precision = self.precision()?;
         let _precision = seg_core::precision::scoped(precision);
         tracing::info!(
             "precision {precision} ({})",

@@ -67,7 +67,7 @@ impl Trainer {
             slices: self.labelled.as_ref().map(|d| d.plan.clone()),
             plan: self.cfg.plan.clone(),
             fov_diameter: self.fov_diameter,
-            precision: self.cfg.precision.resolve().ok(),
+            precision: self.precision().ok(),
         }
     }
 
