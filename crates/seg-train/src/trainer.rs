@@ -9,6 +9,7 @@
 //! - `trainer/config.rs`: [`TrainConfig`], [`DataSource`];
 //! - `trainer/data.rs`: [`load_data`], [`load_labelled`];
 //! - `trainer/run.rs`: [`Trainer`], its records and state, [`Observer`];
+//! - `trainer/batch.rs`: a step's batch (all items or a rank's share);
 //! - `trainer/parallel.rs`: data-parallel steps over [`crate::comm::Comm`]
 //!   ([`Trainer::with_comm`]);
 //! - `trainer/save.rs`: [`RunPaths`], the metrics files and the bundles;
@@ -19,6 +20,7 @@
 //! - the checkpoint and resume format: [`crate::checkpoint`].
 
 mod average;
+mod batch;
 mod budget;
 mod config;
 mod data;

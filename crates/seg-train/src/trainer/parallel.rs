@@ -17,7 +17,8 @@
 //! result is then not the one-process result (GroupNorm and InstanceNorm
 //! are per sample, and exact).
 
-use super::run::{batch, Trainer};
+use super::batch::batch;
+use super::run::Trainer;
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use seg_core::{DType, GradStore, Tensor, Var};
