@@ -257,11 +257,8 @@ fn smoke_without_driver(base: &Path, home: &Path, cli: &Path) -> Result<String> 
     ])?;
     let _ = std::fs::remove_dir_all(&out);
     let err = String::from_utf8_lossy(&gpu.stderr);
-    let line = err
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
+    // the error's own line (candle appends a backtrace under RUST_BACKTRACE)
+    let line = err.lines().find(|l| l.contains("cuda:0")).unwrap_or("");
     if gpu.status.success() || !err.contains("cuda:0") || err.contains("panicked") {
         bail!(
             "--device cuda:0 without a driver should be a clean error naming cuda:0; got {}: {err}",
@@ -554,13 +551,12 @@ fn write_env_sh(path: &Path, env: &[(String, String)]) -> Result<()> {
     );
     let mut home = String::new();
     for (k, v) in env {
-        let v = if k == "PATH" {
-            v.split_once(':')
-                .map(|(first, _)| format!("{first}:$PATH"))
-                .unwrap_or_else(|| v.clone())
-        } else {
-            v.clone()
-        };
+        if k == "PATH" {
+            // the toolkit's bin before the shell's own PATH (expanded there)
+            let first = v.split_once(':').map_or(v.as_str(), |(first, _)| first);
+            s.push_str(&format!("export PATH='{first}':\"$PATH\"\n"));
+            continue;
+        }
         if k == "CUDA_HOME" {
             home = v.clone();
         }

@@ -5,5 +5,6 @@ pub mod bench;
 pub mod convprof;
 pub mod cuda;
 pub mod fetch;
+pub mod gpudiag;
 pub mod layers;
 pub mod vendor;

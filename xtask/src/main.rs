@@ -151,6 +151,19 @@ enum Task {
         #[arg(long, default_value = "fp32")]
         precision: String,
     },
+    /// Compare a bundle's results on a device with the CPU's: the network's
+    /// eval pass on random tiles, flips, softmax/sigmoid, and whole
+    /// segmentations of --input files (needs an xtask built with
+    /// --features cuda for cuda:N).
+    GpuDiag {
+        #[arg(long)]
+        bundle: std::path::PathBuf,
+        /// Images or volumes to segment on both devices.
+        #[arg(long)]
+        input: Vec<std::path::PathBuf>,
+        #[arg(long, default_value = "cuda:0")]
+        device: String,
+    },
     /// Build `seg-cli --features cuda` (and the parity test, and this xtask)
     /// against a CUDA toolkit: NVIDIA's CUDA 13.0 wheels from the Python
     /// package index, installed into target/cuda-toolkit, unless --toolkit
@@ -349,6 +362,15 @@ fn main() {
             [depth, height, width],
         )
         .and_then(|case| bench::run_one(&case, reps, warmup, &device, &precision)),
+        Task::GpuDiag {
+            bundle,
+            input,
+            device,
+        } => xtask::gpudiag::run(&xtask::gpudiag::GpuDiag {
+            bundle,
+            inputs: input,
+            device,
+        }),
         Task::CudaCheck {
             compute_cap,
             toolkit,

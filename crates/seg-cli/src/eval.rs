@@ -257,7 +257,7 @@ fn run_probabilities(a: EvalArgs) -> Result<()> {
         all_g.extend(g);
     }
     for u in &unpaired {
-        eprintln!("unpaired: {u}");
+        say!("unpaired: {u}");
     }
     if images.is_empty() {
         bail!("no prediction/ground-truth pairs (case IDs: the file stem up to its first '_')");
@@ -478,9 +478,7 @@ fn run_labels(a: EvalArgs) -> Result<()> {
         }
     }
     if fov {
-        eprintln!(
-            "note: label maps are evaluated on every voxel; the dataset's FOV masks are not used"
-        );
+        say!("note: label maps are evaluated on every voxel; the dataset's FOV masks are not used");
     }
     let (pairs, unpaired) = pair_labels(&preds, &gts)?;
     let read = |p: &Path| -> Result<LabelMap> {
@@ -495,7 +493,7 @@ fn run_labels(a: EvalArgs) -> Result<()> {
         cases.push(evaluate_labels(id, &read(pp)?, &read(gp)?, tolerance)?);
     }
     for u in &unpaired {
-        eprintln!("unpaired: {u}");
+        say!("unpaired: {u}");
     }
     if cases.is_empty() {
         bail!("no prediction/ground-truth pairs (label maps pair by file stem, then by case ID: the stem up to its first '_')");

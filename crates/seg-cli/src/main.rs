@@ -7,6 +7,23 @@
 //! ends the process quietly by SIGPIPE, as for other command-line tools
 //! (status 141 in a shell), instead of a panic from `println!`.
 
+// The arguments' doc comments are clap's --help text, where `<stem>` is a
+// placeholder, not an HTML tag.
+#![allow(rustdoc::invalid_html_tags)]
+
+/// `eprintln!` as one write: stderr is unbuffered, and `eprintln!` issues
+/// one write per piece of its format string, so under `mpirun` (which
+/// forwards each rank's stderr as it comes) the ranks' lines interleave
+/// mid-line. Formatting first and writing the whole line at once keeps each
+/// line whole.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    }};
+}
+
 mod check_data;
 mod eval;
 mod export;
@@ -117,7 +134,7 @@ fn main() {
     let ranks = match ranks::init() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             std::process::exit(1);
         }
     };
@@ -131,7 +148,7 @@ fn main() {
         Command::Export(a) => export::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        say!("error: {e:#}");
         ranks.abort_others(1);
         std::process::exit(1);
     }

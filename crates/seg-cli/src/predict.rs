@@ -73,9 +73,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     }
     if a.probabilities {
         if seg.info().slices.is_none() {
-            eprintln!(
-                "note: --probabilities: a binary bundle writes its foreground probability anyway"
-            );
+            say!("note: --probabilities: a binary bundle writes its foreground probability anyway");
         }
         seg.set_class_probabilities(true);
     }
@@ -131,7 +129,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         1 => String::new(),
         n => format!("rank {} of {n}: ", comm.rank()),
     };
-    eprintln!(
+    say!(
         "{rank}wrote {} prediction(s) to {} (threshold {:.3})",
         files.len(),
         a.output.display(),

@@ -123,6 +123,10 @@ pub struct TrainArgs {
     /// bundle.
     #[arg(long, value_parser = ["fp32", "bf16", "auto"])]
     precision: Option<String>,
+    /// Under mpirun with --norm batch: synchronised BatchNorm (every rank normalises with the whole global batch's
+    /// statistics: the one-process model up to rounding) instead of each rank's own statistics.
+    #[arg(long)]
+    sync_bn: bool,
     /// Run folder for checkpoints, metrics and curves.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -373,6 +377,9 @@ pub fn plan(a: &TrainArgs) -> Result<(TrainConfig, Option<Auto>)> {
     if let Some(p) = &a.precision {
         cfg.precision = p.parse().expect("value checked by clap");
     }
+    if a.sync_bn {
+        cfg.sync_bn = true;
+    }
     if let Some(d) = a.weight_average {
         cfg.weight_average = (d != 0.0).then_some(d);
     }
@@ -436,14 +443,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let comm = crate::ranks::comm();
     let root = comm.is_root();
     if let (Some((p, fp)), true) = (&auto, root) {
-        eprintln!(
+        say!(
             "plan from {} cases ({} classes: values {:?}):",
             fp.cases.len(),
             p.labels.classes(),
             p.labels.values
         );
         for r in &p.reasons {
-            eprintln!("  {r}");
+            say!("  {r}");
             tracing::info!("plan: {r}");
         }
         std::fs::create_dir_all(&cfg.out_dir)
@@ -456,10 +463,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let stop = stop.clone();
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond interrupt: exiting without a checkpoint");
+                say!("\nsecond interrupt: exiting without a checkpoint");
                 std::process::exit(130);
             }
-            eprintln!(
+            say!(
                 "\ninterrupt: writing a checkpoint after this step (Ctrl-C again to quit at once)"
             );
         });
@@ -507,23 +514,23 @@ pub fn run(a: TrainArgs) -> Result<()> {
         return Ok(());
     }
     match outcome {
-        Outcome::Finished => eprintln!(
+        Outcome::Finished => say!(
             "done: best validation Dice {:.4}; model bundle {}",
             best.unwrap_or(0.0),
             out.join("best.safetensors").display()
         ),
-        Outcome::EarlyStopped { epoch } => eprintln!(
+        Outcome::EarlyStopped { epoch } => say!(
             "early stop after epoch {epoch}: best validation Dice {:.4}; model bundle {}",
             best.unwrap_or(0.0),
             out.join("best.safetensors").display()
         ),
-        Outcome::TimeUp { epoch } => eprintln!(
+        Outcome::TimeUp { epoch } => say!(
             "time budget reached after epoch {epoch}: best validation Dice {:.4}; model bundle {}",
             best.unwrap_or(0.0),
             out.join("best.safetensors").display()
         ),
         Outcome::Interrupted { epoch, step } => {
-            eprintln!("interrupted in epoch {} at step {step}; checkpoint written; continue with: seg-cli train --resume --out {}", epoch + 1, out.display());
+            say!("interrupted in epoch {} at step {step}; checkpoint written; continue with: seg-cli train --resume --out {}", epoch + 1, out.display());
             std::process::exit(130);
         }
     }

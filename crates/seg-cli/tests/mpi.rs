@@ -75,11 +75,16 @@ fn temp(name: &str) -> PathBuf {
 }
 
 /// The run (`--model unet --norm group --epochs 2 --steps 6
-/// --batch 8 --seed 3 --val 2`) on small images and a small network.
+/// --batch 8 --seed 3 --val 2`) on small images and a small network, with
+/// 3 steps per epoch instead of 6: from about its 7th step this small U-Net
+/// is sensitive to any rounding-level change (ReLU zeros meeting max-pool
+/// ties): in ONE process, lr 0.05 against 0.0500001 gives weights 1.2e-2
+/// apart after 12 steps (0.05000005: 2.5e-6), so a 12-step comparison
+/// would test luck, not the sums (docs/scaling.md).
 fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
         "train", "--model", "unet", "--norm", "group", "--groups", "4", "--base", "8", "--epochs",
-        "2", "--steps", "6", "--batch", "8", "--seed", "3", "--val", "2", "--patch", "32",
+        "2", "--steps", "3", "--batch", "8", "--seed", "3", "--val", "2", "--patch", "32",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -232,6 +237,78 @@ fn two_ranks_train_the_one_process_model() {
             );
         }
     }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// BatchNorm with `--sync-bn`: every rank normalises with the global
+/// batch's statistics, so 2 ranks train the one-process model (weights and
+/// running statistics); without it each rank's own statistics make another
+/// model (the check can tell). Two steps: this small BatchNorm network is
+/// sensitive to any rounding-level change from its third step on (in one
+/// process, an lr changed by 1e-6 relative moves near-zero BatchNorm biases
+/// by 2e-2 of their largest after 3 steps, where GroupNorm's stay at 1e-6;
+/// docs/scaling.md), so later steps would test that, not the sums.
+#[test]
+fn synchronised_batch_norm_trains_the_one_process_model() {
+    let root = temp("syncbn");
+    let data = root.join("data");
+    synthetic_folder(&data, 6, 48);
+    let args = |out: &Path, extra: &[&str]| {
+        let mut a = train_args(&data, out, &["--optimizer", "sgd", "--lr", "0.05"]);
+        let i = a.iter().position(|s| s == "--groups").unwrap();
+        a.drain(i..i + 2);
+        let i = a.iter().position(|s| s == "--norm").unwrap();
+        a[i + 1] = "batch".into();
+        let i = a.iter().position(|s| s == "--epochs").unwrap();
+        a[i + 1] = "1".into();
+        let i = a.iter().position(|s| s == "--steps").unwrap();
+        a[i + 1] = "2".into();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let one = root.join("one");
+    let out = run(
+        {
+            let mut c = bin();
+            c.args(args(&one, &[]));
+            c
+        },
+        Duration::from_secs(300),
+    );
+    ok(&out);
+    let mut diffs = Vec::new();
+    for (name, extra) in [("synced", &["--sync-bn"][..]), ("local", &[][..])] {
+        let two = root.join(name);
+        let out = run(
+            {
+                let mut c = mpirun();
+                c.env("SEG_LOG", "info")
+                    .args(["-np", "2"])
+                    .arg(env!("CARGO_BIN_EXE_seg-cli"))
+                    .args(args(&two, extra));
+                c
+            },
+            Duration::from_secs(300),
+        );
+        ok(&out);
+        if name == "synced" {
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(log.contains("synchronised BatchNorm"), "{log}");
+        }
+        let (d, l2) = rel_diffs(&one.join("last.safetensors"), &two.join("last.safetensors"));
+        eprintln!("batch norm, {name}: 2 ranks vs 1 process: max relative difference {d:.2e}, L2 {l2:.2e}");
+        diffs.push(d);
+    }
+    assert!(
+        diffs[0] < 1e-3,
+        "synchronised: max relative difference {}",
+        diffs[0]
+    );
+    assert!(
+        diffs[1] > 1e-2,
+        "rank-local statistics differ by only {}",
+        diffs[1]
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 

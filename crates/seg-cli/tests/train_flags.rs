@@ -201,6 +201,7 @@ fn max_time_sets_the_budget_and_lifts_the_epoch_count() {
     );
     fails_with(&dry_run(&out, &["--max-time", "0s"]), &["--max-time"]);
     fails_with(&dry_run(&out, &["--max-time", "soon"]), &["--max-time"]);
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -225,4 +226,5 @@ fn a_run_under_max_time_stops_inside_it_with_best_and_last() {
     for f in ["best.safetensors", "last.safetensors", "metrics.csv"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    let _ = std::fs::remove_dir_all(&out);
 }

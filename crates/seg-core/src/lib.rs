@@ -11,8 +11,11 @@
 //! - [`params`]: the parameter store (seeded initialisation, loading and
 //!   saving safetensors files under PyTorch's names);
 //! - [`fsutil`]: atomic file writes (temporary file + rename);
-//! - [`precision`]: fp32 or bf16 arithmetic in the CPU convolutions.
+//! - [`precision`]: fp32 or bf16 arithmetic in the CPU convolutions;
+//! - [`collective`]: sums over the ranks of a data-parallel run for
+//!   synchronised BatchNorm (installed by the training loop).
 
+pub mod collective;
 pub mod device;
 pub mod error;
 pub mod fsutil;
@@ -44,12 +47,15 @@ pub type GradStore = candle_core::backprop::GradStore;
 /// calling thread takes part in the loops instead. Wrap a whole training step
 /// or forward pass, not single operations.
 ///
-/// The caller's [`precision`] setting holds on the worker for the call.
+/// The caller's [`precision`] setting and [`collective`] reducer hold on the
+/// worker for the call.
 pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let p = precision::current();
+    let r = collective::current();
     rayon::join(
         move || {
             let _restore = precision::scoped(p);
+            let _reducer = collective::scoped(r);
             f()
         },
         || (),

@@ -20,7 +20,9 @@ use candle_core::{DType, Result, Tensor};
 
 pub use adam::{adam_step, average_step, sum_squares, AdamStep};
 pub use affine::channel_affine;
-pub use batchnorm::{batch_norm_relu_train, batch_norm_train, batch_norm_train_reference};
+pub use batchnorm::{
+    batch_norm_relu_train, batch_norm_train, batch_norm_train_act, batch_norm_train_reference,
+};
 pub use chanpool::{channel_mean_max, channel_mean_max_reference};
 pub use conv::{
     conv2d, conv2d_reference, conv2d_relu_inference, conv_transpose2x2, conv_transpose2x2_reference,
@@ -115,9 +117,26 @@ pub(crate) fn stored_argmax(
         .ok_or_else(|| candle_core::Error::Msg(format!("{what} backward before forward")))
 }
 
+static FORCE_COMPOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the networks' layers and operations take the path other devices
+/// take (candle's ops composed: the `*_reference` twins; not the
+/// optimiser's fused Adam step) on the CPU too, process-wide, while `on` —
+/// so that the code a GPU runs in a forward or backward pass can be tested
+/// on a machine without one. Off by default; for tests.
+pub fn force_composed(on: bool) {
+    FORCE_COMPOSED.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// True when the seg CPU kernels may run on this device (the CPU, unless
+/// [`force_composed`]).
+pub fn cpu_kernels_on(device: &candle_core::Device) -> bool {
+    device.is_cpu() && !FORCE_COMPOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// True when the seg CPU kernels apply to this tensor.
 fn use_cpu_kernel(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+    cpu_kernels_on(x.device()) && x.dtype() == DType::F32
 }
 
 /// Logistic sigmoid.
@@ -195,6 +214,16 @@ pub(crate) mod test_util {
             })
             .collect();
         Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    /// `f` run on a rayon pool of `threads` threads (thread-count
+    /// independence tests).
+    pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
     }
 
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -74,8 +74,10 @@ impl std::str::FromStr for PrecisionChoice {
 /// The bf16 instructions a CPU offers, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Isa {
-    /// AMX tiles with TDPBF16PS (Sapphire Rapids and later Xeons). seg has
-    /// no AMX kernels yet: such CPUs also have AVX512-BF16, which runs.
+    /// AMX tiles with TDPBF16PS (Sapphire Rapids and later Xeons): the
+    /// convolutions' forward and input-gradient products with whole blocks
+    /// of 32 input channels; AVX512-BF16, which these CPUs also have, runs
+    /// the rest.
     Amx,
     /// AVX-512 with VDPBF16PS (Zen 4 and later, Cooper Lake, Sapphire Rapids).
     Avx512Bf16,
@@ -94,7 +96,7 @@ fn read_cpu_bf16_features() -> (bool, bool) {
         let avx512 =
             std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16");
         // CPUID leaf 7 sub-leaf 0, EDX bit 22: AMX-BF16 (the OS must also
-        // grant the tile state; seg runs no AMX code, so it only reports it)
+        // grant the tile state: [`amx_tiles`])
         let amx = std::arch::x86_64::__cpuid_count(7, 0).edx >> 22 & 1 == 1;
         (amx, avx512)
     }
@@ -104,11 +106,50 @@ fn read_cpu_bf16_features() -> (bool, bool) {
     }
 }
 
-/// The bf16 instruction set seg's kernels would use here: AVX512-BF16 (also
-/// on AMX CPUs, which have it), or `None`.
+/// True when the AMX tiles can run: the CPU has AMX-BF16 and AVX512-BF16
+/// (the kernels' epilogues), and the OS granted the tile state (Linux:
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, asked once per
+/// process).
+pub fn amx_tiles() -> bool {
+    static GRANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GRANTED.get_or_init(|| {
+        let (amx, avx512) = cpu_bf16_features();
+        amx && avx512 && grant_amx()
+    })
+}
+
+fn grant_amx() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with these arguments only extends the
+        // process's permitted XSAVE features.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+/// The best bf16 instruction set seg's kernels use here: AMX (with
+/// AVX512-BF16 for what the tiles do not take), AVX512-BF16, or `None`.
 pub fn bf16_kernels() -> Option<Bf16Isa> {
     let (_, avx512) = cpu_bf16_features();
-    avx512.then_some(Bf16Isa::Avx512Bf16)
+    if !avx512 {
+        None
+    } else if amx_tiles() {
+        Some(Bf16Isa::Amx)
+    } else {
+        Some(Bf16Isa::Avx512Bf16)
+    }
 }
 
 /// A line for logs: the CPU's bf16 features and what seg runs.
@@ -118,10 +159,13 @@ pub fn describe_cpu() -> String {
         "AMX-BF16 {}, AVX512-BF16 {}; bf16 kernels: {}",
         if amx { "yes" } else { "no" },
         if avx512 { "yes" } else { "no" },
-        if avx512 {
-            "AVX512-BF16 (VDPBF16PS)"
-        } else {
-            "none (fp32 only)"
+        match bf16_kernels() {
+            Some(Bf16Isa::Amx) => "AMX tiles (TDPBF16PS) + AVX512-BF16 (VDPBF16PS)",
+            Some(Bf16Isa::Avx512Bf16) if amx => {
+                "AVX512-BF16 (VDPBF16PS; the OS did not grant the AMX tile state)"
+            }
+            Some(Bf16Isa::Avx512Bf16) => "AVX512-BF16 (VDPBF16PS)",
+            None => "none (fp32 only)",
         }
     )
 }

@@ -172,6 +172,58 @@ fn compare_grads(
     Ok(errors)
 }
 
+/// The device network's eval outputs against a CPU copy's (same weights
+/// and running statistics), on `input` and on `input` tiled to twice its
+/// spatial sides.
+fn eval_after_training_matches_cpu(
+    net: &Network,
+    cfg: &ModelConfig,
+    input: &Tensor,
+) -> Result<Vec<String>, String> {
+    let cpu = Network::new(cfg, &Device::Cpu, 0).map_err(|e| e.to_string())?;
+    let state: HashMap<String, Tensor> = net
+        .params()
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
+        .collect::<Result<_, seg_core::candle::Error>>()
+        .map_err(text)?;
+    cpu.params()
+        .load_tensors(&state, Path::new("(the device network)"))
+        .map_err(|e| e.to_string())?;
+    let mut big = input.clone();
+    for axis in 2..input.rank() {
+        big = Tensor::cat(&[&big, &big], axis).map_err(text)?;
+    }
+    let mut errors = Vec::new();
+    for (what, x) in [("input", input.clone()), ("input tiled 2x", big)] {
+        let dev_out = net.forward_t(&x, false).map_err(text)?;
+        let cpu_out = cpu
+            .forward_t(&x.to_device(&Device::Cpu).map_err(text)?, false)
+            .map_err(text)?;
+        let dev_infer = net.inference_model().map_err(|e| e.to_string())?;
+        let dev_infer_out = dev_infer.forward_t(&x, false).map_err(text)?;
+        for (name, out) in [("network", &dev_out), ("inference model", &dev_infer_out)] {
+            let out = out.to_device(&Device::Cpu).map_err(text)?;
+            errors.extend(
+                close(
+                    &format!("eval after training, {name}, {what}: device vs CPU"),
+                    &out,
+                    &cpu_out,
+                    1e-4,
+                    1e-4,
+                )
+                .err(),
+            );
+        }
+    }
+    Ok(errors)
+}
+
+fn text(e: impl ToString) -> String {
+    e.to_string()
+}
+
 fn check_fixture(path: &Path) -> Result<String, String> {
     let (t, meta) = read_safetensors(path).map_err(|e| e.to_string())?;
     let cfg = meta
@@ -247,6 +299,13 @@ fn check_fixture(path: &Path) -> Result<String, String> {
             None => errors.push(format!("{key}: the model has no buffer {name:?}")),
         }
     }
+
+    // The eval pass with the *trained* running statistics (the fixture's
+    // own eval pass above runs with the initial ones) against a CPU copy's
+    // from the same state, on the fixture's input and on it tiled to twice
+    // each spatial side: off the CPU, the device against the CPU; on it,
+    // the inference model's folded BatchNorm against the plain layers.
+    errors.extend(eval_after_training_matches_cpu(&net, &cfg, input)?);
 
     let grads = loss.backward().map_err(|e| e.to_string())?;
     let grad_errors = compare_grads(&net, &t, &grads)?;

@@ -17,6 +17,8 @@ mod mpi;
 pub use self::mpi::{Mpi, MpiRuntime};
 
 use crate::error::Result;
+use seg_core::collective::StatReducer;
+use std::sync::Arc;
 
 /// The collective operations data-parallel training needs. Every rank must
 /// call the same operations in the same order with buffers of the same
@@ -32,6 +34,12 @@ pub trait Comm {
     fn allreduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
     /// `root`'s `buf` copied into every rank's.
     fn broadcast_f64(&self, buf: &mut [f64], root: usize) -> Result<()>;
+    /// A sum over these ranks that seg-core's layers can call from inside a
+    /// pass (synchronised BatchNorm; `seg_core::collective`); `None` for
+    /// one process, where there is nothing to sum.
+    fn stat_reducer(&self) -> Option<Arc<dyn StatReducer>> {
+        None
+    }
 
     /// Rank 0: the one that validates and writes.
     fn is_root(&self) -> bool {

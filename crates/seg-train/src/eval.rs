@@ -24,7 +24,7 @@
 //!   evaluated as a 2D image.
 //! - distances are Euclidean, in mm (the spacing: NIfTI `pixdim`, 1 for
 //!   images), from each surface voxel of one mask to the nearest surface
-//!   voxel of the other (exact distance transform, [`squared_distance_to`]).
+//!   voxel of the other (exact distance transform, [`crate::metrics::squared_distance_to`]).
 //! - **HD95**: the larger of the two directed 95th percentiles (linear
 //!   interpolation between order statistics, numpy's default; MONAI's
 //!   `compute_hausdorff_distance(percentile=95)`).

@@ -7,7 +7,7 @@
 //! at least 16), and one output, [`OUTPUT_NAME`] (the raw logits, same
 //! spatial size; UNet++ with deep supervision: the mean of its four heads,
 //! as seg and the reference infer). The layers are those of
-//! `shared/reference/models.py` (see [`networks`] for how each maps to
+//! `shared/reference/models.py` (see `export/networks.rs` for how each maps to
 //! ONNX operators); the protobuf is written by `onnx-protobuf`'s generated
 //! messages.
 //!

@@ -229,7 +229,7 @@ const PLANES_PER_PASS: usize = 16;
 
 /// [`predict`] over many planes of the same `c × h × w` size (the slices of a
 /// volume): when a plane fits in one tile, planes are zero-padded to the
-/// tile and run [`PLANES_PER_PASS`] at a time (one tile per plane, so the
+/// tile and run `PLANES_PER_PASS` at a time (one tile per plane, so the
 /// blending weights cancel and each result is what [`predict`] gives);
 /// larger planes go through [`predict`] one by one.
 pub fn predict_planes(

@@ -130,6 +130,18 @@ pub struct Segmenter {
     device: Device,
 }
 
+/// A [`Volume`] built in code whose values do not fill its shape is an
+/// error (one read from a file always fills it).
+fn check_filled(vol: &Volume) -> Result<()> {
+    if vol.values.len() != vol.shape.iter().product::<usize>() {
+        return Err(Error::UnsupportedVolume {
+            reason: "the volume's values do not fill its shape",
+            shape: vol.shape.clone(),
+        });
+    }
+    Ok(())
+}
+
 impl Segmenter {
     /// Loads a bundle written by training (`best.safetensors`) onto `device`,
     /// with the bundle's sliding window and threshold. Multi-class bundles
@@ -302,6 +314,7 @@ impl Segmenter {
             });
         }
         let (h, w) = (vol.shape[0], vol.shape[1]);
+        check_filled(vol)?;
         if let Some(m) = fov {
             if (m.height, m.width) != (h, w) || m.data.len() != h * w {
                 return Err(Error::FovSize {

@@ -286,6 +286,26 @@ fn bad_bundles_inputs_and_settings_are_typed_errors() {
         seg.segment_volume(&img),
         Err(Error::UnsupportedVolume { .. })
     ));
+    // a Volume built in code whose values do not fill its shape: an error,
+    // not a panic
+    let short = seg_data::Volume {
+        values: img.values[..img.values.len() - 7].to_vec(),
+        ..img.clone()
+    };
+    match seg.segment_image(&short, None) {
+        Err(Error::UnsupportedVolume { reason, .. }) => {
+            assert!(reason.contains("fill"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let short_vol = seg_data::Volume {
+        values: vol.values[..vol.values.len() - 1].to_vec(),
+        ..vol.clone()
+    };
+    assert!(matches!(
+        seg.segment_volume(&short_vol),
+        Err(Error::UnsupportedVolume { .. })
+    ));
     let four = dir.join("four.nii.gz");
     write_nifti(&four, &[4, 4, 2, 2], &[0.5; 64], &eye).unwrap();
     match seg.segment_file(&four, None) {

@@ -26,7 +26,7 @@ impl Observer for Progress {
             ),
             None => ("", "images", format!("{}px", cfg.sampler.size)),
         };
-        eprintln!(
+        say!(
             "training {kind}{} (base {}) on {train} {what}, validating on {val}; {} epochs x {} batches of {} patches {patch}; output {}",
             cfg.model.name(),
             cfg.model.base(),
@@ -36,7 +36,7 @@ impl Observer for Progress {
             cfg.out_dir.display()
         );
         if let Some(t) = cfg.max_seconds {
-            eprintln!(
+            say!(
                 "time budget {}: training stops inside it; the {:?} schedule spans the epochs that fit (at most {})",
                 humantime::format_duration(std::time::Duration::from_secs(t.round() as u64)),
                 cfg.schedule,
@@ -107,7 +107,7 @@ impl Observer for Progress {
                 if improved { "  * best" } else { "" }
             ),
         };
-        eprintln!("{line}");
+        say!("{line}");
         tracing::info!("{line}");
         self.history.push(r.clone());
         if let Err(e) = crate::plot::draw_curves(&self.history, &self.curves) {

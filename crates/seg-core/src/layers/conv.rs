@@ -73,7 +73,10 @@ impl Conv2d {
             }
             return crate::ops::vol::conv3d(x, &self.weight, self.bias.as_ref());
         }
-        if self.weight.dims()[2] == 1 && self.padding == 0 && !x.device().is_cpu() {
+        if self.weight.dims()[2] == 1
+            && self.padding == 0
+            && !crate::ops::cpu_kernels_on(x.device())
+        {
             let y = pointwise(x, &self.weight)?;
             return match &self.bias {
                 Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
@@ -149,7 +152,7 @@ pub fn conv_norm_act(
     train: bool,
 ) -> Result<Tensor> {
     if let (false, Norm2d::Batch(bn)) = (train, norm) {
-        let fusable = x.device().is_cpu()
+        let fusable = crate::ops::cpu_kernels_on(x.device())
             && x.dtype() == candle_core::DType::F32
             && !x.track_op()
             && !conv.weight.track_op()

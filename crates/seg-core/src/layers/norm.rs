@@ -75,17 +75,15 @@ impl BatchNorm2d {
             return crate::ops::vol::per_plane(x, |p| self.forward_train(p, relu));
         }
         let (n, c, h, w) = x.dims4()?;
-        let count = (n * h * w) as f64;
         if n * h * w < 2 {
             candle_core::bail!(
                 "batch norm in training mode needs more than one value per channel (got input {n}x{c}x{h}x{w})"
             );
         }
-        let (y, bm, bv) = if relu {
-            crate::ops::batch_norm_relu_train(x, &self.weight, &self.bias, self.eps)?
-        } else {
-            crate::ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?
-        };
+        // (synchronised under a `collective` reducer: the global batch's
+        // statistics and count)
+        let (y, bm, bv, count) =
+            crate::ops::batch_norm_train_act(x, &self.weight, &self.bias, self.eps, relu)?;
         // running statistics (PyTorch: unbiased variance), no gradient
         let m = self.momentum;
         let bv = (bv * (count / (count - 1.0)))?;

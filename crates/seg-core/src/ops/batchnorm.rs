@@ -2,8 +2,16 @@
 //! statistics (accumulated in f64), normalisation and affine transform in the
 //! forward pass, and the closed-form gradient for input, weight and bias in
 //! one backward pass.
+//!
+//! Under a [`crate::collective`] reducer (synchronised BatchNorm in a
+//! data-parallel run) the per-channel sums of both passes are summed over
+//! the ranks before use: every rank normalises with the global batch's
+//! statistics and back-propagates through them, as one process with the
+//! whole batch would; the weight and bias gradients stay the rank's own
+//! share (the training loop sums them with the other gradients).
 
 use super::{lanes_sum, lanes_sum2, use_cpu_kernel};
+use crate::collective::StatReducer;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -20,6 +28,9 @@ struct Stats {
     /// outputs were positive from these.
     scale: Vec<f32>,
     shift: Vec<f32>,
+    /// Values per channel the statistics were taken over (every rank's
+    /// under a reducer).
+    count: f64,
 }
 
 struct BatchNormTrain {
@@ -27,6 +38,29 @@ struct BatchNormTrain {
     /// Apply ReLU to the output (and mask the gradient in the backward).
     relu: bool,
     stats: Arc<Mutex<Stats>>,
+    /// Sums the statistics over the ranks (synchronised BatchNorm).
+    reducer: Option<Arc<dyn StatReducer>>,
+}
+
+/// `sums` (per channel, first of each pair) and, when given, `count`,
+/// summed over the ranks when there is a reducer.
+fn reduce_firsts(
+    reducer: &Option<Arc<dyn StatReducer>>,
+    sums: &mut [(f64, f64)],
+    count: Option<&mut f64>,
+) -> Result<()> {
+    if let Some(r) = reducer {
+        let mut buf: Vec<f64> = sums.iter().map(|s| s.0).collect();
+        buf.extend(count.as_deref().copied());
+        r.sum(&mut buf)?;
+        for (s, v) in sums.iter_mut().zip(&buf) {
+            s.0 = *v;
+        }
+        if let Some(c) = count {
+            *c = buf[sums.len()];
+        }
+    }
+    Ok(())
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -68,19 +102,22 @@ impl CustomOp3 for BatchNormTrain {
         let b = slice(s3, l3, "bias")?;
         let (n, c, h, wd) = l1.shape().dims4()?;
         let hw = h * wd;
-        let count = (n * hw) as f64;
-        // two passes over the data: mean, then centred sum of squares
-        let sums = per_channel(n, c, hw, |off, _| {
+        let mut count = (n * hw) as f64;
+        // two passes over the data: mean, then centred sum of squares (each
+        // summed over the ranks under a reducer)
+        let mut sums = per_channel(n, c, hw, |off, _| {
             (lanes_sum(&x[off..off + hw], |v| v as f64), 0.0)
         });
+        reduce_firsts(&self.reducer, &mut sums, Some(&mut count))?;
         let mean: Vec<f64> = sums.iter().map(|s| s.0 / count).collect();
-        let sq = per_channel(n, c, hw, |off, ch| {
+        let mut sq = per_channel(n, c, hw, |off, ch| {
             let m = mean[ch];
             (
                 lanes_sum(&x[off..off + hw], |v| (v as f64 - m).powi(2)),
                 0.0,
             )
         });
+        reduce_firsts(&self.reducer, &mut sq, None)?;
         let var: Vec<f64> = sq.iter().map(|s| s.0 / count).collect();
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         let scale: Vec<f32> = (0..c).map(|ch| (inv[ch] * w[ch] as f64) as f32).collect();
@@ -111,6 +148,7 @@ impl CustomOp3 for BatchNormTrain {
             inv_std: inv.iter().map(|&v| v as f32).collect(),
             scale,
             shift,
+            count,
         };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -129,6 +167,7 @@ impl CustomOp3 for BatchNormTrain {
             stats,
             relu: self.relu,
             param_grads: wb.clone(),
+            reducer: self.reducer.clone(),
         };
         let dx =
             grad.contiguous()?
@@ -148,6 +187,8 @@ struct BatchNormTrainBackward {
     /// was positive (recomputed from x exactly as the forward computed it).
     relu: bool,
     param_grads: Arc<Mutex<(Vec<f32>, Vec<f32>)>>,
+    /// The forward's reducer: the sums below are taken over every rank.
+    reducer: Option<Arc<dyn StatReducer>>,
 }
 
 impl CustomOp3 for BatchNormTrainBackward {
@@ -169,14 +210,15 @@ impl CustomOp3 for BatchNormTrainBackward {
         let w = slice(s3, l3, "weight")?;
         let (n, c, h, wd) = l1.shape().dims4()?;
         let hw = h * wd;
-        let count = (n * hw) as f64;
         let Stats {
             mean,
             inv_std,
             scale,
             shift,
+            count,
             ..
         } = &self.stats;
+        let count = *count;
         let relu = self.relu;
         // the gradient reaching the norm: g, or 0 where the fused ReLU's
         // output was not positive (the forward's own arithmetic, so the same
@@ -186,7 +228,7 @@ impl CustomOp3 for BatchNormTrainBackward {
             move |gv: f32, xv: f32| if xv * a + t > 0.0 { gv } else { 0.0 }
         };
         // per channel: sum g and sum g * xhat
-        let sums = per_channel(n, c, hw, |off, ch| {
+        let mut sums = per_channel(n, c, hw, |off, ch| {
             let (m, inv) = (mean[ch] as f64, inv_std[ch] as f64);
             let (g, x) = (&g[off..off + hw], &x[off..off + hw]);
             // Σ g and Σ g·(x − m), the latter times inv once at the end
@@ -205,6 +247,16 @@ impl CustomOp3 for BatchNormTrainBackward {
         });
         if x.len() != g.len() {
             candle_core::bail!("seg batch-norm backward: gradient and input sizes differ")
+        }
+        // the weight and bias gradients: this rank's share
+        let dw = sums.iter().map(|s| s.1 as f32).collect();
+        let db = sums.iter().map(|s| s.0 as f32).collect();
+        if let Some(r) = &self.reducer {
+            let mut buf: Vec<f64> = sums.iter().flat_map(|s| [s.0, s.1]).collect();
+            r.sum(&mut buf)?;
+            for (s, v) in sums.iter_mut().zip(buf.chunks_exact(2)) {
+                *s = (v[0], v[1]);
+            }
         }
         // SAFETY: each plane is written element by element from the planes
         // of g and x of the same length.
@@ -231,8 +283,6 @@ impl CustomOp3 for BatchNormTrainBackward {
                 }
             })
         };
-        let dw = sums.iter().map(|s| s.1 as f32).collect();
-        let db = sums.iter().map(|s| s.0 as f32).collect();
         *self.param_grads.lock().unwrap_or_else(|e| e.into_inner()) = (dw, db);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -247,7 +297,8 @@ pub fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    batch_norm_train_act(x, weight, bias, eps, false)
+    let (y, m, v, _) = batch_norm_train_act(x, weight, bias, eps, false)?;
+    Ok((y, m, v))
 }
 
 /// [`batch_norm_train`] followed by ReLU, as one kernel on the CPU (one pass
@@ -258,22 +309,29 @@ pub fn batch_norm_relu_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    batch_norm_train_act(x, weight, bias, eps, true)
+    let (y, m, v, _) = batch_norm_train_act(x, weight, bias, eps, true)?;
+    Ok((y, m, v))
 }
 
-fn batch_norm_train_act(
+/// [`batch_norm_train`] (then ReLU when `relu`) that also returns the
+/// number of values per channel its statistics were taken over: N·H·W, or
+/// that summed over the ranks under a [`crate::collective`] reducer, whose
+/// statistics are then the global batch's (synchronised BatchNorm).
+pub fn batch_norm_train_act(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
     relu: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, Tensor, f64)> {
+    let reducer = crate::collective::current();
     if use_cpu_kernel(x) && use_cpu_kernel(weight) && use_cpu_kernel(bias) {
         let stats = Arc::new(Mutex::new(Stats::default()));
         let op = BatchNormTrain {
             eps,
             relu,
             stats: stats.clone(),
+            reducer,
         };
         let y = x.contiguous()?.apply_op3_arc(
             &weight.contiguous()?,
@@ -284,11 +342,18 @@ fn batch_norm_train_act(
         let c = s.mean.len();
         let mean = Tensor::from_vec(s.mean, c, x.device())?;
         let var = Tensor::from_vec(s.var, c, x.device())?;
-        Ok((y, mean, var))
+        Ok((y, mean, var, s.count))
+    } else if reducer.is_some() {
+        candle_core::bail!(
+            "synchronised batch norm runs on seg's CPU kernels only (f32 on the CPU), not on {:?} {:?}",
+            x.device(),
+            x.dtype()
+        )
     } else {
+        let (n, _, h, w) = x.dims4()?;
         let (y, mean, var) = batch_norm_train_reference(x, weight, bias, eps)?;
         let y = if relu { super::relu(&y)? } else { y };
-        Ok((y, mean, var))
+        Ok((y, mean, var, (n * h * w) as f64))
     }
 }
 
@@ -370,5 +435,111 @@ mod tests {
                 assert!(d < 1e-5, "{dims:?}: fused gradient differs by {d}");
             }
         }
+    }
+
+    /// Ranks simulated by threads: `sum` adds every thread's buffer.
+    struct Threads {
+        barrier: std::sync::Barrier,
+        slots: Mutex<Vec<Vec<f64>>>,
+        n: usize,
+    }
+
+    struct Rank(Arc<Threads>);
+
+    impl StatReducer for Rank {
+        fn sum(&self, buf: &mut [f64]) -> Result<()> {
+            let t = &self.0;
+            t.slots.lock().unwrap().push(buf.to_vec());
+            t.barrier.wait();
+            {
+                let slots = t.slots.lock().unwrap();
+                for (i, v) in buf.iter_mut().enumerate() {
+                    *v = slots.iter().map(|s| s[i]).sum();
+                }
+            }
+            t.barrier.wait();
+            // the last rank out clears the slots for the next sum
+            let mut slots = t.slots.lock().unwrap();
+            if slots.len() == t.n {
+                slots.clear();
+            }
+            drop(slots);
+            t.barrier.wait();
+            Ok(())
+        }
+    }
+
+    /// Two "ranks" (threads), each with half the batch (items r, r + 2,
+    /// ...) and a reducer over both, compute what one process computes on
+    /// the whole batch: outputs, input gradients, statistics and count;
+    /// their weight and bias gradients add up to the whole batch's.
+    #[test]
+    fn synchronised_ranks_match_one_process_on_the_whole_batch() {
+        let dims = [4usize, 3, 5, 6];
+        let x = rand_tensor(&dims, 7).affine(2.0, 0.5).unwrap();
+        let w = rand_tensor(&[3], 8).affine(0.5, 1.0).unwrap();
+        let b = rand_tensor(&[3], 9);
+        let gy = rand_tensor(&dims, 10);
+        type Out = (Tensor, Tensor, Tensor, f64, Tensor, Tensor, Tensor);
+        let run = |x: &Tensor, gy: &Tensor| -> Out {
+            let (xv, wv, bv) = (
+                Var::from_tensor(x).unwrap(),
+                Var::from_tensor(&w).unwrap(),
+                Var::from_tensor(&b).unwrap(),
+            );
+            let (y, m, v, count) =
+                batch_norm_train_act(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-5, true)
+                    .unwrap();
+            let g = (&y * gy).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad = |t: &Var| g.get(t.as_tensor()).unwrap().clone();
+            (y, m, v, count, grad(&xv), grad(&wv), grad(&bv))
+        };
+        let whole = run(&x, &gy);
+        assert_eq!(whole.3, (4 * 5 * 6) as f64);
+        let threads = Arc::new(Threads {
+            barrier: std::sync::Barrier::new(2),
+            slots: Mutex::new(Vec::new()),
+            n: 2,
+        });
+        let items = |t: &Tensor, r: usize| {
+            let idx = Tensor::new(&[r as u32, r as u32 + 2], &candle_core::Device::Cpu).unwrap();
+            t.index_select(&idx, 0).unwrap()
+        };
+        let ranks: Vec<Out> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|r| {
+                    let (xr, gr) = (items(&x, r), items(&gy, r));
+                    let reducer: Arc<dyn StatReducer> = Arc::new(Rank(threads.clone()));
+                    let run = &run;
+                    s.spawn(move || {
+                        let _g = crate::collective::scoped(Some(reducer));
+                        run(&xr, &gr)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (r, o) in ranks.iter().enumerate() {
+            assert_eq!(o.3, whole.3, "rank {r}: the global count");
+            assert!(max_abs_diff(&o.1, &whole.1) < 1e-6, "rank {r}: mean");
+            assert!(max_abs_diff(&o.2, &whole.2) < 1e-6, "rank {r}: variance");
+            assert!(
+                max_abs_diff(&o.0, &items(&whole.0, r)) < 1e-5,
+                "rank {r}: output"
+            );
+            let d = max_abs_diff(&o.4, &items(&whole.4, r));
+            assert!(d < 1e-5, "rank {r}: input gradient differs by {d}");
+        }
+        for (k, name) in [(5, "weight"), (6, "bias")] {
+            let pick = |o: &Out| if k == 5 { o.5.clone() } else { o.6.clone() };
+            let sum = (pick(&ranks[0]) + pick(&ranks[1])).unwrap();
+            let d = max_abs_diff(&sum, &pick(&whole));
+            assert!(d < 1e-4, "{name} gradient: ranks' sum differs by {d}");
+            // a rank's own share is not the whole (the test can fail)
+            assert!(max_abs_diff(&pick(&ranks[0]), &pick(&whole)) > 1e-3);
+        }
+        // without the reducer a half batch has its own statistics
+        let alone = run(&items(&x, 0), &items(&gy, 0));
+        assert!(max_abs_diff(&alone.1, &whole.1) > 1e-3);
     }
 }

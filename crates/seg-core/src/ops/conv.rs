@@ -24,6 +24,7 @@
 //! sum over all N·H·W pixels. Every output element is computed by one
 //! thread in a fixed order, so results do not depend on thread scheduling.
 
+mod amx;
 mod bf16;
 mod conv3d;
 mod direct;
@@ -31,6 +32,8 @@ mod gemm;
 mod route;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_amx;
 #[cfg(test)]
 mod tests_bf16;
 mod transpose;
@@ -350,7 +353,7 @@ impl CustomOp2 for WeightGrad {
 
 /// Stride-1 2D convolution with zero padding `padding` (at most k − 1) and
 /// an optional bias, as PyTorch's `F.conv2d(x, w, b, padding=padding)`.
-/// CPU f32 tensors use seg's kernels (chosen by [`route::choose`]); other
+/// CPU f32 tensors use seg's kernels (chosen by `route::choose`); other
 /// devices use candle's.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: usize) -> Result<Tensor> {
     if !cpu_kernel_applies(x, w, padding)? {

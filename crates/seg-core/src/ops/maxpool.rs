@@ -7,10 +7,30 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-#[derive(Default)]
+/// The forward op. With `record` (an input that tracks a gradient) it keeps
+/// the argmax for the backward pass; without (inference) it computes the
+/// maxima alone. Both fold each window in the order (r0, r0 + 1, r0 + w,
+/// r0 + w + 1) with [`replaces`], so their values are the same bits.
 struct MaxPool2x2 {
-    /// Flat input index of the maximum, per output element (set by the forward).
+    record: bool,
+    /// Flat input index of the maximum, per output element (set by a
+    /// recording forward).
     argmax: Mutex<Option<Arc<Vec<u32>>>>,
+}
+
+impl MaxPool2x2 {
+    fn new(record: bool) -> Self {
+        Self {
+            record,
+            argmax: Mutex::new(None),
+        }
+    }
+}
+
+/// The window fold's rule: `v` replaces the `kept` value when larger or NaN.
+#[inline(always)]
+fn replaces(kept: f32, v: f32) -> bool {
+    v > kept || v.is_nan()
 }
 
 impl CustomOp1 for MaxPool2x2 {
@@ -22,34 +42,61 @@ impl CustomOp1 for MaxPool2x2 {
         let (n, c, h, w) = layout.shape().dims4()?;
         let x = super::cpu_f32(storage, layout, self.name())?;
         let (oh, ow) = (h / 2, w / 2);
-        let plane_out = oh * ow;
-        let mut out = vec![0f32; n * c * plane_out];
-        let mut arg = vec![0u32; n * c * plane_out];
-        if plane_out > 0 {
+        // (chunks of at least 1: no output, no task, when h or w is 1)
+        let plane_out = (oh * ow).max(1);
+        let mut out = vec![0f32; n * c * oh * ow];
+        if self.record {
+            let mut arg = vec![0u32; out.len()];
             out.par_chunks_mut(plane_out)
                 .zip(arg.par_chunks_mut(plane_out))
                 .enumerate()
                 .for_each(|(p, (o, a))| {
                     let base = p * h * w;
                     let src = &x[base..base + h * w];
-                    for i in 0..oh {
-                        for j in 0..ow {
-                            let r0 = 2 * i * w + 2 * j;
-                            let cand = [r0, r0 + 1, r0 + w, r0 + w + 1];
-                            let mut best = cand[0];
-                            for &k in &cand[1..] {
-                                let v = src[k];
-                                if v > src[best] || v.is_nan() {
-                                    best = k;
+                    // a row of windows at a time
+                    for (i, (orow, arow)) in o
+                        .chunks_exact_mut(ow)
+                        .zip(a.chunks_exact_mut(ow))
+                        .enumerate()
+                    {
+                        let (r0, r1) = (2 * i * w, (2 * i + 1) * w);
+                        let (top, bottom) = (&src[r0..r0 + 2 * ow], &src[r1..r1 + 2 * ow]);
+                        for (j, (ov, av)) in orow.iter_mut().zip(arow.iter_mut()).enumerate() {
+                            let (mut best, mut at) = (top[2 * j], r0 + 2 * j);
+                            for (v, k) in [
+                                (top[2 * j + 1], r0 + 2 * j + 1),
+                                (bottom[2 * j], r1 + 2 * j),
+                                (bottom[2 * j + 1], r1 + 2 * j + 1),
+                            ] {
+                                if replaces(best, v) {
+                                    (best, at) = (v, k);
                                 }
                             }
-                            o[i * ow + j] = src[best];
-                            a[i * ow + j] = (base + best) as u32;
+                            *ov = best;
+                            *av = (base + at) as u32;
+                        }
+                    }
+                });
+            *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(arg));
+        } else {
+            let fold = |kept: f32, v: f32| if replaces(kept, v) { v } else { kept };
+            out.par_chunks_mut(plane_out)
+                .enumerate()
+                .for_each(|(p, o)| {
+                    let src = &x[p * h * w..(p + 1) * h * w];
+                    for (i, row) in o.chunks_exact_mut(ow).enumerate() {
+                        let r0 = &src[2 * i * w..2 * i * w + 2 * ow];
+                        let r1 = &src[(2 * i + 1) * w..(2 * i + 1) * w + 2 * ow];
+                        for ((o, a), b) in row
+                            .iter_mut()
+                            .zip(r0.chunks_exact(2))
+                            .zip(r1.chunks_exact(2))
+                        {
+                            *o = fold(fold(fold(a[0], a[1]), b[0]), b[1]);
                         }
                     }
                 });
         }
-        *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(arg));
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 
@@ -102,7 +149,13 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
         candle_core::bail!("max-pool 2x2: input {h}x{w} is smaller than the window (the image is too small for this network depth)");
     }
     if use_cpu_kernel(x) {
-        x.contiguous()?.apply_op1(MaxPool2x2::default())
+        let x = x.contiguous()?;
+        if x.track_op() {
+            x.apply_op1(MaxPool2x2::new(true))
+        } else {
+            // inference: no backward will ask for the argmax
+            x.apply_op1_no_bwd(&MaxPool2x2::new(false))
+        }
     } else {
         max_pool2x2_reference(x)
     }
@@ -178,6 +231,47 @@ mod tests {
                     .unwrap();
                 assert_eq!(got, want, "{dims:?}");
             }
+        }
+    }
+
+    /// The inference kernel (an input that tracks no gradient) gives the
+    /// training kernel's values bit for bit, NaN and signed zeros included.
+    #[test]
+    fn the_inference_kernel_gives_the_training_kernels_values() {
+        for (i, dims) in [[2, 3, 7, 5], [1, 2, 6, 9], [1, 1, 2, 2], [1, 4, 33, 18]]
+            .iter()
+            .enumerate()
+        {
+            let mut v = rand_tensor(dims, 10 + i as u64)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            // ties of signed zeros, and NaNs in some windows
+            for (k, e) in v.iter_mut().enumerate() {
+                match k % 7 {
+                    2 => *e = f32::NAN,
+                    3 => *e = -0.0,
+                    4 => *e = 0.0,
+                    _ => {}
+                }
+            }
+            let x = Tensor::from_vec(v, dims.to_vec(), &Device::Cpu).unwrap();
+            let eval = max_pool2x2(&x).unwrap();
+            let tracked = Var::from_tensor(&x).unwrap();
+            let train = max_pool2x2(tracked.as_tensor()).unwrap();
+            assert!(train.track_op() && !eval.track_op());
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|f| if f.is_nan() { u32::MAX } else { f.to_bits() })
+                    .collect()
+            };
+            assert_eq!(bits(&eval), bits(&train), "{dims:?}");
+            assert!(bits(&eval).contains(&u32::MAX), "{dims:?}: no NaN window");
         }
     }
 

@@ -13,6 +13,7 @@ impl Segmenter {
     /// labels are in NIfTI order (x fastest) over [`Geometry::Volume`]'s dims.
     pub fn segment_volume(&self, vol: &Volume) -> Result<Segmentation> {
         let _precision = seg_core::precision::scoped(self.precision);
+        super::check_filled(vol)?;
         let (axis, dims, affine) = match vol.format {
             Format::Nifti => {
                 if vol.shape.len() != 3 {

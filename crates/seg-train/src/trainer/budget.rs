@@ -97,7 +97,7 @@ pub const PARTIAL_EPOCH: f64 = 0.25;
 
 /// `done` epochs plus the epochs of `per_epoch` seconds that fit in
 /// `remaining` seconds — the whole ones, and a last one cut short when at
-/// least [`PARTIAL_EPOCH`] of it fits — between `done` and `cap`.
+/// least `PARTIAL_EPOCH` of it fits — between `done` and `cap`.
 pub fn horizon(done: usize, remaining: f64, per_epoch: f64, cap: usize) -> usize {
     if per_epoch.is_nan() || per_epoch <= 0.0 {
         return cap.max(done);

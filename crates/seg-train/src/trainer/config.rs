@@ -72,7 +72,7 @@ pub struct TrainConfig {
     pub early_stop_patience: Option<usize>,
     /// Wall-clock budget of the run in seconds (`--max-time`): training stops
     /// inside it, keeping best and last, and the schedule spans the epochs
-    /// that fit (`epochs` is then an upper bound). See [`super::budget`].
+    /// that fit (`epochs` is then an upper bound). See `trainer/budget.rs`.
     pub max_seconds: Option<f64>,
     /// Fine-tuning: start from the weights of this bundle or safetensors
     /// file wherever names and shapes match (`--init-from`); layers whose
@@ -103,6 +103,14 @@ pub struct TrainConfig {
     /// state, norm statistics and the loss stay fp32. See
     /// `seg_core::precision`.
     pub precision: seg_core::PrecisionChoice,
+    /// Synchronised BatchNorm in a data-parallel run: every rank normalises
+    /// with the statistics of the whole global batch (two allreduces per
+    /// BatchNorm layer in the forward pass, one in the backward), so a run
+    /// of N ranks trains the one-process model up to float rounding, as it
+    /// does with GroupNorm/InstanceNorm. Off (each rank's own statistics,
+    /// PyTorch DDP's default) otherwise; no effect in one process. Needs
+    /// the CPU kernels (f32 on the CPU).
+    pub sync_bn: bool,
 }
 
 impl TrainConfig {
@@ -271,6 +279,7 @@ impl Default for TrainConfig {
             volumetric: None,
             weight_average: None,
             precision: seg_core::PrecisionChoice::Fp32,
+            sync_bn: false,
         }
     }
 }

@@ -95,19 +95,32 @@ impl Trainer {
     /// update on every rank.
     pub(super) fn parallel_step(&mut self, lr: f64) -> Result<f32> {
         let items = self.comm.share(self.cfg.batch);
-        let (cfg, train, labelled, device, net) = (
+        let (cfg, train, labelled, device) = (
             &self.cfg,
             &self.train[..],
             self.labelled.as_ref(),
             &self.device,
-            &self.net,
         );
         let step = self.state.global_step;
         let rank = self.comm.rank();
-        // (1) this rank's items: forward, the loss's statistics
-        let local = seg_core::on_worker(|| -> Result<(Tensor, Vec<f32>)> {
+        // synchronised BatchNorm: the norms' sums over the ranks, from
+        // inside the passes below (on_worker carries the reducer)
+        let reducer = if cfg.sync_bn {
+            self.comm.stat_reducer()
+        } else {
+            None
+        };
+        let _sync = seg_core::collective::scoped(reducer);
+        // (1) this rank's items, agreed on before the forward pass, whose
+        // synchronised norms are collectives every rank must reach
+        let local = seg_core::on_worker(|| -> Result<(Tensor, Tensor)> {
             injected_fault(rank, step)?;
-            let (x, y) = batch(cfg, train, labelled, device, step, &items)?;
+            batch(cfg, train, labelled, device, step, &items)
+        });
+        let (x, y) = self.agree(local)?;
+        let (cfg, net) = (&self.cfg, &self.net);
+        // (2) the forward pass, the loss's statistics
+        let local = seg_core::on_worker(|| -> Result<(Tensor, Vec<f32>)> {
             let logits = net.forward_t(&x, true)?;
             let stats = cfg.loss.stats(&logits, &y)?;
             let values = stats
@@ -119,7 +132,7 @@ impl Trainer {
         let (stats, values) = self.agree(local)?;
         let mut total: Vec<f64> = values.iter().map(|&v| v as f64).collect();
         self.comm.allreduce_sum_f64(&mut total)?;
-        // (2) the batch's loss and this rank's share of its gradient
+        // (3) the batch's loss and this rank's share of its gradient
         let (cfg, net) = (&self.cfg, &self.net);
         let local = seg_core::on_worker(|| -> Result<Share> {
             let total: Vec<f32> = total.iter().map(|&v| v as f32).collect();
@@ -152,7 +165,7 @@ impl Trainer {
         let Some((mut grads, mut flat)) = grads else {
             return Ok(lv);
         };
-        // (3) the batch gradient: the ranks' shares summed
+        // (4) the batch gradient: the ranks' shares summed
         self.comm.allreduce_sum_f32(&mut flat)?;
         let (net, opt) = (&self.net, &mut self.opt);
         let local = seg_core::on_worker(|| -> Result<()> {

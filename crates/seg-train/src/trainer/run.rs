@@ -284,7 +284,7 @@ impl Trainer {
         };
         if val_stride > 1 {
             tracing::info!(
-                "validation: every {val_stride}th plane of the validation cases (all of them would cost more than a sixth of an epoch)"
+                "validation: one plane in {val_stride} of the validation cases (all of them would cost more than a sixth of an epoch)"
             );
         }
         let fov_diameter = median_fov_diameter(&train);
@@ -352,6 +352,21 @@ impl Trainer {
             "precision {precision} ({})",
             seg_core::precision::describe_cpu()
         );
+        if self.cfg.sync_bn && self.comm.is_root() {
+            if self.comm.size() == 1 {
+                tracing::info!("--sync-bn: one process, nothing to synchronise");
+            } else if self.cfg.model.norm() != seg_models::NormKind::Batch {
+                tracing::info!(
+                    "--sync-bn: the model has no BatchNorm ({:?}): nothing to synchronise",
+                    self.cfg.model.norm()
+                );
+            } else {
+                tracing::info!(
+                    "synchronised BatchNorm: statistics over the global batch of {} ranks",
+                    self.comm.size()
+                );
+            }
+        }
         obs.on_start(&self.cfg, &self.state, n_train, n_val);
         let mut budget = self
             .cfg

@@ -102,18 +102,21 @@ pub(crate) fn from_bf16(h: u32) -> f32 {
 
 /// NCHW `x` zero-padded by `g.p` on every side, as channel-pair planes: per
 /// image, ⌈C/2⌉ planes of hp × wp words (channels 2i, 2i + 1; the second
-/// channel of an odd last pair zero).
-pub(super) fn pad_input_pairs(x: &[f32], g: &Geom) -> Vec<u32> {
+/// channel of an odd last pair zero), then `extra` rows of zeros (for loads
+/// that run past the last plane).
+pub(super) fn pad_input_pairs(x: &[f32], g: &Geom, extra: usize) -> Vec<u32> {
     let (hp, wp, c2) = (g.h + 2 * g.p, g.w + 2 * g.p, g.c.div_ceil(2));
     assert!(x.len() == g.n * g.c * g.h * g.w);
     let zero = MaybeUninit::new(0u32);
+    let rows = g.n * c2 * hp;
     // SAFETY: each padded row (chunk of wp words) is written whole: border
-    // rows zeroed, other rows' border columns zeroed and inner words set.
+    // rows and the extra rows zeroed, other rows' border columns zeroed and
+    // inner words set.
     unsafe {
-        crate::ops::par_uninit(g.n * c2 * hp * wp, wp, |r, dst| {
+        crate::ops::par_uninit((rows + extra) * wp, wp, |r, dst| {
             let (plane, y) = (r / hp, r % hp);
             let (img, cp) = (plane / c2, plane % c2);
-            if y < g.p || y >= g.p + g.h {
+            if r >= rows || y < g.p || y >= g.p + g.h {
                 dst.fill(zero);
                 return;
             }
@@ -137,22 +140,23 @@ pub(super) fn pack_weight_pairs(wt: &[f32], g: &Geom) -> Vec<u32> {
     const OB: usize = super::direct::OB;
     let (kk, c2) = (g.k * g.k, g.c.div_ceil(2));
     assert!(wt.len() == g.o * g.c * kk);
+    // every weight rounded first (vector conversion, one output channel
+    // per task), then only moved into the pairs' words
+    let mut h = vec![0u32; wt.len()];
+    h.par_chunks_mut((g.c * kk).max(1))
+        .zip(wt.par_chunks((g.c * kk).max(1)))
+        .for_each(|(d, w)| pair_into(w, None, d));
     let mut p = vec![0u32; g.o.div_ceil(OB) * c2 * kk * OB];
     p.par_chunks_mut(c2 * kk * OB)
         .enumerate()
         .for_each(|(b, dst)| {
             for j in 0..OB.min(g.o - b * OB) {
-                let o = b * OB + j;
+                let row = &h[(b * OB + j) * g.c * kk..][..g.c * kk];
                 for cp in 0..c2 {
+                    let lo = &row[2 * cp * kk..][..kk];
+                    let hi = (2 * cp + 1 < g.c).then(|| &row[(2 * cp + 1) * kk..][..kk]);
                     for t in 0..kk {
-                        let w = |c: usize| {
-                            if c < g.c {
-                                wt[(o * g.c + c) * kk + t]
-                            } else {
-                                0.0
-                            }
-                        };
-                        dst[(cp * kk + t) * OB + j] = pair(w(2 * cp), w(2 * cp + 1));
+                        dst[(cp * kk + t) * OB + j] = lo[t] | hi.map_or(0, |hi| hi[t] << 16);
                     }
                 }
             }

@@ -148,7 +148,7 @@ pub(super) fn conv_forward(
     let (hp, wp) = (g.h + 2 * g.p, g.w + 2 * g.p);
     let (xf, wf, xh, wh);
     let (xp, wpk, planes) = if prec == Precision::Bf16 {
-        xh = super::bf16::pad_input_pairs(x, g);
+        xh = super::bf16::pad_input_pairs(x, g, 0);
         wh = super::bf16::pack_weight_pairs(wt, g);
         (Data::Bf16(&xh), Data::Bf16(&wh), g.c.div_ceil(2))
     } else {

@@ -270,18 +270,37 @@ fn parallel_chunks(total: usize, rows: usize) -> Option<Vec<(usize, usize)>> {
     )
 }
 
-/// Runs `step` over the chunks in a fixed number of contiguous groups (two
-/// per thread), the groups in parallel and each group's chunks in order, and
-/// returns each group's state in group order: sums built this way do not
-/// depend on thread scheduling, and their memory stays bounded.
+/// Groups of the weight gradient's chunks (each a partial dW summed in
+/// chunk order; the groups run in parallel and are added in group order).
+const WGRAD_GROUPS: usize = 16;
+
+/// Chunks of `total` batch-wide pixels for the weight gradient: their
+/// length comes from the layer's sizes alone (a column matrix that stays
+/// in L2, at least `MIN_PAR_CHUNK` pixels, and enough chunks for the
+/// groups where the layer has the pixels), never from the thread count,
+/// so that the gradient's summation order — and its bits — are the same
+/// on any number of threads.
+fn weight_grad_chunks(total: usize, rows: usize) -> Vec<(usize, usize)> {
+    let len = (L2_FLOATS / rows.max(1))
+        .min(total / WGRAD_GROUPS)
+        .max(MIN_PAR_CHUNK)
+        .min(total.max(1));
+    (0..total.div_ceil(len))
+        .map(|i| (i * len, ((i + 1) * len).min(total)))
+        .collect()
+}
+
+/// Runs `step` over the chunks in a fixed number of contiguous groups
+/// (`WGRAD_GROUPS`, whatever the thread count), the groups in parallel and
+/// each group's chunks in order, and returns each group's state in group
+/// order: sums built this way depend neither on thread scheduling nor on
+/// the number of threads, and their memory stays bounded.
 fn grouped<T: Send>(
     chunks: &[(usize, usize)],
     init: impl Fn() -> T + Sync,
     step: impl Fn(&mut T, (usize, usize)) + Sync,
 ) -> Vec<T> {
-    let groups = (2 * rayon::current_num_threads().max(1))
-        .min(chunks.len())
-        .max(1);
+    let groups = WGRAD_GROUPS.min(chunks.len()).max(1);
     let per = chunks.len().div_ceil(groups).max(1);
     chunks
         .par_chunks(per)
@@ -361,9 +380,13 @@ fn conv_forward_par(
     out
 }
 
-/// The weight gradient in the parallel-chunks mode (O × kk).
-fn conv_weight_grad_par(x: &[f32], dy: &[f32], g: &Geom, chunks: &[(usize, usize)]) -> Vec<f32> {
+/// The weight gradient dW (O × kk) through column matrices and the `gemm`
+/// crate: chunks of pixels fixed by the layer's sizes
+/// ([`weight_grad_chunks`]), each product single-threaded, summed in
+/// [`grouped`]'s fixed order — bitwise the same on any number of threads.
+pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let (hw, kk, o) = (g.out_pixels(), g.kk(), g.o);
+    let chunks = &weight_grad_chunks(g.n * hw, kk);
     type State = (Vec<f32>, Vec<f32>, Vec<f32>);
     let parts: Vec<State> = grouped(
         chunks,
@@ -475,54 +498,4 @@ pub(super) fn conv_forward(
             });
     }
     out
-}
-
-/// The weight gradient dW (O × kk) through column matrices and the `gemm`
-/// crate.
-pub(super) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
-    let (hw, kk, o) = (g.out_pixels(), g.kk(), g.o);
-    if let Some(chunks) = parallel_chunks(g.n * hw, kk) {
-        return conv_weight_grad_par(x, dy, g, &chunks);
-    }
-    let mut dw = vec![0f32; o * kk];
-    let (mut cols, mut tile) = (Vec::new(), Vec::new());
-    for (start, end) in chunks(g.n, hw, kk, o) {
-        let len = end - start;
-        cols.resize(kk * len, 0.0);
-        im2col(x, g, start, len, &mut cols, true);
-        // dW (o × kk) += dY (o × len) · colsᵀ (len × kk)
-        match in_one_image(start, end, o, hw) {
-            Some(off) => matmul(
-                o,
-                kk,
-                len,
-                &mut dw,
-                kk,
-                true,
-                &dy[off..],
-                (hw, 1),
-                &cols,
-                (1, len),
-                true,
-            ),
-            None => {
-                tile.resize(o * len, 0.0);
-                nchw_to_tile(dy, &mut tile, o, hw, start, end);
-                matmul(
-                    o,
-                    kk,
-                    len,
-                    &mut dw,
-                    kk,
-                    true,
-                    &tile,
-                    (len, 1),
-                    &cols,
-                    (1, len),
-                    true,
-                );
-            }
-        }
-    }
-    dw
 }

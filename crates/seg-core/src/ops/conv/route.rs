@@ -3,7 +3,7 @@
 //! arithmetic, fp32 or bf16), and [`forward`],
 //! [`input_grad`] and [`weight_grad`] are the only callers of the kernels.
 
-use super::{direct, gemm, winograd, Geom};
+use super::{amx, direct, gemm, winograd, Geom};
 use crate::precision::Precision;
 use std::sync::OnceLock;
 
@@ -28,6 +28,8 @@ pub(super) enum Route {
     Direct,
     /// im2col + `gemm` ([`gemm`]).
     Gemm,
+    /// AMX tiles, bf16 forward and input gradient only ([`amx`]).
+    Amx,
 }
 
 /// True when this CPU has AVX-512F, which the direct and Winograd kernels
@@ -67,8 +69,23 @@ fn switched_on(var: &str) -> bool {
 /// (Winograd and direct forward/input gradient; the direct weight gradient
 /// with ≥ 16 input channels), otherwise fp32 (the GEMM path, the
 /// pixel-vector weight gradient).
+///
+/// On a CPU with AMX-BF16 ([`amx::available`]), a bf16 forward or input
+/// gradient whose geometry [`amx::suits`] runs on [`Route::Amx`] instead of
+/// Winograd or the direct kernel (the tiles do 16× the work of a VDPBF16PS
+/// per instruction, so Winograd's transforms no longer pay).
 pub(super) fn choose_with(pass: Pass, g: &Geom, want: Precision) -> (Route, Precision) {
     let route = choose(pass, g);
+    if want == Precision::Bf16 && simd_kernels() && pass != Pass::WeightGrad {
+        let eff = if pass == Pass::InputGrad {
+            g.input_grad()
+        } else {
+            *g
+        };
+        if amx::suits(&eff) && amx::available() {
+            return (Route::Amx, Precision::Bf16);
+        }
+    }
     let bf16 = want == Precision::Bf16
         && super::bf16::available()
         && match (route, pass) {
@@ -151,6 +168,7 @@ pub(super) fn forward(
         }
         (Route::Direct, p) => direct::conv_forward(x, wt, bias, relu, g, p),
         (Route::Gemm, _) => gemm::conv_forward(x, wt, bias, relu, g),
+        (Route::Amx, _) => amx::conv_forward(x, wt, bias, relu, g),
     }
 }
 
@@ -167,6 +185,7 @@ pub(super) fn input_grad(dy: &[f32], wt: &[f32], g: &Geom, prec: Precision) -> V
             direct::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back, p)
         }
         (Route::Gemm, _) => gemm::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back),
+        (Route::Amx, _) => amx::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back),
     }
 }
 
@@ -175,7 +194,7 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom, prec: Precision) -> V
     match choose_with(Pass::WeightGrad, g, prec) {
         (Route::Direct, p) => direct::conv_weight_grad(x, dy, g, p),
         // `choose` never picks Winograd for the weight gradient
-        (Route::Gemm | Route::Winograd, _) => gemm::conv_weight_grad(x, dy, g),
+        (Route::Gemm | Route::Winograd | Route::Amx, _) => gemm::conv_weight_grad(x, dy, g),
     }
 }
 
@@ -186,14 +205,22 @@ pub(super) fn flipped_kernel(wt: &[f32], g: &Geom) -> Vec<f32> {
     let (o, c, k) = (g.o, g.c, g.k);
     let kk = k * k;
     let mut f = vec![0f32; wt.len()];
-    // one destination row (input channel ci) per task, written in order
-    f.par_chunks_mut((o * kk).max(1))
+    // a block of 16 destination rows (input channels) per task: each
+    // output channel's kernels of those 16 input channels are one
+    // contiguous run of the source (reading one channel's 9 floats per
+    // output channel would touch a new cache line for each)
+    const ROWS: usize = 16;
+    f.par_chunks_mut((ROWS * o * kk).max(1))
         .enumerate()
-        .for_each(|(ci, row)| {
+        .for_each(|(blk, rows)| {
+            let (ci0, nci) = (blk * ROWS, rows.len() / (o * kk).max(1));
             for oc in 0..o {
-                let src = &wt[(oc * c + ci) * kk..][..kk];
-                for (t, d) in row[oc * kk..][..kk].iter_mut().enumerate() {
-                    *d = src[kk - 1 - t];
+                let src = &wt[(oc * c + ci0) * kk..][..nci * kk];
+                for (r, s) in src.chunks_exact(kk).enumerate() {
+                    let dst = &mut rows[(r * o + oc) * kk..][..kk];
+                    for (t, d) in dst.iter_mut().enumerate() {
+                        *d = s[kk - 1 - t];
+                    }
                 }
             }
         });

@@ -196,11 +196,7 @@ fn winograd_results_do_not_depend_on_the_thread_count() {
         let wt = rand_tensor(&[o, c, 3, 3], 82);
         let gy = rand_tensor(&[n, o, h, w], 83);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 let (xv, wv) = (
                     Var::from_tensor(&x).unwrap(),
                     Var::from_tensor(&wt).unwrap(),
@@ -383,6 +379,104 @@ fn the_route_does_not_depend_on_the_batch_size() {
         let one = at(1);
         for n in 2..=9 {
             assert_eq!(at(n), one, "batch {n} vs 1: c {c}, {h}x{w}, o {o}, k {k}");
+        }
+    }
+}
+
+/// Every fp32 route (GEMM for 1×1, the 3-channel first layer and narrow
+/// layers, the direct kernel, Winograd) gives bitwise the same forward
+/// output and input and weight gradients on 1, 2 and 3 threads, as does the
+/// 2×2 transposed convolution: a run's weights do not depend on the
+/// machine's core count.
+#[test]
+fn fp32_results_do_not_depend_on_the_thread_count() {
+    // (n, c, h, w, o, k, padding)
+    let shapes = [
+        (4, 3, 40, 44, 16, 3, 1),
+        (4, 8, 24, 20, 8, 3, 1),
+        (2, 32, 20, 22, 32, 3, 1),
+        (8, 64, 8, 8, 64, 3, 1),
+        (4, 16, 30, 28, 2, 1, 0),
+        (2, 24, 64, 64, 24, 1, 0),
+    ];
+    for (i, &(n, c, h, w, o, k, p)) in shapes.iter().enumerate() {
+        let x = rand_tensor(&[n, c, h, w], 90 + i as u64);
+        let wt = rand_tensor(&[o, c, k, k], 100 + i as u64);
+        let gy = rand_tensor(
+            &[n, o, h + 2 * p + 1 - k, w + 2 * p + 1 - k],
+            110 + i as u64,
+        );
+        let run = |threads: usize| {
+            on_threads(threads, || {
+                let (xv, wv) = (
+                    Var::from_tensor(&x).unwrap(),
+                    Var::from_tensor(&wt).unwrap(),
+                );
+                let y = conv2d(xv.as_tensor(), wv.as_tensor(), None, p).unwrap();
+                let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+                [
+                    f32_data(&y).unwrap(),
+                    f32_data(grads.get(xv.as_tensor()).unwrap()).unwrap(),
+                    f32_data(grads.get(wv.as_tensor()).unwrap()).unwrap(),
+                ]
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let other = run(threads);
+            for (j, what) in ["forward", "input gradient", "weight gradient"]
+                .iter()
+                .enumerate()
+            {
+                assert!(
+                    one[j] == other[j],
+                    "{what} of {:?} differs with {threads} threads",
+                    (n, c, h, w, o, k)
+                );
+            }
+        }
+    }
+    // the 2×2 transposed convolution
+    let (x, wt, b) = (
+        rand_tensor(&[4, 32, 12, 10], 120),
+        rand_tensor(&[32, 16, 2, 2], 121),
+        rand_tensor(&[16], 122),
+    );
+    let gy = rand_tensor(&[4, 16, 24, 20], 123);
+    let run = |threads: usize| {
+        on_threads(threads, || {
+            let (xv, wv, bv) = (
+                Var::from_tensor(&x).unwrap(),
+                Var::from_tensor(&wt).unwrap(),
+                Var::from_tensor(&b).unwrap(),
+            );
+            let y = crate::ops::conv_transpose2x2(xv.as_tensor(), wv.as_tensor(), bv.as_tensor())
+                .unwrap();
+            let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            [
+                f32_data(&y).unwrap(),
+                f32_data(grads.get(xv.as_tensor()).unwrap()).unwrap(),
+                f32_data(grads.get(wv.as_tensor()).unwrap()).unwrap(),
+                f32_data(grads.get(bv.as_tensor()).unwrap()).unwrap(),
+            ]
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        let other = run(threads);
+        for (j, what) in [
+            "forward",
+            "input gradient",
+            "weight gradient",
+            "bias gradient",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(
+                one[j] == other[j],
+                "transposed conv: {what} differs with {threads} threads"
+            );
         }
     }
 }

@@ -20,7 +20,7 @@ use super::Geom;
 use crate::precision::{self, Precision, PrecisionChoice};
 
 /// Deterministic values in [-1, 1) with a spread of magnitudes.
-fn values(len: usize, seed: u64) -> Vec<f32> {
+pub(super) fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
         .map(|_| {
@@ -32,11 +32,11 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn rounded(v: &[f32]) -> Vec<f32> {
+pub(super) fn rounded(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| from_bf16(to_bf16(x))).collect()
 }
 
-fn abs(v: &[f32]) -> Vec<f32> {
+pub(super) fn abs(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x.abs()).collect()
 }
 
@@ -53,7 +53,7 @@ fn have_bf16() -> bool {
 }
 
 /// Checks `got` against `want` elementwise: |got − want| <= rel · bound.
-fn within(got: &[f32], want: &[f32], bound: &[f32], rel: f32, what: &str) {
+pub(super) fn within(got: &[f32], want: &[f32], bound: &[f32], rel: f32, what: &str) {
     assert_eq!(got.len(), want.len());
     let mut worst = 0f32;
     for i in 0..got.len() {
@@ -71,7 +71,7 @@ fn within(got: &[f32], want: &[f32], bound: &[f32], rel: f32, what: &str) {
 }
 
 /// The three passes in `prec`: (y, dx, dw).
-fn passes(
+pub(super) fn passes(
     x: &[f32],
     w: &[f32],
     dy: &[f32],
@@ -85,7 +85,7 @@ fn passes(
     )
 }
 
-const U: f32 = 1.0 / 128.0 + 1.0 / 65536.0;
+pub(super) const U: f32 = 1.0 / 128.0 + 1.0 / 65536.0;
 
 /// Forward, input gradient and weight gradient in bf16 against fp32, for
 /// the direct kernels (row mode, grid mode, odd channel counts, odd batch).
@@ -290,7 +290,7 @@ fn winograd_bf16_matches_fp32_within_its_bound() {
         return;
     }
     // odd channel count (a half pair), odd sizes (partial tiles)
-    for &(n, c, h, w, o) in &[(2, 17, 13, 22, 9), (1, 32, 16, 16, 16)] {
+    for &(n, c, h, w, o) in &[(2, 17, 13, 22, 9), (1, 48, 16, 16, 16)] {
         let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], 1).unwrap();
         assert_eq!(
             choose_with(Pass::Forward, &g, Precision::Bf16),
@@ -327,11 +327,7 @@ fn bf16_results_do_not_depend_on_the_thread_count() {
         let wt = values(o * c * 9, 22);
         let dy = values(n * o * h * w, 23);
         let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| passes(&x, &wt, &dy, &g, Precision::Bf16))
+            crate::ops::test_util::on_threads(threads, || passes(&x, &wt, &dy, &g, Precision::Bf16))
         };
         let one = run(1);
         for threads in [2, 3] {
@@ -364,11 +360,10 @@ fn precision_setting_routes_the_op_and_follows_the_cpu() {
     assert_eq!(auto == Precision::Bf16, avx512bf16);
     assert_eq!(PrecisionChoice::Bf16.resolve().is_ok(), avx512bf16);
     assert_eq!(PrecisionChoice::Fp32.resolve().unwrap(), Precision::Fp32);
-    if amx {
-        eprintln!(
-            "SKIP: AMX tiles: this CPU has AMX-BF16 but seg has no AMX kernel; AVX512-BF16 runs"
-        );
-    }
+    assert_eq!(
+        precision::bf16_kernels() == Some(precision::Bf16Isa::Amx),
+        amx && avx512bf16 && precision::amx_tiles()
+    );
     let x = rand_tensor(&[2, 16, 12, 20], 1);
     let w = rand_tensor(&[8, 16, 3, 3], 2);
     let run = |p: Precision| {
@@ -401,4 +396,60 @@ fn precision_setting_routes_the_op_and_follows_the_cpu() {
         crate::ops::f32_data(&y).unwrap()
     });
     assert_eq!(yw, b.0);
+}
+
+/// The transposed 2×2 convolution's forward pass in bf16 (a 1×1
+/// convolution with 4·O outputs on the direct bf16 kernel, then the
+/// shuffle): within the bf16 bound of fp32, exactly the fp32 pass on
+/// bf16-rounded inputs up to fp32 summation, the same bits on 1, 2 and 3
+/// threads; the fp32 setting keeps the fp32 GEMM.
+#[test]
+fn transposed_conv_forward_in_bf16_within_its_bound() {
+    use candle_core::{Device, Tensor};
+    if !have_bf16() {
+        return;
+    }
+    // (n, c, h, w, o): rows of 16+, grid mode (small image), odd sizes
+    for &(n, c, h, w, o) in &[(2, 16, 5, 16, 8), (1, 24, 7, 9, 4), (3, 5, 4, 33, 2)] {
+        let g = Geom::new(&[n, c, h, w], &[4 * o, c, 1, 1], 0).unwrap();
+        assert_eq!(
+            choose_with(Pass::Forward, &g, Precision::Bf16),
+            (Route::Direct, Precision::Bf16),
+            "{g:?}"
+        );
+        let t = |v: Vec<f32>, dims: &[usize]| Tensor::from_vec(v, dims, &Device::Cpu).unwrap();
+        let x = values(n * c * h * w, 31 + c as u64);
+        let wt = values(c * o * 4, 32 + o as u64);
+        let b = values(o, 33);
+        let run = |x: &[f32], wt: &[f32], b: &[f32], p: Precision| {
+            let _guard = precision::scoped(p);
+            let y = crate::ops::conv_transpose2x2(
+                &t(x.to_vec(), &[n, c, h, w]),
+                &t(wt.to_vec(), &[c, o, 2, 2]),
+                &t(b.to_vec(), &[o]),
+            )
+            .unwrap();
+            crate::ops::f32_data(&y).unwrap()
+        };
+        let yb = run(&x, &wt, &b, Precision::Bf16);
+        let yf = run(&x, &wt, &b, Precision::Fp32);
+        let yr = run(&rounded(&x), &rounded(&wt), &b, Precision::Fp32);
+        // Σ|x·w| + |b| of every output
+        let ya = run(&abs(&x), &abs(&wt), &abs(&b), Precision::Fp32);
+        let terms = (c + 1) as f32 / 8_388_608.0;
+        assert_ne!(yb, yf, "{g:?}: the forward ran in bf16");
+        within(&yb, &yf, &ya, U + terms, &format!("transposed {g:?}"));
+        within(
+            &yb,
+            &yr,
+            &ya,
+            terms,
+            &format!("transposed, rounded inputs {g:?}"),
+        );
+        for threads in [1, 2, 3] {
+            let yt =
+                crate::ops::test_util::on_threads(threads, || run(&x, &wt, &b, Precision::Bf16));
+            assert!(yt == yb, "{threads} threads: {g:?}");
+        }
+    }
 }

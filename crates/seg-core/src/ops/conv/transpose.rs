@@ -4,8 +4,10 @@
 //! image; its backward is the reverse shuffle and two products.
 
 use super::gemm::{chunks, in_one_image, matmul, nchw_to_tile, tile_to_nchw};
-use super::{channel_sums, SharedMut};
+use super::route::{self, Pass, Route};
+use super::{channel_sums, Geom, SharedMut};
 use crate::ops::cpu_f32;
+use crate::precision::Precision;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -39,6 +41,15 @@ impl UpGeom {
         chunks(self.n, self.hw(), self.c, 4 * self.o)
     }
 
+    /// The (image, output channel) planes that the chunk `[start, end)` of
+    /// input pixels writes: one parallel task each.
+    fn planes(&self, start: usize, end: usize) -> Vec<(usize, usize)> {
+        let (first, last) = (start / self.hw(), (end - 1) / self.hw());
+        (first..=last)
+            .flat_map(|i| (0..self.o).map(move |oc| (i, oc)))
+            .collect()
+    }
+
     /// Visits every output pixel of the chunk `[start, end)` of input
     /// pixels, one parallel task per (image, channel) plane:
     /// `f(row_of_z_matrix_times_len_plus_j, index_in_doubled_image, channel)`.
@@ -47,32 +58,51 @@ impl UpGeom {
     fn each_pixel(&self, start: usize, end: usize, f: impl Fn(usize, usize, usize) + Sync) {
         let (hw, len) = (self.hw(), end - start);
         let (w2, h2) = (2 * self.w, 2 * self.h);
-        let (first, last) = (start / hw, (end - 1) / hw);
-        (first..=last)
-            .flat_map(|i| (0..self.o).map(move |oc| (i, oc)))
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .for_each(|(i, oc)| {
-                for pos in start.max(i * hw)..end.min((i + 1) * hw) {
-                    let (pix, j) = (pos - i * hw, pos - start);
-                    let (y, x) = (pix / self.w, pix % self.w);
-                    let base = (i * self.o + oc) * h2 * w2 + 2 * y * w2 + 2 * x;
-                    for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                        f((oc * 4 + a * 2 + b) * len + j, base + a * w2 + b, oc);
-                    }
+        self.planes(start, end).into_par_iter().for_each(|(i, oc)| {
+            for pos in start.max(i * hw)..end.min((i + 1) * hw) {
+                let (pix, j) = (pos - i * hw, pos - start);
+                let (y, x) = (pix / self.w, pix % self.w);
+                let base = (i * self.o + oc) * h2 * w2 + 2 * y * w2 + 2 * x;
+                for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                    f((oc * 4 + a * 2 + b) * len + j, base + a * w2 + b, oc);
                 }
-            });
+            }
+        });
     }
 
-    /// Matrix → doubled image (adding the bias).
+    /// Matrix → doubled image (adding the bias): one parallel task per
+    /// (image, channel) plane, a run of input pixels along a row at a time
+    /// (each run interleaves two rows of the matrix into each of its two
+    /// output rows).
     fn scatter(&self, z: &[f32], img: &mut [f32], start: usize, end: usize, bias: &[f32]) {
-        let il = img.len();
+        let (hw, len, w) = (self.hw(), end - start, self.w);
+        let plane = 4 * hw;
+        assert!(img.len() >= self.n * self.o * plane && z.len() >= 4 * self.o * len);
         let ip = SharedMut(img.as_mut_ptr());
-        self.each_pixel(start, end, |zi, ii, oc| {
-            assert!(ii < il);
-            // SAFETY: in bounds (checked); each image element is written by
-            // the one task of its (image, channel) plane.
-            unsafe { *ip.ptr().add(ii) = z[zi] + bias[oc] };
+        self.planes(start, end).into_par_iter().for_each(|(i, oc)| {
+            let (lo, hi) = (start.max(i * hw), end.min((i + 1) * hw));
+            // SAFETY: the plane lies in `img` (asserted above), and each
+            // plane belongs to this one task.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(ip.ptr().add((i * self.o + oc) * plane), plane)
+            };
+            let b = bias[oc];
+            let mut pos = lo;
+            while pos < hi {
+                let (y, x0) = ((pos - i * hw) / w, (pos - i * hw) % w);
+                let run = (w - x0).min(hi - pos);
+                let j = pos - start;
+                for a in 0..2 {
+                    let z0 = &z[(oc * 4 + a * 2) * len + j..][..run];
+                    let z1 = &z[(oc * 4 + a * 2 + 1) * len + j..][..run];
+                    let row = &mut out[(2 * y + a) * 2 * w + 2 * x0..][..2 * run];
+                    for ((o, &p), &q) in row.chunks_exact_mut(2).zip(z0).zip(z1) {
+                        o[0] = p + b;
+                        o[1] = q + b;
+                    }
+                }
+                pos += run;
+            }
         });
     }
 
@@ -89,8 +119,34 @@ impl UpGeom {
     }
 }
 
-fn up_forward(x: &[f32], wt: &[f32], bias: &[f32], g: &UpGeom) -> Vec<f32> {
+/// The forward pass in `prec`. In bf16 (where the CPU has it) the product
+/// is the 1×1 convolution with 4·O outputs (`Wᵀ`, row `oc·4 + a·2 + b`) on
+/// the bf16 kernel of its route (direct or AMX), one (4·O × H·W) matrix per image, then
+/// the same shuffle; otherwise the fp32 GEMM on chunks.
+fn up_forward(x: &[f32], wt: &[f32], bias: &[f32], g: &UpGeom, prec: Precision) -> Vec<f32> {
     let (hw, o4, c) = (g.hw(), 4 * g.o, g.c);
+    if prec == Precision::Bf16 {
+        if let Ok(pg) = Geom::new(&[g.n, c, g.h, g.w], &[o4, c, 1, 1], 0) {
+            if matches!(
+                route::choose_with(Pass::Forward, &pg, prec),
+                (Route::Direct | Route::Amx, Precision::Bf16)
+            ) {
+                // Wᵀ: (C × 4O) → (4O × C)
+                let mut wt2 = vec![0f32; o4 * c];
+                for (ci, row) in wt.chunks_exact(o4).enumerate() {
+                    for (r, &v) in row.iter().enumerate() {
+                        wt2[r * c + ci] = v;
+                    }
+                }
+                let z = route::forward(x, &wt2, None, false, &pg, prec);
+                let mut out = vec![0f32; g.n * g.o * hw * 4];
+                for (i, zi) in z.chunks_exact(o4 * hw).enumerate() {
+                    g.scatter(zi, &mut out, i * hw, (i + 1) * hw, bias);
+                }
+                return out;
+            }
+        }
+    }
     let mut out = vec![0f32; g.n * g.o * hw * 4];
     let (mut xt, mut z) = (Vec::new(), Vec::new());
     for (start, end) in g.chunks() {
@@ -203,7 +259,11 @@ fn up_backward(x: &[f32], wt: &[f32], dy: &[f32], g: &UpGeom) -> (Vec<f32>, Vec<
     (dx, dw)
 }
 
-struct ConvTranspose2x2Op;
+struct ConvTranspose2x2Op {
+    /// The forward pass's arithmetic (this thread's [`crate::precision`]
+    /// when the op was built); the backward pass is fp32.
+    prec: Precision,
+}
 
 impl CustomOp3 for ConvTranspose2x2Op {
     fn name(&self) -> &'static str {
@@ -233,6 +293,7 @@ impl CustomOp3 for ConvTranspose2x2Op {
             cpu_f32(s2, l2, what)?,
             cpu_f32(s3, l3, what)?,
             &g,
+            self.prec,
         );
         Ok((
             CpuStorage::F32(y),
@@ -301,8 +362,13 @@ pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !crate::ops::use_cpu_kernel(x) {
         return conv_transpose2x2_reference(x, w, b);
     }
-    x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, ConvTranspose2x2Op)
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        ConvTranspose2x2Op {
+            prec: crate::precision::current(),
+        },
+    )
 }
 
 /// The plain reference of [`conv_transpose2x2`] (candle's kernels).

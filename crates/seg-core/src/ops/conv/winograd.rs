@@ -9,7 +9,7 @@
 //! where the direct convolution needs 36·C·O, 2.25× fewer. The products run
 //! on the direct kernel's register tile with a 1×1 "kernel"
 //! ([`super::direct::row`]); the transforms are AVX-512 passes over 16 tiles
-//! at a time.
+//! at a time (in [`avx512`]).
 //!
 //! The tiles (image, tile row, tile column, in that order) are cut into
 //! blocks of a few hundred; a task transforms one block's inputs into a
@@ -235,34 +235,61 @@ pub(super) fn conv_forward(
             let (b0, b1) = (os * ob_per, ((os + 1) * ob_per).min(oblocks));
             let ol = (b1 - b0) * OB;
             let cks = chunks(t, start, end);
-            vbuf.resize(16 * g.c * len, MaybeUninit::uninit());
             mbuf.resize(16 * ol * len, MaybeUninit::uninit());
-            let vp = vbuf.as_mut_ptr().cast::<f32>();
             let mp = mbuf.as_mut_ptr().cast::<f32>();
-            // input transform: V[c][ξ][tile] (one channel's 16 rows close
-            // together for the stores; the products read row ξ of every
-            // channel, 16·len apart)
-            for c in 0..g.c {
-                for ck in &cks {
-                    let plane = &xp[(ck.img * g.c + c) * t.hp * t.wp..];
-                    // SAFETY: the loads reach row 2·ty + 3 < hp, columns up
-                    // to 2·tx + 33 of it, inside the plane or the slack
-                    // after the last one; the stores write lanes < m of
-                    // V[c][ξ][off ..], inside `vbuf`.
-                    unsafe {
-                        avx512::input_chunk(
-                            plane.as_ptr(),
-                            t.wp,
-                            ck,
-                            vp.add(c * 16 * len + ck.off),
-                            len,
-                        )
+            let v: &[f32] = if bf16 {
+                // input transform straight to channel-pair words:
+                // [pair][ξ][tile]
+                vpairs.resize(c2 * 16 * len, 0);
+                let pp = vpairs.as_mut_ptr();
+                for cp in 0..c2 {
+                    for ck in &cks {
+                        let plane = |c: usize| xp[(ck.img * g.c + c) * t.hp * t.wp..].as_ptr();
+                        let hi = (2 * cp + 1 < g.c).then(|| plane(2 * cp + 1));
+                        // SAFETY: AVX512-BF16 checked (`bf16`); the loads as
+                        // below; the stores write lanes < m of words
+                        // [cp][ξ][off ..], inside `vpairs`.
+                        unsafe {
+                            avx512::input_chunk_pair(
+                                plane(2 * cp),
+                                hi,
+                                t.wp,
+                                ck,
+                                pp.add(cp * 16 * len + ck.off),
+                                len,
+                            )
+                        }
                     }
                 }
-            }
-            // SAFETY: every V[c][ξ][i], i < len, was written above (the
-            // chunks cover the block).
-            let v: &[f32] = unsafe { std::slice::from_raw_parts(vp, 16 * g.c * len) };
+                &[]
+            } else {
+                vbuf.resize(16 * g.c * len, MaybeUninit::uninit());
+                let vp = vbuf.as_mut_ptr().cast::<f32>();
+                // input transform: V[c][ξ][tile] (one channel's 16 rows close
+                // together for the stores; the products read row ξ of every
+                // channel, 16·len apart)
+                for c in 0..g.c {
+                    for ck in &cks {
+                        let plane = &xp[(ck.img * g.c + c) * t.hp * t.wp..];
+                        // SAFETY: the loads reach row 2·ty + 3 < hp, columns up
+                        // to 2·tx + 33 of it, inside the plane or the slack
+                        // after the last one; the stores write lanes < m of
+                        // V[c][ξ][off ..], inside `vbuf`.
+                        unsafe {
+                            avx512::input_chunk(
+                                plane.as_ptr(),
+                                t.wp,
+                                ck,
+                                vp.add(c * 16 * len + ck.off),
+                                len,
+                            )
+                        }
+                    }
+                }
+                // SAFETY: every V[c][ξ][i], i < len, was written above (the
+                // chunks cover the block).
+                unsafe { std::slice::from_raw_parts(vp, 16 * g.c * len) }
+            };
             let g1 = Geom {
                 n: 1,
                 c: g.c,
@@ -274,10 +301,6 @@ pub(super) fn conv_forward(
                 ho: 1,
                 wo: len,
             };
-            if bf16 {
-                // V as channel pairs: [pair][ξ][tile] words
-                super::bf16::pair_channels(v, g.c, 16 * len, (16, len), vpairs);
-            }
             for xi in 0..16 {
                 // channel (pair) planes of 16 rows of `len`, starting at row ξ
                 let vx = if bf16 {
@@ -346,140 +369,24 @@ pub(super) fn conv_forward(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::Chunk;
-    use std::arch::x86_64::*;
-
-    /// Lanes 0..m.
-    fn lanes(m: usize) -> u16 {
-        if m >= 16 {
-            u16::MAX
-        } else {
-            (1u16 << m) - 1
-        }
-    }
-
-    /// `Bᵀ d B` of the chunk's tiles of one channel: V[ξ] at `v + ξ·stride`,
-    /// lane i for tile tx + i.
-    ///
-    /// # Safety
-    /// AVX-512F available; `plane` valid for reads at rows 2·ty .. 2·ty + 4,
-    /// columns 2·tx .. 2·tx + 34 (row length `wp`); `v` for writes of m
-    /// floats at each `v + ξ·stride`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn input_chunk(
-        plane: *const f32,
-        wp: usize,
-        ck: &Chunk,
-        v: *mut f32,
-        stride: usize,
-    ) {
-        unsafe {
-            let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-            let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-            let mut r = [[_mm512_setzero_ps(); 4]; 4];
-            for (i, ri) in r.iter_mut().enumerate() {
-                let p = plane.add((2 * ck.ty + i) * wp + 2 * ck.tx);
-                let (a0, a1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
-                let (b0, b1) = (_mm512_loadu_ps(p.add(2)), _mm512_loadu_ps(p.add(18)));
-                // d_j = row[2·tx + j] for the 16 tiles
-                let d0 = _mm512_permutex2var_ps(a0, even, a1);
-                let d1 = _mm512_permutex2var_ps(a0, odd, a1);
-                let d2 = _mm512_permutex2var_ps(b0, even, b1);
-                let d3 = _mm512_permutex2var_ps(b0, odd, b1);
-                // d B
-                *ri = [
-                    _mm512_sub_ps(d0, d2),
-                    _mm512_add_ps(d1, d2),
-                    _mm512_sub_ps(d2, d1),
-                    _mm512_sub_ps(d1, d3),
-                ];
-            }
-            let mask = lanes(ck.m);
-            #[allow(clippy::needless_range_loop)] // j indexes rows 0..4 of r alike
-            for j in 0..4 {
-                // Bᵀ (d B), column j
-                let cols = [
-                    _mm512_sub_ps(r[0][j], r[2][j]),
-                    _mm512_add_ps(r[1][j], r[2][j]),
-                    _mm512_sub_ps(r[2][j], r[1][j]),
-                    _mm512_sub_ps(r[1][j], r[3][j]),
-                ];
-                for (a, &cv) in cols.iter().enumerate() {
-                    _mm512_mask_storeu_ps(v.add((a * 4 + j) * stride), mask, cv);
-                }
-            }
-        }
-    }
-
-    /// `Aᵀ M A` of the chunk's tiles for one output channel, plus `bias`,
-    /// then ReLU (NaN kept) when asked, into the output plane.
-    ///
-    /// # Safety
-    /// AVX-512F available; `m` valid for reads of m floats at each
-    /// `m + ξ·stride`; `out` for writes of the plane's `h × w` floats.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn output_chunk(
-        mp: *const f32,
-        stride: usize,
-        bias: f32,
-        relu: bool,
-        out: *mut f32,
-        h: usize,
-        w: usize,
-        ck: &Chunk,
-    ) {
-        unsafe {
-            let mask = lanes(ck.m);
-            let mut m = [_mm512_setzero_ps(); 16];
-            for (xi, mv) in m.iter_mut().enumerate() {
-                *mv = _mm512_maskz_loadu_ps(mask, mp.add(xi * stride));
-            }
-            // Aᵀ M: rows m0 + m1 + m2 and m1 − m2 − m3
-            let mut s = [[_mm512_setzero_ps(); 4]; 2];
-            for j in 0..4 {
-                s[0][j] = _mm512_add_ps(_mm512_add_ps(m[j], m[4 + j]), m[8 + j]);
-                s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
-            }
-            let b = _mm512_set1_ps(bias);
-            let zero = _mm512_setzero_ps();
-            let fin = |v: __m512| {
-                let r = _mm512_add_ps(v, b);
-                if relu {
-                    let neg = _mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ);
-                    _mm512_mask_mov_ps(r, neg, zero)
-                } else {
-                    r
-                }
-            };
-            let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-            let hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-            let cols = (2 * ck.m).min(w - 2 * ck.tx);
-            let (mlo, mhi) = (lanes(cols), lanes(cols.saturating_sub(16)));
-            for (i, si) in s.iter().enumerate() {
-                let y = 2 * ck.ty + i;
-                if y >= h {
-                    break;
-                }
-                // (Aᵀ M) A: columns s0 + s1 + s2 and s1 − s2 − s3
-                let y0 = fin(_mm512_add_ps(_mm512_add_ps(si[0], si[1]), si[2]));
-                let y1 = fin(_mm512_sub_ps(_mm512_sub_ps(si[1], si[2]), si[3]));
-                let o = out.add(y * w + 2 * ck.tx);
-                _mm512_mask_storeu_ps(o, mlo, _mm512_permutex2var_ps(y0, lo, y1));
-                if mhi != 0 {
-                    _mm512_mask_storeu_ps(o.add(16), mhi, _mm512_permutex2var_ps(y0, hi, y1));
-                }
-            }
-        }
-    }
-}
+mod avx512;
 
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     use super::Chunk;
 
     pub(super) unsafe fn input_chunk(_: *const f32, _: usize, _: &Chunk, _: *mut f32, _: usize) {
+        unreachable!("the Winograd convolution needs AVX-512")
+    }
+
+    pub(super) unsafe fn input_chunk_pair(
+        _: *const f32,
+        _: Option<*const f32>,
+        _: usize,
+        _: &Chunk,
+        _: *mut u32,
+        _: usize,
+    ) {
         unreachable!("the Winograd convolution needs AVX-512")
     }
 

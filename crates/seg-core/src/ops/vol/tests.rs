@@ -299,11 +299,7 @@ fn conv3d_results_do_not_depend_on_the_thread_count() {
     let wt = rand_tensor(&[12, 24, 3, 3, 3], 6);
     let gy = rand_tensor(&[2, 6, 12, 10, 18], 7);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        on_threads(threads, || {
             let (xv, wv) = (
                 Var::from_tensor(&x).unwrap(),
                 Var::from_tensor(&wt).unwrap(),

@@ -1,0 +1,463 @@
+//! AMX tiles for the bf16 convolution products (Sapphire Rapids and later
+//! Xeons): `TDPBF16PS` adds the product of a 16 × 32 bf16 tile A and a
+//! 32 × 16 bf16 tile B (held as 16 rows of 16 pair words) to a 16 × 16 fp32
+//! tile C, 8192 multiply-adds per instruction.
+//!
+//! The products take the operands in the layouts of the AVX512-BF16 kernels
+//! ([`super::bf16`]): the input as channel-pair planes (word = channels 2i,
+//! 2i + 1 at one position). With M = 16 output channels, N = 16 consecutive
+//! outputs and K = 16 channel pairs of one tap:
+//! - B (row r): pair plane r at the tap's offset, 16 words — the planes
+//!   themselves, loaded with the plane length as the row stride;
+//! - A (row m): output channel m's weights of the 16 pairs for that tap,
+//!   packed by [`pack_weights`] as [16-channel block][tap][pair block][m][16];
+//! - C (row m): output channel m at the 16 outputs.
+//!
+//! [`run`] sums over taps and pair blocks into 2 × 2 C tiles (32 channels ×
+//! 32 outputs; A in tmm4–5, B in tmm6–7), then stores each C tile and adds
+//! the bias and ReLU while copying its valid rows and columns out. The 16
+//! outputs of a column block need not be adjacent to the next block's: the
+//! caller lists them ([`Block`]). Each output is one fixed sequence of tile
+//! products, so results do not depend on the threads.
+//!
+//! Linux hands out the tile state only on request, once per process
+//! ([`crate::precision::amx_tiles`]).
+
+use super::Geom;
+use std::sync::OnceLock;
+
+/// Output channels, outputs and channel pairs of one tile.
+pub(super) const T: usize = 16;
+
+/// Words of one packed A tile.
+const A_WORDS: usize = T * T;
+
+/// True when the AMX kernels can run ([`crate::precision::amx_tiles`]) and
+/// `SEG_CONV_AMX=0` does not switch them off (read once; for comparisons).
+pub(crate) fn available() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        crate::precision::amx_tiles() && std::env::var("SEG_CONV_AMX").map_or(true, |v| v != "0")
+    })
+}
+
+/// Weights as A tiles: `val(o, c, tap)` for `o` output channels, `c` input
+/// channels and `taps` taps, as [16-channel block][tap][16-pair block][16
+/// rows][16 words] (each word channels 2i, 2i + 1 rounded to bf16), zero
+/// past `o` and `c`.
+pub(super) fn pack_weights(
+    o: usize,
+    c: usize,
+    taps: usize,
+    val: impl Fn(usize, usize, usize) -> f32 + Sync,
+) -> Vec<u32> {
+    use rayon::prelude::*;
+    let kb = c.div_ceil(2).div_ceil(T);
+    let mut p = vec![0u32; o.div_ceil(T) * taps * kb * A_WORDS];
+    p.par_chunks_mut(A_WORDS).enumerate().for_each(|(i, tile)| {
+        let (ob, rest) = (i / (taps * kb), i % (taps * kb));
+        let (tap, k) = (rest / kb, rest % kb);
+        for m in 0..T.min(o.saturating_sub(ob * T)) {
+            let oc = ob * T + m;
+            for j in 0..T {
+                let ch = 2 * (k * T + j);
+                if ch < c {
+                    let hi = if ch + 1 < c {
+                        val(oc, ch + 1, tap)
+                    } else {
+                        0.0
+                    };
+                    tile[m * T + j] = super::bf16::pair(val(oc, ch, tap), hi);
+                }
+            }
+        }
+    });
+    p
+}
+
+/// Whether the AMX forward kernel takes this (forward or input-gradient)
+/// geometry: channel pairs in whole blocks of 16 (C a multiple of 32; the
+/// B tiles read 16 pair planes), at least 16 output channels, and rows or
+/// whole images of at least 16 outputs' worth.
+pub(super) fn suits(g: &Geom) -> bool {
+    g.c % (2 * T) == 0 && g.o >= T && g.ho * g.wo >= T
+}
+
+/// Stride-1 convolution (`g.k`×`g.k`, padding `g.p`) of NCHW `x` with the
+/// (O × C·k·k) weights `wt`, plus an optional bias, then an optional ReLU,
+/// on AMX tiles: the operands rounded to bf16 (channel pairs), sums in
+/// fp32. Each task takes a run of output rows of one image (row mode), or
+/// for small images one image as a single run over the padded grid (grid
+/// mode, the k − 1 columns between rows computed and dropped), and all or
+/// a range of the output channels.
+pub(super) fn conv_forward(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &Geom,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert!(available() && suits(g) && wt.len() == g.o * g.c * g.k * g.k);
+    let (hp, wp, kk) = (g.h + 2 * g.p, g.w + 2 * g.p, g.k * g.k);
+    // zero rows after the last plane: the last block may read 15 words past
+    let xh = super::bf16::pad_input_pairs(x, g, T.div_ceil(wp));
+    let w = pack_weights(g.o, g.c, kk, |o, c, t| wt[(o * g.c + c) * kk + t]);
+    let taps: Vec<usize> = (0..kk).map(|t| (t / g.k) * wp + t % g.k).collect();
+    let (kb, plane, plane_out) = (g.c / (2 * T), hp * wp, g.ho * g.wo);
+    let img_len = kb * T * plane;
+    // the grid run over the padded image: output (y, x) at y·wp + x
+    let grid_len = (g.ho - 1) * wp + g.wo;
+    let row_fill = g.wo as f64 / (g.wo.div_ceil(T) * T) as f64;
+    let grid_fill = plane_out as f64 / (grid_len.div_ceil(T) * T) as f64;
+    let grid = grid_fill > row_fill * 1.1;
+    // tasks: (image, run of rows, range of output channels), about 4 per
+    // thread or more; channel ranges in 32s (the 2 × 2 tile block)
+    let want = 4 * rayon::current_num_threads().max(1);
+    let row_runs = if grid {
+        1
+    } else {
+        want.div_ceil(g.n).clamp(1, g.ho)
+    };
+    let rows_per = g.ho.div_ceil(row_runs);
+    let row_runs = g.ho.div_ceil(rows_per);
+    let o32 = g.o.div_ceil(2 * T);
+    let osplit = want.div_ceil(g.n * row_runs).clamp(1, o32);
+    let o_per = o32.div_ceil(osplit) * 2 * T;
+    let osplit = g.o.div_ceil(o_per);
+    let mut out: Vec<f32> = Vec::with_capacity(g.n * g.o * plane_out);
+    let out_ptr = super::SharedMut(out.as_mut_ptr());
+    (0..g.n * row_runs * osplit).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(blocks, scratch): &mut (Vec<Block>, Vec<f32>), task| {
+            let (img, rest) = (task / (row_runs * osplit), task % (row_runs * osplit));
+            let (r, os) = (rest / osplit, rest % osplit);
+            let (o0, o1) = (os * o_per, ((os + 1) * o_per).min(g.o));
+            let gm = Gemm {
+                x: &xh[img * img_len..],
+                plane,
+                kb,
+                taps: &taps,
+                w: &w,
+                o0,
+                o1,
+                bias,
+                relu,
+            };
+            blocks.clear();
+            let at = (img * g.o + o0) * plane_out;
+            if grid {
+                for j in 0..grid_len.div_ceil(T) {
+                    let n = (grid_len - j * T).min(T);
+                    blocks.push(Block {
+                        x: j * T,
+                        out: j * T,
+                        n,
+                    });
+                }
+                scratch.resize((o1 - o0) * grid_len, 0.0);
+                // SAFETY: AMX available (asserted); the stores write
+                // columns < grid_len of o1 − o0 rows of `scratch`
+                unsafe { run(&gm, blocks, scratch.as_mut_ptr(), grid_len) };
+                for o in 0..o1 - o0 {
+                    // SAFETY: plane o0 + o of image img, inside `out`, this
+                    // task's alone
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out_ptr.ptr().add(at + o * plane_out),
+                            plane_out,
+                        )
+                    };
+                    for (y, d) in dst.chunks_mut(g.wo).enumerate() {
+                        d.copy_from_slice(&scratch[o * grid_len + y * wp..][..g.wo]);
+                    }
+                }
+                return;
+            }
+            for y in r * rows_per..((r + 1) * rows_per).min(g.ho) {
+                for j in 0..g.wo.div_ceil(T) {
+                    let n = (g.wo - j * T).min(T);
+                    blocks.push(Block {
+                        x: y * wp + j * T,
+                        out: y * g.wo + j * T,
+                        n,
+                    });
+                }
+            }
+            // SAFETY: AMX available; the stores write rows of this task of
+            // channels o0 .. o1 of image img (columns < wo), inside `out`,
+            // written by this task alone
+            unsafe { run(&gm, blocks, out_ptr.ptr().add(at), plane_out) };
+        },
+    );
+    // SAFETY: every (image, channel, row) was written by one task: the
+    // tasks cover the images, the row runs and the channel ranges, and
+    // each row's blocks (or the grid's copy) cover its columns.
+    unsafe { out.set_len(g.n * g.o * plane_out) };
+    out
+}
+
+/// The fixed operands of [`run`].
+pub(super) struct Gemm<'a> {
+    /// The channel-pair planes (16·`kb` of them, `plane` words apart).
+    pub x: &'a [u32],
+    pub plane: usize,
+    /// Blocks of 16 pair planes.
+    pub kb: usize,
+    /// Word offset of each tap.
+    pub taps: &'a [usize],
+    /// Packed weights ([`pack_weights`], same `kb` and tap count).
+    pub w: &'a [u32],
+    /// Output channels written: `o0 .. o1` (`o0` a multiple of 16).
+    pub o0: usize,
+    pub o1: usize,
+    /// Bias per output channel (indexed by the channel), and ReLU.
+    pub bias: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+/// 16 outputs: output `i` (< `n` ≤ 16) reads offset `x + i` of every pair
+/// plane (plus the tap offsets) and is written at `out + i` of every channel
+/// row.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Block {
+    pub x: usize,
+    pub out: usize,
+    pub n: usize,
+}
+
+/// C[o][i] = bias + Σ over taps and pairs of A·B for every listed block, and
+/// channel `o` in `o0 .. o1`, written at `out + (o − o0)·ostride +
+/// block.out + i` (ReLU'd if asked).
+///
+/// # Safety
+/// [`available`] is true; every `out` position written is valid and
+/// written by no other thread. (Reads of `x` and `w` are checked.)
+pub(super) unsafe fn run(g: &Gemm, blocks: &[Block], out: *mut f32, ostride: usize) {
+    let ntaps = g.taps.len();
+    let reach = g.taps.iter().max().copied().unwrap_or(0)
+        + blocks.iter().map(|b| b.x).max().unwrap_or(0)
+        + (g.kb * T - 1) * g.plane
+        + T;
+    assert!(g.o0 % T == 0 && g.o1 > g.o0 && blocks.iter().all(|b| b.n > 0 && b.n <= T));
+    assert!(
+        blocks.is_empty() || reach <= g.x.len(),
+        "AMX input reads past the planes"
+    );
+    let nob = g.o1.div_ceil(T) - g.o0 / T;
+    let ob_stride = ntaps * g.kb * A_WORDS;
+    assert!(g.w.len() >= (g.o1.div_ceil(T)) * ob_stride);
+    assert!(g.bias.is_none_or(|b| b.len() >= g.o1));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AMX available (the caller); the loads stay inside `x` and `w`
+    // (asserted above), the stores inside the caller's `out`.
+    unsafe {
+        kernel::configure();
+        for ob in (0..nob).step_by(2) {
+            let ma = (nob - ob).min(2);
+            let w0 = g.w.as_ptr().add((g.o0 / T + ob) * ob_stride);
+            for pair in blocks.chunks(2) {
+                kernel::zero();
+                for (t, &off) in g.taps.iter().enumerate() {
+                    for k in 0..g.kb {
+                        let a = w0.add((t * g.kb + k) * A_WORDS);
+                        let b0 = g.x.as_ptr().add(off + k * T * g.plane + pair[0].x);
+                        let b1 = pair
+                            .get(1)
+                            .map(|b| g.x.as_ptr().add(off + k * T * g.plane + b.x));
+                        kernel::step(a, (ma == 2).then(|| a.add(ob_stride)), b0, b1, g.plane);
+                    }
+                }
+                let o_first = g.o0 + ob * T;
+                kernel::store(g, o_first, ma, pair, out.add(ob * T * ostride), ostride);
+            }
+        }
+        kernel::release();
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (out, ostride, nob, ob_stride, ntaps);
+        unreachable!("AMX needs x86-64");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    use super::{Block, Gemm, T};
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    /// Palette 1, tiles 0–7 all 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    const CONFIG: Config = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        Config(c)
+    };
+
+    /// Loads the tile configuration (and zeroes the tiles).
+    ///
+    /// # Safety
+    /// AMX available and granted.
+    pub(super) unsafe fn configure() {
+        // SAFETY: CONFIG is a valid 64-byte palette-1 configuration
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+    }
+
+    /// Releases the tile state.
+    ///
+    /// # Safety
+    /// AMX available and granted.
+    pub(super) unsafe fn release() {
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// Zeroes the accumulators tmm0–3.
+    ///
+    /// # Safety
+    /// Tiles configured.
+    pub(super) unsafe fn zero() {
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            )
+        };
+    }
+
+    /// One K step: C[i][j] += A_i · B_j for the A tiles `a0`, `a1` (64-byte
+    /// rows) and the B tiles `b0`, `b1` (rows `plane` words apart); tmm0 =
+    /// (0, 0), tmm1 = (0, 1), tmm2 = (1, 0), tmm3 = (1, 1).
+    ///
+    /// # Safety
+    /// Tiles configured; 16 rows of 64 bytes readable at each pointer given.
+    #[inline(always)]
+    pub(super) unsafe fn step(
+        a0: *const u32,
+        a1: Option<*const u32>,
+        b0: *const u32,
+        b1: Option<*const u32>,
+        plane: usize,
+    ) {
+        let sb = plane * 4;
+        // SAFETY: the caller's bounds; tiles only touch tmm0–7
+        unsafe {
+            match (a1, b1) {
+                (Some(a1), Some(b1)) => asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                    sa = in(reg) 64usize, sb = in(reg) sb,
+                    options(nostack, readonly)
+                ),
+                (Some(a1), None) => asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
+                    sa = in(reg) 64usize, sb = in(reg) sb,
+                    options(nostack, readonly)
+                ),
+                (None, Some(b1)) => asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    a0 = in(reg) a0, b0 = in(reg) b0, b1 = in(reg) b1,
+                    sa = in(reg) 64usize, sb = in(reg) sb,
+                    options(nostack, readonly)
+                ),
+                (None, None) => asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    a0 = in(reg) a0, b0 = in(reg) b0,
+                    sa = in(reg) 64usize, sb = in(reg) sb,
+                    options(nostack, readonly)
+                ),
+            }
+        }
+    }
+
+    /// Stores the accumulators of `ma` channel blocks (from `o_first`) ×
+    /// the blocks of `pair`, with bias and ReLU, into `out` (channel
+    /// `o_first` at `out`, rows `ostride` apart); rows past `g.o1` and
+    /// columns past each block's `n` are dropped.
+    ///
+    /// # Safety
+    /// Tiles configured; the caller's `out` positions valid.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store(
+        g: &Gemm,
+        o_first: usize,
+        ma: usize,
+        pair: &[Block],
+        out: *mut f32,
+        ostride: usize,
+    ) {
+        let mut c = Scratch([0f32; 4 * T * T]);
+        let p = c.0.as_mut_ptr();
+        // SAFETY: 4 tiles of 16 rows × 64 bytes fit in `c`
+        unsafe {
+            asm!(
+                "tilestored [{p} + {s}*1], tmm0",
+                "tilestored [{p1} + {s}*1], tmm1",
+                "tilestored [{p2} + {s}*1], tmm2",
+                "tilestored [{p3} + {s}*1], tmm3",
+                p = in(reg) p, p1 = in(reg) p.add(T * T), p2 = in(reg) p.add(2 * T * T),
+                p3 = in(reg) p.add(3 * T * T), s = in(reg) 64usize,
+                options(nostack)
+            )
+        };
+        let zero = _mm512_setzero_ps();
+        for i in 0..ma {
+            for m in 0..T {
+                let o = o_first + i * T + m;
+                if o >= g.o1 {
+                    break;
+                }
+                let b = _mm512_set1_ps(g.bias.map_or(0.0, |b| b[o]));
+                for (j, blk) in pair.iter().enumerate() {
+                    // SAFETY: row m of tile (i, j) inside `c`; the store is
+                    // the caller's position of channel o, lanes < n
+                    unsafe {
+                        let mut v =
+                            _mm512_add_ps(_mm512_loadu_ps(p.add(((i * 2 + j) * T + m) * T)), b);
+                        if g.relu {
+                            v = _mm512_max_ps(v, zero);
+                        }
+                        let mask = if blk.n == T {
+                            u16::MAX
+                        } else {
+                            (1u16 << blk.n) - 1
+                        };
+                        _mm512_mask_storeu_ps(out.add((i * T + m) * ostride + blk.out), mask, v);
+                    }
+                }
+            }
+        }
+    }
+
+    #[repr(C, align(64))]
+    struct Scratch([f32; 4 * T * T]);
+}

@@ -1,0 +1,146 @@
+//! Tests of the AMX tile kernels (bf16 forward and input gradient): the
+//! bounds of the AVX512-BF16 kernels ([`super::tests_bf16`]: against fp32
+//! `(2^-7 + 2^-16 + n·2^-23) · Σ|x_i·w_i|`, against fp32 on bf16-rounded
+//! inputs `n·2^-23 · Σ|x_i·w_i|`), the same bits on 1, 2 and 3 threads, and
+//! the route. A CPU without AMX-BF16, or whose OS withholds the tile state,
+//! prints `SKIP`.
+
+use super::route::{self, choose_with, Pass, Route};
+use super::tests_bf16::{abs, passes, rounded, values, within, U};
+use super::Geom;
+use crate::precision::{self, Precision};
+
+fn have_amx() -> bool {
+    if super::amx::available() {
+        true
+    } else {
+        eprintln!(
+            "SKIP: no AMX tiles here ({}): the AMX kernels are not tested",
+            precision::describe_cpu()
+        );
+        false
+    }
+}
+
+fn terms(n: usize) -> f32 {
+    n as f32 / 8_388_608.0
+}
+
+/// Forward (with bias and ReLU) and input gradient on the tiles: row mode
+/// with masked tails, grid mode, output channels not a multiple of 16, 1×1
+/// and 5×5 kernels, several 16-pair blocks and row tasks.
+#[test]
+fn amx_kernels_match_fp32_within_bf16_bounds() {
+    if !have_amx() {
+        return;
+    }
+    // (n, c, h, w, o, k, p)
+    for &(n, c, h, w, o, k, p) in &[
+        (2, 32, 5, 40, 32, 3, 1),
+        (1, 64, 6, 6, 40, 3, 1),
+        (3, 32, 4, 17, 48, 1, 0),
+        (2, 64, 9, 20, 17, 5, 2),
+        (2, 96, 30, 34, 64, 3, 1),
+    ] {
+        let g = Geom::new(&[n, c, h, w], &[o, c, k, k], p).unwrap();
+        assert_eq!(
+            choose_with(Pass::Forward, &g, Precision::Bf16),
+            (Route::Amx, Precision::Bf16),
+            "{g:?}"
+        );
+        let x = values(n * c * h * w, 41 + c as u64);
+        let wt = values(o * c * k * k, 42 + o as u64);
+        let dy = values(n * o * g.ho * g.wo, 43 + h as u64);
+        let b = values(o, 44);
+        let (nf, nb) = (c * k * k, o * k * k);
+        // forward with bias and ReLU (|relu(a) − relu(b)| <= |a − b|)
+        let fwd = |x: &[f32], wt: &[f32], b: &[f32], p: Precision, relu: bool| {
+            route::forward(x, wt, Some(b), relu, &g, p)
+        };
+        let ya = fwd(&abs(&x), &abs(&wt), &abs(&b), Precision::Fp32, false);
+        let yb = fwd(&x, &wt, &b, Precision::Bf16, true);
+        let yf = fwd(&x, &wt, &b, Precision::Fp32, true);
+        let yr = fwd(&rounded(&x), &rounded(&wt), &b, Precision::Fp32, true);
+        within(
+            &yb,
+            &yf,
+            &ya,
+            U + terms(nf + 1),
+            &format!("amx forward {g:?}"),
+        );
+        within(
+            &yb,
+            &yr,
+            &ya,
+            terms(nf + 1),
+            &format!("amx forward, rounded {g:?}"),
+        );
+        assert_ne!(yb, yf, "{g:?}: the forward ran in bf16");
+        // the AVX512-BF16 direct kernel rounds the same operands: the two
+        // differ only in the order of the fp32 sums
+        let yd = super::direct::conv_forward(&x, &wt, Some(&b), true, &g, Precision::Bf16);
+        within(
+            &yb,
+            &yd,
+            &ya,
+            2.0 * terms(nf + 1),
+            &format!("amx vs avx512 {g:?}"),
+        );
+        // the input gradient takes the tiles when its own input (dy) has
+        // whole 32-channel blocks
+        let back = choose_with(Pass::InputGrad, &g, Precision::Bf16);
+        assert_eq!(back.0 == Route::Amx, o % 32 == 0, "{g:?}");
+        if back.0 == Route::Amx {
+            let (_, dxb, _) = passes(&x, &wt, &dy, &g, Precision::Bf16);
+            let (_, dxf, _) = passes(&x, &wt, &dy, &g, Precision::Fp32);
+            let (_, dxr, _) = passes(&x, &rounded(&wt), &rounded(&dy), &g, Precision::Fp32);
+            let (_, dxa, _) = passes(&x, &abs(&wt), &abs(&dy), &g, Precision::Fp32);
+            within(
+                &dxb,
+                &dxf,
+                &dxa,
+                U + terms(nb),
+                &format!("amx input grad {g:?}"),
+            );
+            within(
+                &dxb,
+                &dxr,
+                &dxa,
+                terms(nb),
+                &format!("amx input grad, rounded {g:?}"),
+            );
+        }
+    }
+}
+
+/// The same bits on 1, 2 and 3 threads (row mode split into row runs and
+/// channel ranges; grid mode split into channel ranges).
+#[test]
+fn amx_results_do_not_depend_on_the_thread_count() {
+    if !have_amx() {
+        return;
+    }
+    for &(n, c, h, w, o) in &[(3, 32, 20, 37, 64), (2, 64, 5, 5, 96)] {
+        let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], 1).unwrap();
+        assert_eq!(
+            choose_with(Pass::Forward, &g, Precision::Bf16).0,
+            Route::Amx
+        );
+        let x = values(n * c * h * w, 51);
+        let wt = values(o * c * 9, 52);
+        let dy = values(n * o * h * w, 53);
+        let run = |threads: usize| {
+            crate::ops::test_util::on_threads(threads, || {
+                let (y, dx, _) = passes(&x, &wt, &dy, &g, Precision::Bf16);
+                (y, dx)
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            assert!(
+                run(threads) == one,
+                "{threads} threads differ from 1: {g:?}"
+            );
+        }
+    }
+}
