@@ -23,6 +23,10 @@
 //! Linux hands out the tile state only on request, once per process
 //! ([`crate::precision::amx_tiles`]).
 
+mod weight_grad;
+
+pub(super) use weight_grad::{conv_weight_grad, suits as suits_weight_grad};
+
 use super::Geom;
 use std::sync::OnceLock;
 
@@ -350,7 +354,24 @@ mod kernel {
         b1: Option<*const u32>,
         plane: usize,
     ) {
-        let sb = plane * 4;
+        // SAFETY: the caller's
+        unsafe { step_strided(a0, a1, 64, b0, b1, plane * 4) }
+    }
+
+    /// [`step`] with the row strides of A and B in bytes.
+    ///
+    /// # Safety
+    /// Tiles configured; 16 rows of 64 bytes readable at each pointer
+    /// given, with its stride.
+    #[inline(always)]
+    pub(super) unsafe fn step_strided(
+        a0: *const u32,
+        a1: Option<*const u32>,
+        sa: usize,
+        b0: *const u32,
+        b1: Option<*const u32>,
+        sb: usize,
+    ) {
         // SAFETY: the caller's bounds; tiles only touch tmm0–7
         unsafe {
             match (a1, b1) {
@@ -364,7 +385,7 @@ mod kernel {
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
-                    sa = in(reg) 64usize, sb = in(reg) sb,
+                    sa = in(reg) sa, sb = in(reg) sb,
                     options(nostack, readonly)
                 ),
                 (Some(a1), None) => asm!(
@@ -374,7 +395,7 @@ mod kernel {
                     "tileloadd tmm5, [{a1} + {sa}*1]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
-                    sa = in(reg) 64usize, sb = in(reg) sb,
+                    sa = in(reg) sa, sb = in(reg) sb,
                     options(nostack, readonly)
                 ),
                 (None, Some(b1)) => asm!(
@@ -384,7 +405,7 @@ mod kernel {
                     "tileloadd tmm7, [{b1} + {sb}*1]",
                     "tdpbf16ps tmm1, tmm4, tmm7",
                     a0 = in(reg) a0, b0 = in(reg) b0, b1 = in(reg) b1,
-                    sa = in(reg) 64usize, sb = in(reg) sb,
+                    sa = in(reg) sa, sb = in(reg) sb,
                     options(nostack, readonly)
                 ),
                 (None, None) => asm!(
@@ -392,11 +413,49 @@ mod kernel {
                     "tileloadd tmm6, [{b0} + {sb}*1]",
                     "tdpbf16ps tmm0, tmm4, tmm6",
                     a0 = in(reg) a0, b0 = in(reg) b0,
-                    sa = in(reg) 64usize, sb = in(reg) sb,
+                    sa = in(reg) sa, sb = in(reg) sb,
                     options(nostack, readonly)
                 ),
             }
         }
+    }
+
+    /// Loads the accumulators tmm0–3 from 4 consecutive 16 × 16 fp32
+    /// tiles at `p`.
+    ///
+    /// # Safety
+    /// Tiles configured; 4 KiB readable at `p`.
+    pub(super) unsafe fn load_acc(p: *const f32) {
+        unsafe {
+            asm!(
+                "tileloadd tmm0, [{p} + {s}*1]",
+                "tileloadd tmm1, [{p1} + {s}*1]",
+                "tileloadd tmm2, [{p2} + {s}*1]",
+                "tileloadd tmm3, [{p3} + {s}*1]",
+                p = in(reg) p, p1 = in(reg) p.add(T * T), p2 = in(reg) p.add(2 * T * T),
+                p3 = in(reg) p.add(3 * T * T), s = in(reg) 64usize,
+                options(nostack, readonly)
+            )
+        };
+    }
+
+    /// Stores the accumulators tmm0–3 as 4 consecutive 16 × 16 fp32 tiles
+    /// at `p`.
+    ///
+    /// # Safety
+    /// Tiles configured; 4 KiB writable at `p`.
+    pub(super) unsafe fn store_acc(p: *mut f32) {
+        unsafe {
+            asm!(
+                "tilestored [{p} + {s}*1], tmm0",
+                "tilestored [{p1} + {s}*1], tmm1",
+                "tilestored [{p2} + {s}*1], tmm2",
+                "tilestored [{p3} + {s}*1], tmm3",
+                p = in(reg) p, p1 = in(reg) p.add(T * T), p2 = in(reg) p.add(2 * T * T),
+                p3 = in(reg) p.add(3 * T * T), s = in(reg) 64usize,
+                options(nostack)
+            )
+        };
     }
 
     /// Stores the accumulators of `ma` channel blocks (from `o_first`) ×
@@ -418,17 +477,7 @@ mod kernel {
         let mut c = Scratch([0f32; 4 * T * T]);
         let p = c.0.as_mut_ptr();
         // SAFETY: 4 tiles of 16 rows × 64 bytes fit in `c`
-        unsafe {
-            asm!(
-                "tilestored [{p} + {s}*1], tmm0",
-                "tilestored [{p1} + {s}*1], tmm1",
-                "tilestored [{p2} + {s}*1], tmm2",
-                "tilestored [{p3} + {s}*1], tmm3",
-                p = in(reg) p, p1 = in(reg) p.add(T * T), p2 = in(reg) p.add(2 * T * T),
-                p3 = in(reg) p.add(3 * T * T), s = in(reg) 64usize,
-                options(nostack)
-            )
-        };
+        unsafe { store_acc(p) };
         let zero = _mm512_setzero_ps();
         for i in 0..ma {
             for m in 0..T {

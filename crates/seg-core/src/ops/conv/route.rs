@@ -70,19 +70,21 @@ fn switched_on(var: &str) -> bool {
 /// with ≥ 16 input channels), otherwise fp32 (the GEMM path, the
 /// pixel-vector weight gradient).
 ///
-/// On a CPU with AMX-BF16 ([`amx::available`]), a bf16 forward or input
-/// gradient whose geometry [`amx::suits`] runs on [`Route::Amx`] instead of
-/// Winograd or the direct kernel (the tiles do 16× the work of a VDPBF16PS
-/// per instruction, so Winograd's transforms no longer pay).
+/// On a CPU with AMX-BF16 ([`amx::available`]), a bf16 pass whose geometry
+/// the tiles take ([`amx::suits`]: the forward and input gradient with whole
+/// 32-channel input blocks; [`amx::suits_weight_grad`]: ≥ 16 channels in
+/// and out) runs on [`Route::Amx`] instead of Winograd or the direct kernel
+/// (a tile product does 256× the multiply-adds of a VDPBF16PS, so
+/// Winograd's transforms no longer pay).
 pub(super) fn choose_with(pass: Pass, g: &Geom, want: Precision) -> (Route, Precision) {
     let route = choose(pass, g);
-    if want == Precision::Bf16 && simd_kernels() && pass != Pass::WeightGrad {
-        let eff = if pass == Pass::InputGrad {
-            g.input_grad()
-        } else {
-            *g
+    if want == Precision::Bf16 && simd_kernels() && amx::available() {
+        let takes = match pass {
+            Pass::Forward => amx::suits(g),
+            Pass::InputGrad => amx::suits(&g.input_grad()),
+            Pass::WeightGrad => amx::suits_weight_grad(g),
         };
-        if amx::suits(&eff) && amx::available() {
+        if takes {
             return (Route::Amx, Precision::Bf16);
         }
     }
@@ -193,8 +195,9 @@ pub(super) fn input_grad(dy: &[f32], wt: &[f32], g: &Geom, prec: Precision) -> V
 pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom, prec: Precision) -> Vec<f32> {
     match choose_with(Pass::WeightGrad, g, prec) {
         (Route::Direct, p) => direct::conv_weight_grad(x, dy, g, p),
+        (Route::Amx, _) => amx::conv_weight_grad(x, dy, g),
         // `choose` never picks Winograd for the weight gradient
-        (Route::Gemm | Route::Winograd | Route::Amx, _) => gemm::conv_weight_grad(x, dy, g),
+        (Route::Gemm | Route::Winograd, _) => gemm::conv_weight_grad(x, dy, g),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Tests of the AMX tile kernels (bf16 forward and input gradient): the
+//! Tests of the AMX tile kernels (bf16 forward, input and weight gradients): the
 //! bounds of the AVX512-BF16 kernels ([`super::tests_bf16`]: against fp32
 //! `(2^-7 + 2^-16 + n·2^-23) · Σ|x_i·w_i|`, against fp32 on bf16-rounded
 //! inputs `n·2^-23 · Σ|x_i·w_i|`), the same bits on 1, 2 and 3 threads, and
@@ -26,7 +26,7 @@ fn terms(n: usize) -> f32 {
     n as f32 / 8_388_608.0
 }
 
-/// Forward (with bias and ReLU) and input gradient on the tiles: row mode
+/// Forward (with bias and ReLU), input and weight gradients on the tiles: row mode
 /// with masked tails, grid mode, output channels not a multiple of 16, 1×1
 /// and 5×5 kernels, several 16-pair blocks and row tasks.
 #[test]
@@ -110,6 +110,31 @@ fn amx_kernels_match_fp32_within_bf16_bounds() {
                 &format!("amx input grad, rounded {g:?}"),
             );
         }
+        // the weight gradient: any kernel size, ≥ 16 channels in and out
+        assert_eq!(
+            choose_with(Pass::WeightGrad, &g, Precision::Bf16),
+            (Route::Amx, Precision::Bf16)
+        );
+        let nw = n * g.ho * g.wo;
+        let (_, _, dwb) = passes(&x, &wt, &dy, &g, Precision::Bf16);
+        let (_, _, dwf) = passes(&x, &wt, &dy, &g, Precision::Fp32);
+        let (_, _, dwr) = passes(&rounded(&x), &wt, &rounded(&dy), &g, Precision::Fp32);
+        let (_, _, dwa) = passes(&abs(&x), &wt, &abs(&dy), &g, Precision::Fp32);
+        within(
+            &dwb,
+            &dwf,
+            &dwa,
+            U + terms(nw),
+            &format!("amx weight grad {g:?}"),
+        );
+        within(
+            &dwb,
+            &dwr,
+            &dwa,
+            terms(nw),
+            &format!("amx weight grad, rounded {g:?}"),
+        );
+        assert_ne!(dwb, dwf, "{g:?}: the weight gradient ran in bf16");
     }
 }
 
@@ -130,10 +155,7 @@ fn amx_results_do_not_depend_on_the_thread_count() {
         let wt = values(o * c * 9, 52);
         let dy = values(n * o * h * w, 53);
         let run = |threads: usize| {
-            crate::ops::test_util::on_threads(threads, || {
-                let (y, dx, _) = passes(&x, &wt, &dy, &g, Precision::Bf16);
-                (y, dx)
-            })
+            crate::ops::test_util::on_threads(threads, || passes(&x, &wt, &dy, &g, Precision::Bf16))
         };
         let one = run(1);
         for threads in [2, 3] {
@@ -142,5 +164,43 @@ fn amx_results_do_not_depend_on_the_thread_count() {
                 "{threads} threads differ from 1: {g:?}"
             );
         }
+    }
+}
+
+/// The weight gradient with channel counts that are not whole tiles
+/// (partial 16-channel blocks in and out, an odd batch, a 1×1 kernel).
+#[test]
+fn amx_weight_grad_with_partial_channel_blocks() {
+    if !have_amx() {
+        return;
+    }
+    // (n, c, h, w, o, k, p)
+    for &(n, c, h, w, o, k, p) in &[(3, 24, 7, 19, 20, 3, 1), (1, 17, 5, 9, 50, 1, 0)] {
+        let g = Geom::new(&[n, c, h, w], &[o, c, k, k], p).unwrap();
+        assert_eq!(
+            choose_with(Pass::WeightGrad, &g, Precision::Bf16),
+            (Route::Amx, Precision::Bf16)
+        );
+        let x = values(n * c * h * w, 61);
+        let dy = values(n * o * g.ho * g.wo, 63);
+        let nw = n * g.ho * g.wo;
+        let dwb = route::weight_grad(&x, &dy, &g, Precision::Bf16);
+        let dwf = route::weight_grad(&x, &dy, &g, Precision::Fp32);
+        let dwr = route::weight_grad(&rounded(&x), &rounded(&dy), &g, Precision::Fp32);
+        let dwa = route::weight_grad(&abs(&x), &abs(&dy), &g, Precision::Fp32);
+        within(
+            &dwb,
+            &dwf,
+            &dwa,
+            U + terms(nw),
+            &format!("amx weight grad {g:?}"),
+        );
+        within(
+            &dwb,
+            &dwr,
+            &dwa,
+            terms(nw),
+            &format!("amx weight grad, rounded {g:?}"),
+        );
     }
 }
