@@ -45,37 +45,36 @@ pub(crate) fn available() -> bool {
     })
 }
 
-/// Weights as A tiles: `val(o, c, tap)` for `o` output channels, `c` input
-/// channels and `taps` taps, as [16-channel block][tap][16-pair block][16
-/// rows][16 words] (each word channels 2i, 2i + 1 rounded to bf16), zero
-/// past `o` and `c`.
-pub(super) fn pack_weights(
-    o: usize,
-    c: usize,
-    taps: usize,
-    val: impl Fn(usize, usize, usize) -> f32 + Sync,
-) -> Vec<u32> {
+/// The (O × C × taps) weights `wt` as A tiles: [16-channel block][tap]
+/// [16-pair block][16 rows][16 words] (each word channels 2i, 2i + 1
+/// rounded to bf16), zero past `o` and `c`.
+pub(super) fn pack_weights(wt: &[f32], o: usize, c: usize, taps: usize) -> Vec<u32> {
     use rayon::prelude::*;
-    let kb = c.div_ceil(2).div_ceil(T);
+    assert!(wt.len() == o * c * taps);
+    let (c2, kb) = (c.div_ceil(2), c.div_ceil(2).div_ceil(T));
     let mut p = vec![0u32; o.div_ceil(T) * taps * kb * A_WORDS];
-    p.par_chunks_mut(A_WORDS).enumerate().for_each(|(i, tile)| {
-        let (ob, rest) = (i / (taps * kb), i % (taps * kb));
-        let (tap, k) = (rest / kb, rest % kb);
-        for m in 0..T.min(o.saturating_sub(ob * T)) {
-            let oc = ob * T + m;
-            for j in 0..T {
-                let ch = 2 * (k * T + j);
-                if ch < c {
-                    let hi = if ch + 1 < c {
-                        val(oc, ch + 1, tap)
-                    } else {
-                        0.0
-                    };
-                    tile[m * T + j] = super::bf16::pair(val(oc, ch, tap), hi);
+    p.par_chunks_mut(taps * kb * A_WORDS)
+        .enumerate()
+        .for_each_init(Vec::new, |h: &mut Vec<u16>, (ob, blk)| {
+            h.resize(c * taps, 0);
+            for m in 0..T.min(o - ob * T) {
+                // the output channel's weights rounded (vector conversion),
+                // then moved into the words
+                super::bf16::round_into(&wt[(ob * T + m) * c * taps..][..c * taps], h);
+                for cp in 0..c2 {
+                    let (k, j) = (cp / T, cp % T);
+                    for tap in 0..taps {
+                        let lo = h[2 * cp * taps + tap] as u32;
+                        let hi = if 2 * cp + 1 < c {
+                            h[(2 * cp + 1) * taps + tap] as u32
+                        } else {
+                            0
+                        };
+                        blk[((tap * kb + k) * T + m) * T + j] = lo | hi << 16;
+                    }
                 }
             }
-        }
-    });
+        });
     p
 }
 
@@ -90,10 +89,11 @@ pub(super) fn suits(g: &Geom) -> bool {
 /// Stride-1 convolution (`g.k`×`g.k`, padding `g.p`) of NCHW `x` with the
 /// (O × C·k·k) weights `wt`, plus an optional bias, then an optional ReLU,
 /// on AMX tiles: the operands rounded to bf16 (channel pairs), sums in
-/// fp32. Each task takes a run of output rows of one image (row mode), or
-/// for small images one image as a single run over the padded grid (grid
-/// mode, the k − 1 columns between rows computed and dropped), and all or
-/// a range of the output channels.
+/// fp32. The work is cut into units, output rows (row mode) or, for small
+/// images, whole images each taken as one run over the padded grid (grid
+/// mode, the k − 1 columns between rows computed and dropped); a task takes
+/// a range of output channels and a run of units of any images, so that
+/// each weight tile, loaded once per task, serves many outputs.
 pub(super) fn conv_forward(
     x: &[f32],
     wt: &[f32],
@@ -106,39 +106,36 @@ pub(super) fn conv_forward(
     let (hp, wp, kk) = (g.h + 2 * g.p, g.w + 2 * g.p, g.k * g.k);
     // zero rows after the last plane: the last block may read 15 words past
     let xh = super::bf16::pad_input_pairs(x, g, T.div_ceil(wp));
-    let w = pack_weights(g.o, g.c, kk, |o, c, t| wt[(o * g.c + c) * kk + t]);
+    let w = pack_weights(wt, g.o, g.c, kk);
     let taps: Vec<usize> = (0..kk).map(|t| (t / g.k) * wp + t % g.k).collect();
     let (kb, plane, plane_out) = (g.c / (2 * T), hp * wp, g.ho * g.wo);
-    let img_len = kb * T * plane;
+    let (img_len, img_out) = (kb * T * plane, g.o * plane_out);
     // the grid run over the padded image: output (y, x) at y·wp + x
     let grid_len = (g.ho - 1) * wp + g.wo;
     let row_fill = g.wo as f64 / (g.wo.div_ceil(T) * T) as f64;
     let grid_fill = plane_out as f64 / (grid_len.div_ceil(T) * T) as f64;
     let grid = grid_fill > row_fill * 1.1;
-    // tasks: (image, run of rows, range of output channels), about 4 per
-    // thread or more; channel ranges in 32s (the 2 × 2 tile block)
+    let units = if grid { g.n } else { g.n * g.ho };
+    // tasks: ranges of output channels (in 32s, the 2 × 2 tile block)
+    // first, then runs of units, about 4 per thread
     let want = 4 * rayon::current_num_threads().max(1);
-    let row_runs = if grid {
-        1
-    } else {
-        want.div_ceil(g.n).clamp(1, g.ho)
-    };
-    let rows_per = g.ho.div_ceil(row_runs);
-    let row_runs = g.ho.div_ceil(rows_per);
     let o32 = g.o.div_ceil(2 * T);
-    let osplit = want.div_ceil(g.n * row_runs).clamp(1, o32);
+    let osplit = want.min(o32);
     let o_per = o32.div_ceil(osplit) * 2 * T;
     let osplit = g.o.div_ceil(o_per);
-    let mut out: Vec<f32> = Vec::with_capacity(g.n * g.o * plane_out);
+    let runs = want.div_ceil(osplit).clamp(1, units);
+    let per = units.div_ceil(runs);
+    let runs = units.div_ceil(per);
+    let mut out: Vec<f32> = Vec::with_capacity(g.n * img_out);
     let out_ptr = super::SharedMut(out.as_mut_ptr());
-    (0..g.n * row_runs * osplit).into_par_iter().for_each_init(
+    (0..runs * osplit).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(blocks, scratch): &mut (Vec<Block>, Vec<f32>), task| {
-            let (img, rest) = (task / (row_runs * osplit), task % (row_runs * osplit));
-            let (r, os) = (rest / osplit, rest % osplit);
+            let (r, os) = (task / osplit, task % osplit);
+            let (u0, u1) = (r * per, ((r + 1) * per).min(units));
             let (o0, o1) = (os * o_per, ((os + 1) * o_per).min(g.o));
             let gm = Gemm {
-                x: &xh[img * img_len..],
+                x: &xh,
                 plane,
                 kb,
                 taps: &taps,
@@ -149,55 +146,62 @@ pub(super) fn conv_forward(
                 relu,
             };
             blocks.clear();
-            let at = (img * g.o + o0) * plane_out;
             if grid {
-                for j in 0..grid_len.div_ceil(T) {
-                    let n = (grid_len - j * T).min(T);
-                    blocks.push(Block {
-                        x: j * T,
-                        out: j * T,
-                        n,
-                    });
+                // images u0 .. u1 side by side in `scratch` (rows of
+                // (u1 − u0)·grid_len per channel), then their valid
+                // columns copied out
+                let stride = (u1 - u0) * grid_len;
+                for img in u0..u1 {
+                    for j in 0..grid_len.div_ceil(T) {
+                        blocks.push(Block {
+                            x: img * img_len + j * T,
+                            out: (img - u0) * grid_len + j * T,
+                            n: (grid_len - j * T).min(T),
+                        });
+                    }
                 }
-                scratch.resize((o1 - o0) * grid_len, 0.0);
+                scratch.resize((o1 - o0) * stride, 0.0);
                 // SAFETY: AMX available (asserted); the stores write
-                // columns < grid_len of o1 − o0 rows of `scratch`
-                unsafe { run(&gm, blocks, scratch.as_mut_ptr(), grid_len) };
-                for o in 0..o1 - o0 {
-                    // SAFETY: plane o0 + o of image img, inside `out`, this
-                    // task's alone
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            out_ptr.ptr().add(at + o * plane_out),
-                            plane_out,
-                        )
-                    };
-                    for (y, d) in dst.chunks_mut(g.wo).enumerate() {
-                        d.copy_from_slice(&scratch[o * grid_len + y * wp..][..g.wo]);
+                // columns < stride of o1 − o0 rows of `scratch`
+                unsafe { run(&gm, blocks, scratch.as_mut_ptr(), stride) };
+                for img in u0..u1 {
+                    for o in o0..o1 {
+                        // SAFETY: plane o of image img, inside `out`, this
+                        // task's alone
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out_ptr.ptr().add(img * img_out + o * plane_out),
+                                plane_out,
+                            )
+                        };
+                        let src = &scratch[(o - o0) * stride + (img - u0) * grid_len..];
+                        for (y, d) in dst.chunks_mut(g.wo).enumerate() {
+                            d.copy_from_slice(&src[y * wp..][..g.wo]);
+                        }
                     }
                 }
                 return;
             }
-            for y in r * rows_per..((r + 1) * rows_per).min(g.ho) {
+            for u in u0..u1 {
+                let (img, y) = (u / g.ho, u % g.ho);
                 for j in 0..g.wo.div_ceil(T) {
-                    let n = (g.wo - j * T).min(T);
                     blocks.push(Block {
-                        x: y * wp + j * T,
-                        out: y * g.wo + j * T,
-                        n,
+                        x: img * img_len + y * wp + j * T,
+                        out: img * img_out + y * g.wo + j * T,
+                        n: (g.wo - j * T).min(T),
                     });
                 }
             }
-            // SAFETY: AMX available; the stores write rows of this task of
-            // channels o0 .. o1 of image img (columns < wo), inside `out`,
-            // written by this task alone
-            unsafe { run(&gm, blocks, out_ptr.ptr().add(at), plane_out) };
+            // SAFETY: AMX available; the stores write this task's rows of
+            // channels o0 .. o1 (columns < wo), inside `out`, written by
+            // this task alone
+            unsafe { run(&gm, blocks, out_ptr.ptr().add(o0 * plane_out), plane_out) };
         },
     );
     // SAFETY: every (image, channel, row) was written by one task: the
-    // tasks cover the images, the row runs and the channel ranges, and
-    // each row's blocks (or the grid's copy) cover its columns.
-    unsafe { out.set_len(g.n * g.o * plane_out) };
+    // tasks cover the units and the channel ranges, and each row's blocks
+    // (or the grid's copy) cover its columns.
+    unsafe { out.set_len(g.n * img_out) };
     out
 }
 

@@ -57,6 +57,34 @@ pub(super) fn pair_into(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
     }
 }
 
+/// `dst[i] = to_bf16(src[i])` as 16 bits, with AVX512-BF16 conversions
+/// where the CPU has them (the same bits).
+pub(super) fn round_into(src: &[f32], dst: &mut [u16]) {
+    assert!(src.len() == dst.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX512-BF16 checked; whole 16-float blocks inside both
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        unsafe fn vec(src: &[f32], dst: &mut [u16]) -> usize {
+            use std::arch::x86_64::*;
+            let n = src.len() / 16 * 16;
+            for i in (0..n).step_by(16) {
+                // SAFETY: i + 16 <= len of both
+                unsafe {
+                    let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+                    _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute(h));
+                }
+            }
+            n
+        }
+        done = unsafe { vec(src, dst) };
+    }
+    for i in done..src.len() {
+        dst[i] = to_bf16(src[i]) as u16;
+    }
+}
+
 /// [`pair_into`]'s vector part: whole 16-float blocks; returns how many
 /// elements it wrote.
 ///
