@@ -204,3 +204,50 @@ fn amx_weight_grad_with_partial_channel_blocks() {
         );
     }
 }
+
+/// The transposed 2×2 convolution's backward pass in bf16 on the tiles (dx
+/// a 1×1 convolution of the gathered dy, dW its weight gradient): within
+/// the bf16 bounds of fp32, the same bits on 1, 2 and 3 threads.
+#[test]
+fn transposed_conv_backward_in_bf16_on_the_tiles() {
+    use candle_core::{Device, Tensor, Var};
+    if !have_amx() {
+        return;
+    }
+    // (n, c, h, w, o): 4·o a multiple of 32
+    for &(n, c, h, w, o) in &[(2, 32, 5, 9, 8), (3, 16, 4, 20, 16)] {
+        let t = |v: Vec<f32>, dims: &[usize]| Tensor::from_vec(v, dims, &Device::Cpu).unwrap();
+        let x = values(n * c * h * w, 71);
+        let wt = values(c * o * 4, 72);
+        let b = values(o, 73);
+        let dy = values(n * o * 4 * h * w, 74);
+        // (dx, dw, db) of Σ y·dy
+        let run = |x: &[f32], wt: &[f32], dy: &[f32], p: Precision| {
+            let _guard = precision::scoped(p);
+            let xv = Var::from_tensor(&t(x.to_vec(), &[n, c, h, w])).unwrap();
+            let wv = Var::from_tensor(&t(wt.to_vec(), &[c, o, 2, 2])).unwrap();
+            let bv = Var::from_tensor(&t(b.clone(), &[o])).unwrap();
+            let y = crate::ops::conv_transpose2x2(xv.as_tensor(), wv.as_tensor(), bv.as_tensor())
+                .unwrap();
+            let s = (y * t(dy.to_vec(), &[n, o, 2 * h, 2 * w])).unwrap();
+            let gr = s.sum_all().unwrap().backward().unwrap();
+            let v = |var: &Var| crate::ops::f32_data(gr.get(var.as_tensor()).unwrap()).unwrap();
+            (v(&xv), v(&wv), v(&bv))
+        };
+        let (dxb, dwb, dbb) = run(&x, &wt, &dy, Precision::Bf16);
+        let (dxf, dwf, dbf) = run(&x, &wt, &dy, Precision::Fp32);
+        let (dxa, dwa, _) = run(&abs(&x), &abs(&wt), &abs(&dy), Precision::Fp32);
+        assert_ne!(dxb, dxf, "dx ran in bf16");
+        within(&dxb, &dxf, &dxa, U + terms(4 * o), "transposed dx");
+        within(&dwb, &dwf, &dwa, U + terms(n * h * w), "transposed dw");
+        assert_eq!(dbb, dbf, "the bias gradient stays fp32");
+        for threads in [1, 2, 3] {
+            let r =
+                crate::ops::test_util::on_threads(threads, || run(&x, &wt, &dy, Precision::Bf16));
+            assert!(
+                r == (dxb.clone(), dwb.clone(), dbb.clone()),
+                "{threads} threads"
+            );
+        }
+    }
+}

@@ -190,9 +190,46 @@ fn up_forward(x: &[f32], wt: &[f32], bias: &[f32], g: &UpGeom, prec: Precision) 
     out
 }
 
-/// (dx, [dW flattened, dB]) of the transposed convolution.
-fn up_backward(x: &[f32], wt: &[f32], dy: &[f32], g: &UpGeom) -> (Vec<f32>, Vec<f32>) {
+/// (dx, [dW flattened, dB]) of the transposed convolution, in `prec`.
+/// In bf16, where both 1×1 passes below have bf16 kernels (AMX, or the
+/// direct kernel for dx), dy is gathered into one (4·O × H·W) matrix per
+/// image — the 4·O-channel input of a 1×1 convolution — and dx is that
+/// convolution with the weights as (C × 4·O), dW its weight gradient
+/// against x, transposed; otherwise the fp32 GEMMs on chunks.
+fn up_backward(
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    g: &UpGeom,
+    prec: Precision,
+) -> (Vec<f32>, Vec<f32>) {
     let (hw, o4, c) = (g.hw(), 4 * g.o, g.c);
+    if prec == Precision::Bf16 {
+        let pg = Geom::new(&[g.n, o4, g.h, g.w], &[c, o4, 1, 1], 0);
+        let wg = Geom::new(&[g.n, c, g.h, g.w], &[o4, c, 1, 1], 0);
+        if let (Ok(pg), Ok(wg)) = (pg, wg) {
+            let bf16 =
+                |pass, geom: &Geom| route::choose_with(pass, geom, prec).1 == Precision::Bf16;
+            if bf16(Pass::Forward, &pg) && bf16(Pass::WeightGrad, &wg) {
+                let mut dz = vec![0f32; g.n * o4 * hw];
+                for (i, d) in dz.chunks_mut(o4 * hw).enumerate() {
+                    g.gather(dy, d, i * hw, (i + 1) * hw);
+                }
+                let dx = route::forward(&dz, wt, None, false, &pg, prec);
+                // (4·O × C) → (C × 4·O)
+                let dwt = route::weight_grad(x, &dz, &wg, prec);
+                let mut dw = vec![0f32; c * o4];
+                for (r, row) in dwt.chunks_exact(c).enumerate() {
+                    for (ci, &v) in row.iter().enumerate() {
+                        dw[ci * o4 + r] = v;
+                    }
+                }
+                let db = channel_sums(dy, g.n, g.o, 4 * hw);
+                dw.extend(db.iter().map(|&v| v as f32));
+                return (dx, dw);
+            }
+        }
+    }
     let mut dx = vec![0f32; g.n * c * hw];
     let mut dw = vec![0f32; c * o4];
     let (mut xt, mut dz, mut dxt) = (Vec::new(), Vec::new(), Vec::new());
@@ -260,8 +297,8 @@ fn up_backward(x: &[f32], wt: &[f32], dy: &[f32], g: &UpGeom) -> (Vec<f32>, Vec<
 }
 
 struct ConvTranspose2x2Op {
-    /// The forward pass's arithmetic (this thread's [`crate::precision`]
-    /// when the op was built); the backward pass is fp32.
+    /// The arithmetic of both passes (this thread's [`crate::precision`]
+    /// when the op was built).
     prec: Precision,
 }
 
@@ -310,7 +347,11 @@ impl CustomOp3 for ConvTranspose2x2Op {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let both = grad.apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &UpBackward)?;
+        let both = grad.apply_op3_no_bwd(
+            &x.contiguous()?,
+            &w.contiguous()?,
+            &UpBackward { prec: self.prec },
+        )?;
         let (xn, wn, o) = (x.elem_count(), w.elem_count(), w.dim(1)?);
         let dx = both.narrow(0, 0, xn)?.reshape(x.dims())?;
         let dw = both.narrow(0, xn, wn)?.reshape(w.dims())?;
@@ -320,7 +361,9 @@ impl CustomOp3 for ConvTranspose2x2Op {
 }
 
 /// Backward op of the transposed convolution: (dy, x, w) → [dx, dW, dB] flat.
-struct UpBackward;
+struct UpBackward {
+    prec: Precision,
+}
 
 impl CustomOp3 for UpBackward {
     fn name(&self) -> &'static str {
@@ -349,6 +392,7 @@ impl CustomOp3 for UpBackward {
             cpu_f32(s3, l3, what)?,
             cpu_f32(s1, l1, what)?,
             &g,
+            self.prec,
         );
         dx.extend(dwb);
         let len = dx.len();

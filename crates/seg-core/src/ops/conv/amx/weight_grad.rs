@@ -130,16 +130,18 @@ pub(in crate::ops::conv) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) ->
         }
     }
     let mut dw = vec![0f32; g.o * g.c * kk];
-    dw.par_chunks_mut(g.c * kk).enumerate().for_each(|(o, row)| {
-        let (ob, i) = (o / (2 * T), o % (2 * T));
-        for c in 0..g.c {
-            let (cb, j) = (c / (2 * T), c % (2 * T));
-            let acc = &sum[cb * op + ob];
-            let tile = (j / T) * 2 + i / T;
-            for t in 0..kk {
-                row[c * kk + t] = acc[(t * 4 + tile) * T * T + (j % T) * T + i % T];
+    dw.par_chunks_mut(g.c * kk)
+        .enumerate()
+        .for_each(|(o, row)| {
+            let (ob, i) = (o / (2 * T), o % (2 * T));
+            for c in 0..g.c {
+                let (cb, j) = (c / (2 * T), c % (2 * T));
+                let acc = &sum[cb * op + ob];
+                let tile = (j / T) * 2 + i / T;
+                for t in 0..kk {
+                    row[c * kk + t] = acc[(t * 4 + tile) * T * T + (j % T) * T + i % T];
+                }
             }
-        }
-    });
+        });
     dw
 }
