@@ -462,6 +462,31 @@ mod kernel {
         };
     }
 
+    /// Stores accumulator tmm`t` (t < 4) as 16 rows of 16 floats `stride`
+    /// bytes apart at `p`.
+    ///
+    /// # Safety
+    /// Tiles configured; the rows writable.
+    unsafe fn store_tile(t: usize, p: *mut f32, stride: usize) {
+        // SAFETY: the caller's
+        unsafe {
+            match t {
+                0 => {
+                    asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) stride, options(nostack))
+                }
+                1 => {
+                    asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) stride, options(nostack))
+                }
+                2 => {
+                    asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) stride, options(nostack))
+                }
+                _ => {
+                    asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) stride, options(nostack))
+                }
+            }
+        }
+    }
+
     /// Stores the accumulators of `ma` channel blocks (from `o_first`) ×
     /// the blocks of `pair`, with bias and ReLU, into `out` (channel
     /// `o_first` at `out`, rows `ostride` apart); rows past `g.o1` and
@@ -478,6 +503,19 @@ mod kernel {
         out: *mut f32,
         ostride: usize,
     ) {
+        if g.bias.is_none() && !g.relu && o_first + ma * T <= g.o1 && pair.iter().all(|b| b.n == T)
+        {
+            // whole tiles with nothing to add: straight into `out`
+            for i in 0..ma {
+                for (j, blk) in pair.iter().enumerate() {
+                    // SAFETY: 16 rows of 16 floats of the caller's `out`
+                    unsafe {
+                        store_tile(i * 2 + j, out.add(i * T * ostride + blk.out), ostride * 4)
+                    };
+                }
+            }
+            return;
+        }
         let mut c = Scratch([0f32; 4 * T * T]);
         let p = c.0.as_mut_ptr();
         // SAFETY: 4 tiles of 16 rows × 64 bytes fit in `c`

@@ -76,6 +76,16 @@ fn amx_kernels_match_fp32_within_bf16_bounds() {
             &format!("amx forward, rounded {g:?}"),
         );
         assert_ne!(yb, yf, "{g:?}: the forward ran in bf16");
+        // without bias and ReLU (whole tiles stored straight to the output)
+        let plain = |x: &[f32], p: Precision| route::forward(x, &wt, None, false, &g, p);
+        let ya0 = route::forward(&abs(&x), &abs(&wt), None, false, &g, Precision::Fp32);
+        within(
+            &plain(&x, Precision::Bf16),
+            &plain(&x, Precision::Fp32),
+            &ya0,
+            U + terms(nf),
+            &format!("amx forward, no bias {g:?}"),
+        );
         // the AVX512-BF16 direct kernel rounds the same operands: the two
         // differ only in the order of the fp32 sums
         let yd = super::direct::conv_forward(&x, &wt, Some(&b), true, &g, Precision::Bf16);
