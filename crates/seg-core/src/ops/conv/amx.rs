@@ -83,7 +83,7 @@ pub(super) fn pack_weights(wt: &[f32], o: usize, c: usize, taps: usize) -> Vec<u
 /// B tiles read 16 pair planes), at least 16 output channels, and rows or
 /// whole images of at least 16 outputs' worth.
 pub(super) fn suits(g: &Geom) -> bool {
-    g.c % (2 * T) == 0 && g.o >= T && g.ho * g.wo >= T
+    g.c.is_multiple_of(2 * T) && g.o >= T && g.ho * g.wo >= T
 }
 
 /// Stride-1 convolution (`g.k`×`g.k`, padding `g.p`) of NCHW `x` with the
@@ -101,12 +101,55 @@ pub(super) fn conv_forward(
     relu: bool,
     g: &Geom,
 ) -> Vec<f32> {
+    assert!(wt.len() == g.o * g.c * g.k * g.k);
+    forward_packed(x, &pack_weights(wt, g.o, g.c, g.k * g.k), bias, relu, g)
+}
+
+/// The input gradient dx of the convolution `g` from `dy`: the forward
+/// convolution of `dy` with the kernel flipped in space and its channel
+/// axes swapped ([`Geom::input_grad`]), the flipped kernel packed straight
+/// from the forward weights `wt` (O × C·k·k).
+pub(super) fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     use rayon::prelude::*;
-    assert!(available() && suits(g) && wt.len() == g.o * g.c * g.k * g.k);
+    let kk = g.k * g.k;
+    assert!(wt.len() == g.o * g.c * kk);
+    let back = g.input_grad();
+    // every weight rounded once (vector conversion), then moved into words:
+    // output channel c, pair p (forward outputs 2p, 2p + 1), tap t ←
+    // wt[2p][c][kk − 1 − t], wt[2p + 1][c][kk − 1 − t]
+    let mut h = vec![0u16; wt.len()];
+    h.par_chunks_mut(4096)
+        .zip(wt.par_chunks(4096))
+        .for_each(|(d, w)| super::bf16::round_into(w, d));
+    let (o2, kb) = (g.o.div_ceil(2), g.o.div_ceil(2).div_ceil(T));
+    let mut p = vec![0u32; g.c.div_ceil(T) * kk * kb * A_WORDS];
+    p.par_chunks_mut(kk * kb * A_WORDS)
+        .enumerate()
+        .for_each(|(cb, blk)| {
+            for m in 0..T.min(g.c - cb * T) {
+                let c = cb * T + m;
+                for cp in 0..o2 {
+                    let (k, j) = (cp / T, cp % T);
+                    let lo = &h[((2 * cp) * g.c + c) * kk..][..kk];
+                    let hi = (2 * cp + 1 < g.o).then(|| &h[((2 * cp + 1) * g.c + c) * kk..][..kk]);
+                    for tap in 0..kk {
+                        let f = kk - 1 - tap;
+                        let word = lo[f] as u32 | hi.map_or(0, |hi| (hi[f] as u32) << 16);
+                        blk[((tap * kb + k) * T + m) * T + j] = word;
+                    }
+                }
+            }
+        });
+    forward_packed(dy, &p, None, false, &back)
+}
+
+/// [`conv_forward`] with the weights already packed ([`pack_weights`]).
+fn forward_packed(x: &[f32], w: &[u32], bias: Option<&[f32]>, relu: bool, g: &Geom) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert!(available() && suits(g));
     let (hp, wp, kk) = (g.h + 2 * g.p, g.w + 2 * g.p, g.k * g.k);
     // zero rows after the last plane: the last block may read 15 words past
     let xh = super::bf16::pad_input_pairs(x, g, T.div_ceil(wp));
-    let w = pack_weights(wt, g.o, g.c, kk);
     let taps: Vec<usize> = (0..kk).map(|t| (t / g.k) * wp + t % g.k).collect();
     let (kb, plane, plane_out) = (g.c / (2 * T), hp * wp, g.ho * g.wo);
     let (img_len, img_out) = (kb * T * plane, g.o * plane_out);
@@ -139,7 +182,7 @@ pub(super) fn conv_forward(
                 plane,
                 kb,
                 taps: &taps,
-                w: &w,
+                w,
                 o0,
                 o1,
                 bias,
@@ -247,7 +290,7 @@ pub(super) unsafe fn run(g: &Gemm, blocks: &[Block], out: *mut f32, ostride: usi
         + blocks.iter().map(|b| b.x).max().unwrap_or(0)
         + (g.kb * T - 1) * g.plane
         + T;
-    assert!(g.o0 % T == 0 && g.o1 > g.o0 && blocks.iter().all(|b| b.n > 0 && b.n <= T));
+    assert!(g.o0.is_multiple_of(T) && g.o1 > g.o0 && blocks.iter().all(|b| b.n > 0 && b.n <= T));
     assert!(
         blocks.is_empty() || reach <= g.x.len(),
         "AMX input reads past the planes"

@@ -73,7 +73,10 @@ pub(super) fn round_into(src: &[f32], dst: &mut [u16]) {
                 // SAFETY: i + 16 <= len of both
                 unsafe {
                     let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
-                    _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute(h));
+                    _mm256_storeu_si256(
+                        dst.as_mut_ptr().add(i).cast(),
+                        std::mem::transmute::<__m256bh, __m256i>(h),
+                    );
                 }
             }
             n

@@ -187,7 +187,7 @@ pub(super) fn input_grad(dy: &[f32], wt: &[f32], g: &Geom, prec: Precision) -> V
             direct::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back, p)
         }
         (Route::Gemm, _) => gemm::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back),
-        (Route::Amx, _) => amx::conv_forward(dy, &flipped_kernel(wt, g), None, false, &back),
+        (Route::Amx, _) => amx::conv_input_grad(dy, wt, g),
     }
 }
 
