@@ -125,27 +125,33 @@ fn amx_kernels_match_fp32_within_bf16_bounds() {
             choose_with(Pass::WeightGrad, &g, Precision::Bf16),
             (Route::Amx, Precision::Bf16)
         );
-        let nw = n * g.ho * g.wo;
-        let (_, _, dwb) = passes(&x, &wt, &dy, &g, Precision::Bf16);
-        let (_, _, dwf) = passes(&x, &wt, &dy, &g, Precision::Fp32);
-        let (_, _, dwr) = passes(&rounded(&x), &wt, &rounded(&dy), &g, Precision::Fp32);
-        let (_, _, dwa) = passes(&abs(&x), &wt, &abs(&dy), &g, Precision::Fp32);
-        within(
-            &dwb,
-            &dwf,
-            &dwa,
-            U + terms(nw),
-            &format!("amx weight grad {g:?}"),
-        );
-        within(
-            &dwb,
-            &dwr,
-            &dwa,
-            terms(nw),
-            &format!("amx weight grad, rounded {g:?}"),
-        );
-        assert_ne!(dwb, dwf, "{g:?}: the weight gradient ran in bf16");
+        check_weight_grad(&x, &dy, &g);
     }
+}
+
+/// The bf16 weight gradient of `g` within its bounds (against fp32, and
+/// against fp32 on bf16-rounded inputs), and really in bf16.
+fn check_weight_grad(x: &[f32], dy: &[f32], g: &Geom) {
+    let nw = g.n * g.ho * g.wo;
+    let dwb = route::weight_grad(x, dy, g, Precision::Bf16);
+    let dwf = route::weight_grad(x, dy, g, Precision::Fp32);
+    let dwr = route::weight_grad(&rounded(x), &rounded(dy), g, Precision::Fp32);
+    let dwa = route::weight_grad(&abs(x), &abs(dy), g, Precision::Fp32);
+    within(
+        &dwb,
+        &dwf,
+        &dwa,
+        U + terms(nw),
+        &format!("amx weight grad {g:?}"),
+    );
+    within(
+        &dwb,
+        &dwr,
+        &dwa,
+        terms(nw),
+        &format!("amx weight grad, rounded {g:?}"),
+    );
+    assert_ne!(dwb, dwf, "{g:?}: the weight gradient ran in bf16");
 }
 
 /// The same bits on 1, 2 and 3 threads (row mode split into row runs and
@@ -193,25 +199,7 @@ fn amx_weight_grad_with_partial_channel_blocks() {
         );
         let x = values(n * c * h * w, 61);
         let dy = values(n * o * g.ho * g.wo, 63);
-        let nw = n * g.ho * g.wo;
-        let dwb = route::weight_grad(&x, &dy, &g, Precision::Bf16);
-        let dwf = route::weight_grad(&x, &dy, &g, Precision::Fp32);
-        let dwr = route::weight_grad(&rounded(&x), &rounded(&dy), &g, Precision::Fp32);
-        let dwa = route::weight_grad(&abs(&x), &abs(&dy), &g, Precision::Fp32);
-        within(
-            &dwb,
-            &dwf,
-            &dwa,
-            U + terms(nw),
-            &format!("amx weight grad {g:?}"),
-        );
-        within(
-            &dwb,
-            &dwr,
-            &dwa,
-            terms(nw),
-            &format!("amx weight grad, rounded {g:?}"),
-        );
+        check_weight_grad(&x, &dy, &g);
     }
 }
 
