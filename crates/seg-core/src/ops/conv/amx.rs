@@ -33,8 +33,20 @@ use std::sync::OnceLock;
 /// Output channels, outputs and channel pairs of one tile.
 pub(super) const T: usize = 16;
 
-/// Words of one packed A tile.
-const A_WORDS: usize = T * T;
+/// Channel pairs per K block of a pass whose input has `c` channels: 16,
+/// or all of them when there are fewer (4 to 15 pairs: 7 to 30 channels,
+/// one partial K block, the tiles configured to it); `None` otherwise
+/// (a partial block after whole ones, or fewer than 4 pairs).
+pub(super) fn pairs_per_block(c: usize) -> Option<usize> {
+    let c2 = c.div_ceil(2);
+    if c2.is_multiple_of(T) {
+        Some(T)
+    } else if (4..T).contains(&c2) {
+        Some(c2)
+    } else {
+        None
+    }
+}
 
 /// True when the AMX kernels can run ([`crate::precision::amx_tiles`]) and
 /// `SEG_CONV_AMX=0` does not switch them off (read once; for comparisons).
@@ -51,9 +63,10 @@ pub(crate) fn available() -> bool {
 pub(super) fn pack_weights(wt: &[f32], o: usize, c: usize, taps: usize) -> Vec<u32> {
     use rayon::prelude::*;
     assert!(wt.len() == o * c * taps);
-    let (c2, kb) = (c.div_ceil(2), c.div_ceil(2).div_ceil(T));
-    let mut p = vec![0u32; o.div_ceil(T) * taps * kb * A_WORDS];
-    p.par_chunks_mut(taps * kb * A_WORDS)
+    let kp = pairs_per_block(c).expect("AMX: channel count without a K block");
+    let (c2, kb) = (c.div_ceil(2), c.div_ceil(2).div_ceil(kp));
+    let mut p = vec![0u32; o.div_ceil(T) * taps * kb * T * kp];
+    p.par_chunks_mut(taps * kb * T * kp)
         .enumerate()
         .for_each_init(Vec::new, |h: &mut Vec<u16>, (ob, blk)| {
             h.resize(c * taps, 0);
@@ -62,7 +75,7 @@ pub(super) fn pack_weights(wt: &[f32], o: usize, c: usize, taps: usize) -> Vec<u
                 // then moved into the words
                 super::bf16::round_into(&wt[(ob * T + m) * c * taps..][..c * taps], h);
                 for cp in 0..c2 {
-                    let (k, j) = (cp / T, cp % T);
+                    let (k, j) = (cp / kp, cp % kp);
                     for tap in 0..taps {
                         let lo = h[2 * cp * taps + tap] as u32;
                         let hi = if 2 * cp + 1 < c {
@@ -70,7 +83,7 @@ pub(super) fn pack_weights(wt: &[f32], o: usize, c: usize, taps: usize) -> Vec<u
                         } else {
                             0
                         };
-                        blk[((tap * kb + k) * T + m) * T + j] = lo | hi << 16;
+                        blk[((tap * kb + k) * T + m) * kp + j] = lo | hi << 16;
                     }
                 }
             }
@@ -80,10 +93,11 @@ pub(super) fn pack_weights(wt: &[f32], o: usize, c: usize, taps: usize) -> Vec<u
 
 /// Whether the AMX forward kernel takes this (forward or input-gradient)
 /// geometry: channel pairs in whole blocks of 16 (C a multiple of 32; the
-/// B tiles read 16 pair planes), at least 16 output channels, and rows or
-/// whole images of at least 16 outputs' worth.
+/// B tiles read 16 pair planes) or one partial block of 4 to 15 pairs
+/// ([`pairs_per_block`]), at least 16 output channels, and at least 16
+/// outputs per image.
 pub(super) fn suits(g: &Geom) -> bool {
-    g.c.is_multiple_of(2 * T) && g.o >= T && g.ho * g.wo >= T
+    pairs_per_block(g.c).is_some() && g.o >= T && g.ho * g.wo >= T
 }
 
 /// Stride-1 convolution (`g.k`×`g.k`, padding `g.p`) of NCHW `x` with the
@@ -121,21 +135,22 @@ pub(super) fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     h.par_chunks_mut(4096)
         .zip(wt.par_chunks(4096))
         .for_each(|(d, w)| super::bf16::round_into(w, d));
-    let (o2, kb) = (g.o.div_ceil(2), g.o.div_ceil(2).div_ceil(T));
-    let mut p = vec![0u32; g.c.div_ceil(T) * kk * kb * A_WORDS];
-    p.par_chunks_mut(kk * kb * A_WORDS)
+    let kp = pairs_per_block(g.o).expect("AMX: channel count without a K block");
+    let (o2, kb) = (g.o.div_ceil(2), g.o.div_ceil(2).div_ceil(kp));
+    let mut p = vec![0u32; g.c.div_ceil(T) * kk * kb * T * kp];
+    p.par_chunks_mut(kk * kb * T * kp)
         .enumerate()
         .for_each(|(cb, blk)| {
             for m in 0..T.min(g.c - cb * T) {
                 let c = cb * T + m;
                 for cp in 0..o2 {
-                    let (k, j) = (cp / T, cp % T);
+                    let (k, j) = (cp / kp, cp % kp);
                     let lo = &h[((2 * cp) * g.c + c) * kk..][..kk];
                     let hi = (2 * cp + 1 < g.o).then(|| &h[((2 * cp + 1) * g.c + c) * kk..][..kk]);
                     for tap in 0..kk {
                         let f = kk - 1 - tap;
                         let word = lo[f] as u32 | hi.map_or(0, |hi| (hi[f] as u32) << 16);
-                        blk[((tap * kb + k) * T + m) * T + j] = word;
+                        blk[((tap * kb + k) * T + m) * kp + j] = word;
                     }
                 }
             }
@@ -151,8 +166,9 @@ fn forward_packed(x: &[f32], w: &[u32], bias: Option<&[f32]>, relu: bool, g: &Ge
     // zero rows after the last plane: the last block may read 15 words past
     let xh = super::bf16::pad_input_pairs(x, g, T.div_ceil(wp));
     let taps: Vec<usize> = (0..kk).map(|t| (t / g.k) * wp + t % g.k).collect();
-    let (kb, plane, plane_out) = (g.c / (2 * T), hp * wp, g.ho * g.wo);
-    let (img_len, img_out) = (kb * T * plane, g.o * plane_out);
+    let kp = pairs_per_block(g.c).expect("AMX: channel count without a K block");
+    let (kb, plane, plane_out) = (g.c.div_ceil(2) / kp, hp * wp, g.ho * g.wo);
+    let (img_len, img_out) = (kb * kp * plane, g.o * plane_out);
     // the grid run over the padded image: output (y, x) at y·wp + x
     let grid_len = (g.ho - 1) * wp + g.wo;
     let row_fill = g.wo as f64 / (g.wo.div_ceil(T) * T) as f64;
@@ -181,6 +197,7 @@ fn forward_packed(x: &[f32], w: &[u32], bias: Option<&[f32]>, relu: bool, g: &Ge
                 x: &xh,
                 plane,
                 kb,
+                kp,
                 taps: &taps,
                 w,
                 o0,
@@ -250,11 +267,13 @@ fn forward_packed(x: &[f32], w: &[u32], bias: Option<&[f32]>, relu: bool, g: &Ge
 
 /// The fixed operands of [`run`].
 pub(super) struct Gemm<'a> {
-    /// The channel-pair planes (16·`kb` of them, `plane` words apart).
+    /// The channel-pair planes (`kp`·`kb` of them, `plane` words apart).
     pub x: &'a [u32],
     pub plane: usize,
     /// Blocks of 16 pair planes.
     pub kb: usize,
+    /// Pair planes per K block ([`pairs_per_block`]).
+    pub kp: usize,
     /// Word offset of each tap.
     pub taps: &'a [usize],
     /// Packed weights ([`pack_weights`], same `kb` and tap count).
@@ -288,7 +307,7 @@ pub(super) unsafe fn run(g: &Gemm, blocks: &[Block], out: *mut f32, ostride: usi
     let ntaps = g.taps.len();
     let reach = g.taps.iter().max().copied().unwrap_or(0)
         + blocks.iter().map(|b| b.x).max().unwrap_or(0)
-        + (g.kb * T - 1) * g.plane
+        + (g.kb * g.kp - 1) * g.plane
         + T;
     assert!(g.o0.is_multiple_of(T) && g.o1 > g.o0 && blocks.iter().all(|b| b.n > 0 && b.n <= T));
     assert!(
@@ -296,14 +315,15 @@ pub(super) unsafe fn run(g: &Gemm, blocks: &[Block], out: *mut f32, ostride: usi
         "AMX input reads past the planes"
     );
     let nob = g.o1.div_ceil(T) - g.o0 / T;
-    let ob_stride = ntaps * g.kb * A_WORDS;
+    let a_words = T * g.kp;
+    let ob_stride = ntaps * g.kb * a_words;
     assert!(g.w.len() >= (g.o1.div_ceil(T)) * ob_stride);
     assert!(g.bias.is_none_or(|b| b.len() >= g.o1));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AMX available (the caller); the loads stay inside `x` and `w`
     // (asserted above), the stores inside the caller's `out`.
     unsafe {
-        kernel::configure();
+        kernel::configure(g.kp);
         for ob in (0..nob).step_by(2) {
             let ma = (nob - ob).min(2);
             let w0 = g.w.as_ptr().add((g.o0 / T + ob) * ob_stride);
@@ -311,12 +331,19 @@ pub(super) unsafe fn run(g: &Gemm, blocks: &[Block], out: *mut f32, ostride: usi
                 kernel::zero();
                 for (t, &off) in g.taps.iter().enumerate() {
                     for k in 0..g.kb {
-                        let a = w0.add((t * g.kb + k) * A_WORDS);
-                        let b0 = g.x.as_ptr().add(off + k * T * g.plane + pair[0].x);
+                        let a = w0.add((t * g.kb + k) * a_words);
+                        let b0 = g.x.as_ptr().add(off + k * g.kp * g.plane + pair[0].x);
                         let b1 = pair
                             .get(1)
-                            .map(|b| g.x.as_ptr().add(off + k * T * g.plane + b.x));
-                        kernel::step(a, (ma == 2).then(|| a.add(ob_stride)), b0, b1, g.plane);
+                            .map(|b| g.x.as_ptr().add(off + k * g.kp * g.plane + b.x));
+                        kernel::step(
+                            a,
+                            (ma == 2).then(|| a.add(ob_stride)),
+                            b0,
+                            b1,
+                            g.plane,
+                            g.kp,
+                        );
                     }
                 }
                 let o_first = g.o0 + ob * T;
@@ -338,29 +365,31 @@ mod kernel {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    /// Palette 1, tiles 0–7 all 16 rows × 64 bytes.
+    /// A palette-1 tile configuration.
     #[repr(C, align(64))]
     struct Config([u8; 64]);
 
-    const CONFIG: Config = {
-        let mut c = [0u8; 64];
-        c[0] = 1;
-        let mut t = 0;
-        while t < 8 {
-            c[16 + 2 * t] = 64;
-            c[48 + t] = 16;
-            t += 1;
-        }
-        Config(c)
-    };
-
-    /// Loads the tile configuration (and zeroes the tiles).
+    /// Loads the tile configuration for K blocks of `kp` pairs (≤ 16):
+    /// tmm0–3 (C) 16 rows × 64 bytes, tmm4–5 (A) 16 rows × 4·kp bytes,
+    /// tmm6–7 (B) kp rows × 64 bytes; zeroes the tiles.
     ///
     /// # Safety
     /// AMX available and granted.
-    pub(super) unsafe fn configure() {
-        // SAFETY: CONFIG is a valid 64-byte palette-1 configuration
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+    pub(super) unsafe fn configure(kp: usize) {
+        assert!((1..=T).contains(&kp));
+        let mut c = Config([0u8; 64]);
+        c.0[0] = 1;
+        for t in 0..8 {
+            let (colsb, rows) = match t {
+                4 | 5 => (4 * kp, T),
+                6 | 7 => (64, kp),
+                _ => (64, T),
+            };
+            c.0[16 + 2 * t] = colsb as u8;
+            c.0[48 + t] = rows as u8;
+        }
+        // SAFETY: a valid 64-byte palette-1 configuration
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &c, options(nostack, readonly)) };
     }
 
     /// Releases the tile state.
@@ -392,7 +421,8 @@ mod kernel {
     /// (0, 0), tmm1 = (0, 1), tmm2 = (1, 0), tmm3 = (1, 1).
     ///
     /// # Safety
-    /// Tiles configured; 16 rows of 64 bytes readable at each pointer given.
+    /// Tiles configured for `kp` pairs; the A tiles' 16 rows of 4·kp bytes
+    /// (contiguous) and the B tiles' kp rows of 64 bytes readable.
     #[inline(always)]
     pub(super) unsafe fn step(
         a0: *const u32,
@@ -400,9 +430,10 @@ mod kernel {
         b0: *const u32,
         b1: Option<*const u32>,
         plane: usize,
+        kp: usize,
     ) {
         // SAFETY: the caller's
-        unsafe { step_strided(a0, a1, 64, b0, b1, plane * 4) }
+        unsafe { step_strided(a0, a1, 4 * kp, b0, b1, plane * 4) }
     }
 
     /// [`step`] with the row strides of A and B in bytes.

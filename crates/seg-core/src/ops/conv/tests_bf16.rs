@@ -52,6 +52,18 @@ fn have_bf16() -> bool {
     }
 }
 
+/// The bf16 forward route of `g` where Winograd does not take it: the AMX
+/// tiles where the CPU has them and they take the geometry, else the
+/// direct kernel (whose AVX512-BF16 tile `tests_amx` also compares with
+/// the tiles on AMX CPUs).
+fn bf16_route(g: &Geom) -> Route {
+    if super::amx::available() && super::amx::suits(g) {
+        Route::Amx
+    } else {
+        Route::Direct
+    }
+}
+
 /// Checks `got` against `want` elementwise: |got − want| <= rel · bound.
 pub(super) fn within(got: &[f32], want: &[f32], bound: &[f32], rel: f32, what: &str) {
     assert_eq!(got.len(), want.len());
@@ -111,7 +123,7 @@ fn direct_bf16_kernels_match_fp32_within_bf16_bounds() {
         let wt = values(o * c * k * k, 2 + o as u64);
         let dy = values(n * o * ho * wo, 3 + h as u64);
         let fwd = choose_with(Pass::Forward, &g, Precision::Bf16);
-        assert_eq!(fwd, (Route::Direct, Precision::Bf16), "{g:?}");
+        assert_eq!(fwd, (bf16_route(&g), Precision::Bf16), "{g:?}");
         let (yb, dxb, dwb) = passes(&x, &wt, &dy, &g, Precision::Bf16);
         let (yf, dxf, dwf) = passes(&x, &wt, &dy, &g, Precision::Fp32);
         let (yr, dxr, dwr) = passes(
@@ -414,7 +426,7 @@ fn transposed_conv_forward_in_bf16_within_its_bound() {
         let g = Geom::new(&[n, c, h, w], &[4 * o, c, 1, 1], 0).unwrap();
         assert_eq!(
             choose_with(Pass::Forward, &g, Precision::Bf16),
-            (Route::Direct, Precision::Bf16),
+            (bf16_route(&g), Precision::Bf16),
             "{g:?}"
         );
         let t = |v: Vec<f32>, dims: &[usize]| Tensor::from_vec(v, dims, &Device::Cpu).unwrap();

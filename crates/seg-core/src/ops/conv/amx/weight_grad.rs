@@ -95,7 +95,7 @@ pub(in crate::ops::conv) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) ->
             // B rows k < qn / 2 of blocks < o16 / 16 of the image; the
             // accumulators are `acc`'s kk·4 tiles of 16 × 16.
             unsafe {
-                kernel::configure();
+                kernel::configure(T);
                 for img in grp * per..((grp + 1) * per).min(g.n) {
                     let a_img = &xs[(img * c16 + 2 * cb * T) * plen..][..ma * T * plen];
                     let b_img = &dys[(img * (o16 / T) + 2 * ob) * kn * T..][..na * kn * T];
